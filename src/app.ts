@@ -1,0 +1,117 @@
+import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import type { Logger } from 'pino';
+import { systemClock, type Clock } from './clock.js';
+import type { Config } from './config.js';
+import { DelegationEngine } from './delegations/engine.js';
+import { HomeserverClient } from './homeserver/client.js';
+import { delegationRoutes } from './http/delegations.js';
+import { installErrorHandlers } from './http/errors.js';
+import { healthRoutes } from './http/health.js';
+import { webhookRoutes } from './http/webhook.js';
+import { LiveKitAuth } from './livekit/auth.js';
+import { WebhookIntake } from './livekit/webhook-intake.js';
+import { createLogger } from './log.js';
+import { Metrics } from './metrics.js';
+import { SecretBox } from './store/secret-box.js';
+import { SqliteStore } from './store/sqlite.js';
+import type { Store } from './store/store.js';
+
+const API_BODY_LIMIT = 64 * 1024;
+
+export interface AppDeps {
+  clock?: Clock;
+  logger?: Logger;
+  store?: Store;
+  random?: () => number;
+}
+
+export interface Daemon {
+  app: FastifyInstance;
+  engine: DelegationEngine;
+  store: Store;
+  metrics: Metrics;
+  logger: Logger;
+  /** Loads state and starts the scheduler; call before listening. */
+  start(): Promise<void>;
+  /** Graceful stop: refuse new work, let in-flight calls finish until the deadline, close the store. */
+  shutdown(): Promise<void>;
+}
+
+export async function openStore(config: Config): Promise<Store> {
+  const box = new SecretBox(config.tokenKey, config.tokenOldKeys);
+  if (config.store.kind === 'sqlite') return new SqliteStore(config.store.path, { synchronous: config.sqliteSynchronous, secretBox: box });
+  throw new Error('the Redis store is not available in this build yet');
+}
+
+/** Builds the whole daemon; never listens (tests build it too, and `main.ts` listens). */
+export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daemon> {
+  const clock = deps.clock ?? systemClock;
+  const logger = deps.logger ?? createLogger({ level: config.logLevel, pretty: config.dev && process.stdout.isTTY === true });
+  const metrics = new Metrics();
+  const store = deps.store ?? (await openStore(config));
+  const policy = { allow: config.homeservers, allowPrivateAddresses: config.allowPrivateAddresses, allowHttp: config.allowHttp };
+  const homeservers = new HomeserverClient({ rate: config.homeserverRate, clock, metrics, policy });
+  const engine = new DelegationEngine({
+    store,
+    homeservers,
+    clock,
+    logger,
+    metrics,
+    settings: { reconnectGraceMs: config.reconnectGraceMs, joinTimeoutMs: config.joinTimeoutMs, refreshAt: config.refreshAt },
+    limits: { maxPerIdentity: config.maxDelegationsPerIdentity, maxPerRoom: config.maxDelegationsPerRoom },
+    ...(deps.random ? { random: deps.random } : {}),
+  });
+  const intake = new WebhookIntake({ store, engine, clock, logger });
+  const auth = new LiveKitAuth(config.livekitKeys);
+  let shuttingDown = false;
+  let started = false;
+
+  const app = Fastify({
+    // Per-request lines only in --dev: in production a webhook burst would flood the log.
+    loggerInstance: logger.child({ component: 'http' }, { level: config.dev ? logger.level : 'warn' }) as FastifyBaseLogger,
+    bodyLimit: API_BODY_LIMIT,
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: false, allErrors: false } },
+  });
+  const routes = new Map<string, Set<string>>();
+  app.addHook('onRoute', (r) => {
+    const methods = routes.get(r.url) ?? new Set<string>();
+    for (const m of Array.isArray(r.method) ? r.method : [r.method]) if (m !== 'HEAD') methods.add(m);
+    routes.set(r.url, methods);
+  });
+  installErrorHandlers(app, () => routes);
+  app.addHook('onRequest', async (req, reply) => {
+    if (shuttingDown && req.method !== 'GET' && req.method !== 'HEAD' && req.method !== 'OPTIONS') {
+      return reply.status(503).header('retry-after', '5').send({ errcode: 'M_UNKNOWN', error: 'The service is shutting down' });
+    }
+  });
+
+  healthRoutes(app, { store, metrics, isShuttingDown: () => shuttingDown, isStarted: () => started });
+  delegationRoutes(app, { config, engine, auth });
+  await app.register(async (scope) => webhookRoutes(scope, { auth, intake, metrics, clock, isShuttingDown: () => shuttingDown }));
+
+  return {
+    app,
+    engine,
+    store,
+    metrics,
+    logger,
+    async start() {
+      await engine.start();
+      const replayed = await intake.recover();
+      if (replayed) logger.info({ replayed }, 'applied webhooks recorded before the last stop');
+      started = true;
+    },
+    async shutdown() {
+      if (shuttingDown) return;
+      shuttingDown = true;
+      const deadline = clock.now() + config.shutdownTimeoutMs;
+      logger.info({ deadline_ms: config.shutdownTimeoutMs }, 'shutting down: refusing new work, finishing calls in flight');
+      await app.close();
+      await intake.idle();
+      await engine.drain(deadline);
+      await homeservers.close().catch((err) => logger.warn({ err }, 'closing homeserver connections failed'));
+      await store.close();
+      logger.info('stopped');
+    },
+  };
+}

@@ -1,0 +1,306 @@
+/**
+ * Configuration from the environment (and a few flags), validated once at start-up. `--dev` only fills in
+ * defaults; anything set explicitly still holds (contract section 4).
+ */
+export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+
+export interface HomeserverAllowList {
+  any: boolean;
+  /** Origins given with a scheme (`https://hs.example`), matched against a delegation's homeserver URL. */
+  origins: Set<string>;
+  /** Matrix server names (no scheme), matched against the compat route's `matrix_server_name`. */
+  serverNames: Set<string>;
+}
+
+export interface Config {
+  dev: boolean;
+  host: string;
+  port: number;
+  livekitUrl: string;
+  livekitKeys: Map<string, string>;
+  store: { kind: 'sqlite'; path: string } | { kind: 'redis'; url: string };
+  homeservers: HomeserverAllowList;
+  allowPrivateAddresses: boolean;
+  /** Plain http to homeservers: only in --dev or for explicitly listed http origins. */
+  allowHttp: boolean;
+  adminToken: string | null;
+  tokenKey: Buffer | null;
+  tokenOldKeys: Buffer[];
+  reconnectGraceMs: number;
+  joinTimeoutMs: number;
+  refreshAt: number;
+  minTimeoutMs: number;
+  maxTimeoutMs: number;
+  homeserverRate: number;
+  reconcileIntervalMs: number;
+  maxDelegationsPerIdentity: number;
+  maxDelegationsPerRoom: number;
+  rateLimitPerMinute: number;
+  shutdownTimeoutMs: number;
+  csApiUrlOverrides: Map<string, string>;
+  federationUrlOverrides: Map<string, string>;
+  logLevel: LogLevel;
+  sqliteSynchronous: 'NORMAL' | 'FULL';
+}
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`invalid configuration:\n  - ${problems.join('\n  - ')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+
+/** Flags that mirror environment variables. */
+const FLAG_TO_ENV: Record<string, string> = {
+  '--host': 'SIDECAR_HOST',
+  '--port': 'SIDECAR_PORT',
+  '--store': 'SIDECAR_STORE',
+  '--livekit-url': 'LIVEKIT_URL',
+  '--homeservers': 'SIDECAR_HOMESERVERS',
+  '--log-level': 'LOG_LEVEL',
+};
+
+export const USAGE = `Usage: futures-sidecar [--dev] [--host H] [--port P] [--store sqlite:PATH|redis://...]
+                       [--livekit-url URL] [--homeservers LIST] [--log-level LEVEL]
+Every setting is also an environment variable (see README.md, "Configuration"). --dev fills in
+development defaults (LiveKit's devkey: secret, SQLite under ./data, loopback, any homeserver).`;
+
+export interface ParsedArgs {
+  dev: boolean;
+  help: boolean;
+  env: Record<string, string | undefined>;
+}
+
+export function parseArgs(argv: readonly string[], env: Record<string, string | undefined>): ParsedArgs {
+  const merged = { ...env };
+  let dev = false;
+  let help = false;
+  const problems: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === '--dev') dev = true;
+    else if (arg === '--help' || arg === '-h') help = true;
+    else {
+      const [flag, inline] = arg.includes('=') ? [arg.slice(0, arg.indexOf('=')), arg.slice(arg.indexOf('=') + 1)] : [arg, undefined];
+      const envName = FLAG_TO_ENV[flag];
+      if (!envName) {
+        problems.push(`unknown argument ${JSON.stringify(arg)}`);
+        continue;
+      }
+      const value = inline ?? argv[++i];
+      if (value === undefined) problems.push(`${flag} needs a value`);
+      else merged[envName] = value;
+    }
+  }
+  if (problems.length) throw new ConfigError(problems);
+  return { dev, help, env: merged };
+}
+
+export function loadConfig(env: Record<string, string | undefined>, opts: { dev: boolean }): Config {
+  const problems: string[] = [];
+  const dev = opts.dev;
+  const get = (name: string): string | undefined => {
+    const v = env[name];
+    return v === undefined || v.trim() === '' ? undefined : v.trim();
+  };
+
+  const int = (name: string, def: number, min: number, max = Number.MAX_SAFE_INTEGER): number => {
+    const raw = get(name);
+    if (raw === undefined) return def;
+    if (!/^\d+$/.test(raw)) {
+      problems.push(`${name} must be a whole number, got ${JSON.stringify(raw)}`);
+      return def;
+    }
+    const n = Number(raw);
+    if (n < min || n > max) problems.push(`${name} must be between ${min} and ${max}, got ${n}`);
+    return n;
+  };
+  const num = (name: string, def: number, min: number, max: number, exclusiveMin = false): number => {
+    const raw = get(name);
+    if (raw === undefined) return def;
+    const n = Number(raw);
+    if (!Number.isFinite(n) || !/^[0-9.eE+-]+$/.test(raw)) {
+      problems.push(`${name} must be a number, got ${JSON.stringify(raw)}`);
+      return def;
+    }
+    if ((exclusiveMin ? n <= min : n < min) || n > max) {
+      problems.push(`${name} must be ${exclusiveMin ? 'greater than' : 'at least'} ${min} and at most ${max}, got ${n}`);
+    }
+    return n;
+  };
+  const bool = (name: string, def: boolean): boolean => {
+    const raw = get(name);
+    if (raw === undefined) return def;
+    if (/^(1|true|yes|on)$/i.test(raw)) return true;
+    if (/^(0|false|no|off)$/i.test(raw)) return false;
+    problems.push(`${name} must be true or false, got ${JSON.stringify(raw)}`);
+    return def;
+  };
+
+  const host = get('SIDECAR_HOST') ?? (dev ? '127.0.0.1' : '0.0.0.0');
+  const port = int('SIDECAR_PORT', 8089, 0, 65535);
+
+  const livekitUrl = get('LIVEKIT_URL') ?? 'http://127.0.0.1:7880';
+  if (!/^(https?|wss?):\/\/[^/\s]+/i.test(livekitUrl)) problems.push(`LIVEKIT_URL must be an http(s) or ws(s) URL, got ${JSON.stringify(livekitUrl)}`);
+
+  const livekitKeys = new Map<string, string>();
+  const keysRaw = get('LIVEKIT_KEYS');
+  const apiKey = get('LIVEKIT_API_KEY');
+  const apiSecret = get('LIVEKIT_API_SECRET');
+  if (keysRaw !== undefined) {
+    for (const line of keysRaw.split(/\r?\n/)) {
+      if (!line.trim() || line.trim().startsWith('#')) continue;
+      const idx = line.indexOf(':');
+      const key = idx > 0 ? line.slice(0, idx).trim() : '';
+      const secret = idx > 0 ? line.slice(idx + 1).trim() : '';
+      if (!key || !secret) problems.push('LIVEKIT_KEYS must hold "key: secret" lines (a line could not be read; its content is not shown)');
+      else livekitKeys.set(key, secret);
+    }
+  }
+  if (apiKey !== undefined || apiSecret !== undefined) {
+    if (!apiKey || !apiSecret) problems.push('LIVEKIT_API_KEY and LIVEKIT_API_SECRET must be set together');
+    else livekitKeys.set(apiKey, apiSecret);
+  }
+  if (livekitKeys.size === 0) {
+    if (dev) livekitKeys.set('devkey', 'secret');
+    else problems.push('LIVEKIT_KEYS (or LIVEKIT_API_KEY + LIVEKIT_API_SECRET) is required');
+  }
+
+  const storeRaw = get('SIDECAR_STORE') ?? 'sqlite:./data/futures-sidecar.db';
+  let store: Config['store'] = { kind: 'sqlite', path: './data/futures-sidecar.db' };
+  if (storeRaw.startsWith('sqlite:')) {
+    const path = storeRaw.slice('sqlite:'.length);
+    if (!path) problems.push('SIDECAR_STORE sqlite: needs a path, e.g. sqlite:./data/futures-sidecar.db');
+    store = { kind: 'sqlite', path };
+  } else if (/^rediss?:\/\//.test(storeRaw)) {
+    store = { kind: 'redis', url: storeRaw };
+  } else {
+    problems.push(`SIDECAR_STORE must be sqlite:<path> or redis://..., got ${JSON.stringify(storeRaw.replace(/\/\/[^@/]*@/, '//***@'))}`);
+  }
+
+  const homeservers: HomeserverAllowList = { any: false, origins: new Set(), serverNames: new Set() };
+  const hsRaw = get('SIDECAR_HOMESERVERS') ?? (dev ? '*' : undefined);
+  if (hsRaw === undefined) problems.push('SIDECAR_HOMESERVERS is required (origins like https://matrix.example, server names like example.org, or *)');
+  else {
+    for (const entry of hsRaw.split(/[\s,]+/).filter(Boolean)) {
+      if (entry === '*') homeservers.any = true;
+      else if (entry.includes('://')) {
+        const origin = normaliseOrigin(entry);
+        if (!origin) problems.push(`SIDECAR_HOMESERVERS: ${JSON.stringify(entry)} is not an http(s) origin`);
+        else homeservers.origins.add(origin);
+      } else if (/^[a-z0-9.-]+(:\d+)?$/i.test(entry) || /^\[[0-9a-f:.]+\](:\d+)?$/i.test(entry)) {
+        homeservers.serverNames.add(entry.toLowerCase());
+      } else problems.push(`SIDECAR_HOMESERVERS: ${JSON.stringify(entry)} is neither an origin, a server name nor *`);
+    }
+  }
+
+  const allowPrivateAddresses = bool('SIDECAR_ALLOW_PRIVATE_ADDRESSES', dev);
+
+  const adminToken = get('SIDECAR_ADMIN_TOKEN') ?? null;
+  if (adminToken !== null && adminToken.length < 16) problems.push('SIDECAR_ADMIN_TOKEN must be at least 16 characters');
+
+  const parseKey = (name: string, raw: string): Buffer | null => {
+    const buf = Buffer.from(raw, 'base64');
+    if (buf.length !== 32 || !/^[A-Za-z0-9+/]+=*$/.test(raw)) {
+      problems.push(`${name} must be 32 bytes in base64 (openssl rand -base64 32)`);
+      return null;
+    }
+    return buf;
+  };
+  const tokenKeyRaw = get('SIDECAR_TOKEN_KEY');
+  const tokenKey = tokenKeyRaw === undefined ? null : parseKey('SIDECAR_TOKEN_KEY', tokenKeyRaw);
+  const tokenOldKeys = (get('SIDECAR_TOKEN_OLD_KEYS') ?? '')
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)
+    .map((k) => parseKey('SIDECAR_TOKEN_OLD_KEYS', k))
+    .filter((k): k is Buffer => k !== null);
+
+  const reconnectGraceMs = int('SIDECAR_RECONNECT_GRACE_MS', 10_000, 0, 3_600_000);
+  const joinTimeoutMs = int('SIDECAR_JOIN_TIMEOUT_MS', 300_000, 1_000, 86_400_000);
+  const refreshAt = num('SIDECAR_REFRESH_AT', 0.5, 0.05, 0.9);
+  const minTimeoutMs = int('SIDECAR_MIN_TIMEOUT_MS', dev ? 1_000 : 60_000, 1_000);
+  const maxTimeoutMs = int('SIDECAR_MAX_TIMEOUT_MS', 86_400_000, 1_000, 30 * 86_400_000);
+  if (minTimeoutMs > maxTimeoutMs) problems.push(`SIDECAR_MIN_TIMEOUT_MS (${minTimeoutMs}) must not exceed SIDECAR_MAX_TIMEOUT_MS (${maxTimeoutMs})`);
+  const homeserverRate = num('SIDECAR_HOMESERVER_RATE', 1, 0, 10_000, true);
+  const reconcileIntervalMs = int('SIDECAR_RECONCILE_INTERVAL_MS', 30_000, 1_000);
+  const maxDelegationsPerIdentity = int('SIDECAR_MAX_DELEGATIONS_PER_IDENTITY', 10, 1);
+  const maxDelegationsPerRoom = int('SIDECAR_MAX_DELEGATIONS_PER_ROOM', 5_000, 1);
+  const rateLimitPerMinute = int('SIDECAR_RATE_LIMIT_PER_MINUTE', 600, 1);
+  const shutdownTimeoutMs = int('SIDECAR_SHUTDOWN_TIMEOUT_MS', 10_000, 0, 600_000);
+
+  const overrides = (name: string): Map<string, string> => {
+    const map = new Map<string, string>();
+    for (const pair of (get(name) ?? '').split(',').map((s) => s.trim()).filter(Boolean)) {
+      const idx = pair.indexOf('=');
+      const server = idx > 0 ? pair.slice(0, idx).trim().toLowerCase() : '';
+      const url = idx > 0 ? normaliseBaseUrl(pair.slice(idx + 1).trim()) : null;
+      if (!server || !url) problems.push(`${name} must be server=https://url pairs separated by commas, got ${JSON.stringify(pair)}`);
+      else map.set(server, url);
+    }
+    return map;
+  };
+  const csApiUrlOverrides = overrides('SIDECAR_CS_API_URL_OVERRIDES');
+  const federationUrlOverrides = overrides('SIDECAR_FEDERATION_URL_OVERRIDES');
+
+  const logLevelRaw = get('LOG_LEVEL') ?? (dev ? 'debug' : 'info');
+  if (!LOG_LEVELS.includes(logLevelRaw as LogLevel)) problems.push(`LOG_LEVEL must be one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(logLevelRaw)}`);
+
+  const syncRaw = (get('SIDECAR_SQLITE_SYNCHRONOUS') ?? 'NORMAL').toUpperCase();
+  if (syncRaw !== 'NORMAL' && syncRaw !== 'FULL') problems.push(`SIDECAR_SQLITE_SYNCHRONOUS must be NORMAL or FULL, got ${JSON.stringify(syncRaw)}`);
+
+  if (problems.length) throw new ConfigError(problems);
+  return {
+    dev,
+    host,
+    port,
+    livekitUrl,
+    livekitKeys,
+    store,
+    homeservers,
+    allowPrivateAddresses,
+    allowHttp: dev,
+    adminToken,
+    tokenKey,
+    tokenOldKeys,
+    reconnectGraceMs,
+    joinTimeoutMs,
+    refreshAt,
+    minTimeoutMs,
+    maxTimeoutMs,
+    homeserverRate,
+    reconcileIntervalMs,
+    maxDelegationsPerIdentity,
+    maxDelegationsPerRoom,
+    rateLimitPerMinute,
+    shutdownTimeoutMs,
+    csApiUrlOverrides,
+    federationUrlOverrides,
+    logLevel: logLevelRaw as LogLevel,
+    sqliteSynchronous: syncRaw as 'NORMAL' | 'FULL',
+  };
+}
+
+/** `https://hs.example:443/` -> `https://hs.example`; null when not an http(s) URL without credentials. */
+export function normaliseOrigin(raw: string): string | null {
+  try {
+    const u = new URL(raw);
+    if ((u.protocol !== 'https:' && u.protocol !== 'http:') || u.username || u.password) return null;
+    return u.origin;
+  } catch {
+    return null;
+  }
+}
+
+/** A base URL for API calls: origin plus an optional path prefix, no query, no trailing slash. */
+export function normaliseBaseUrl(raw: string): string | null {
+  try {
+    const u = new URL(raw);
+    if ((u.protocol !== 'https:' && u.protocol !== 'http:') || u.username || u.password || u.search || u.hash) return null;
+    return (u.origin + u.pathname).replace(/\/+$/, '');
+  } catch {
+    return null;
+  }
+}

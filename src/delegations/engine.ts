@@ -1,0 +1,367 @@
+import { createHash, randomBytes } from 'node:crypto';
+import type { Logger } from 'pino';
+import type { Clock } from '../clock.js';
+import { forbidden, limitExceeded } from '../errors.js';
+import type { HomeserverClient } from '../homeserver/client.js';
+import { classifyDeparture } from '../livekit/classify.js';
+import { PresenceTracker, presenceKey } from '../livekit/presence.js';
+import type { Metrics } from '../metrics.js';
+import { DuplicateTokenError, type Store, type WebhookRecord } from '../store/store.js';
+import { Schedule } from './schedule.js';
+import { nextDueAt, registerDelegation, transition, type DelegationEvent, type Effect, type MachineSettings } from './machine.js';
+import { isTerminal, type ActionKind, type Delegation, type DelegationSource, type DelegationState, type Dialect, type LifecycleChange } from './model.js';
+
+export interface RegistrationRequest {
+  dialect: Dialect;
+  homeserver: string;
+  token: string;
+  accessToken: string | null;
+  timeoutMs: number;
+  actions: { leave: string; connection_lost: string };
+  room: string;
+  identity: string;
+  altIdentity?: string | null;
+  altRoom?: string | null;
+  source: DelegationSource;
+  /** Element Call semantics: a new delegation for the same (room, identity) replaces the old one. */
+  replaceSameParticipant?: boolean;
+}
+
+export interface LifecycleEvent {
+  type: LifecycleChange;
+  delegation_id: string;
+  state: DelegationState;
+  at: number;
+  outcome?: string;
+}
+
+export interface EngineLimits {
+  maxPerIdentity: number;
+  maxPerRoom: number;
+}
+
+/** Stable idempotency key for (dialect, homeserver, token) that does not reveal the token. */
+export function tokenKeyOf(dialect: Dialect, homeserver: string, token: string): string {
+  return createHash('sha256').update(`${dialect}\u0000${homeserver}\u0000${token}`).digest('hex');
+}
+
+/**
+ * Drives every open delegation: applies events through the pure state machine, persists each change before acting
+ * on it, keeps one schedule for all timers, and carries out homeserver calls.
+ */
+export class DelegationEngine {
+  private readonly open = new Map<string, Delegation>();
+  private readonly byParticipant = new Map<string, Set<string>>();
+  private readonly byRoom = new Map<string, Set<string>>();
+  private readonly busy = new Map<string, { refresh: boolean; action: boolean }>();
+  private readonly inflight = new Set<Promise<unknown>>();
+  private readonly listeners = new Set<(e: LifecycleEvent) => void>();
+  readonly presence = new PresenceTracker();
+  private readonly schedule: Schedule;
+  private stopping = false;
+
+  constructor(
+    private readonly deps: {
+      store: Store;
+      homeservers: HomeserverClient;
+      clock: Clock;
+      logger: Logger;
+      metrics: Metrics;
+      settings: MachineSettings;
+      limits: EngineLimits;
+      random?: () => number;
+    },
+  ) {
+    this.schedule = new Schedule(deps.clock, (id) => this.onDue(id));
+    deps.metrics.attach({
+      countByStateAndDialect: () => this.countByStateAndDialect(),
+      smallestExpiryMarginSeconds: () => this.smallestExpiryMarginSeconds(),
+      limiterBacklog: () => deps.homeservers.limiterBacklog(),
+    });
+  }
+
+  onLifecycle(listener: (e: LifecycleEvent) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  /** Reloads open delegations; overdue refreshes and actions run at once. */
+  async start(): Promise<void> {
+    const loaded = await this.deps.store.loadOpen();
+    for (const d of loaded) this.track(d);
+    this.deps.logger.info({ open: loaded.length }, 'open delegations loaded');
+  }
+
+  get openCount(): number {
+    return this.open.size;
+  }
+
+  getOpen(id: string): Delegation | undefined {
+    return this.open.get(id);
+  }
+
+  async register(req: RegistrationRequest): Promise<{ delegation: Delegation; created: boolean }> {
+    const tokenKey = tokenKeyOf(req.dialect, req.homeserver, req.token);
+    const existing = await this.deps.store.findByTokenKey(tokenKey);
+    if (existing) {
+      if (existing.identity !== req.identity || existing.room !== req.room) {
+        this.deps.metrics.registered.inc({ dialect: req.dialect, outcome: 'forbidden' });
+        throw forbidden('This token was delegated by another participant');
+      }
+      this.deps.metrics.registered.inc({ dialect: req.dialect, outcome: 'existing' });
+      return { delegation: this.open.get(existing.id) ?? existing, created: false };
+    }
+    const key = presenceKey(req.room, req.identity);
+    const sameParticipant = [...(this.byParticipant.get(key) ?? [])].map((id) => this.open.get(id)!).filter((d) => d.room === req.room && d.identity === req.identity);
+    if (req.replaceSameParticipant) {
+      for (const old of sameParticipant) await this.apply(old.id, { type: 'revoke' }, 'replaced by a new delegation for the same participant');
+    } else if (sameParticipant.length >= this.deps.limits.maxPerIdentity) {
+      this.deps.metrics.registered.inc({ dialect: req.dialect, outcome: 'limited' });
+      throw limitExceeded('Too many open delegations for this participant', 60_000);
+    }
+    if ((this.byRoom.get(req.room)?.size ?? 0) >= this.deps.limits.maxPerRoom) {
+      this.deps.metrics.registered.inc({ dialect: req.dialect, outcome: 'limited' });
+      throw limitExceeded('Too many open delegations in this room', 60_000);
+    }
+    const now = this.deps.clock.now();
+    const sid =
+      this.presence.activeSid(req.room, req.identity) ??
+      (req.altIdentity ? this.presence.activeSid(req.altRoom ?? req.room, req.altIdentity) : null);
+    const t = registerDelegation(
+      {
+        id: `dg_${randomBytes(12).toString('base64url')}`,
+        dialect: req.dialect,
+        homeserver: req.homeserver,
+        tokenKey,
+        room: req.room,
+        identity: req.identity,
+        altIdentity: req.altIdentity ?? null,
+        altRoom: req.altRoom ?? null,
+        sid: null,
+        actions: req.actions,
+        timeoutMs: req.timeoutMs,
+        source: req.source,
+        createdAt: now,
+      },
+      this.ctx(),
+      sid,
+    );
+    try {
+      await this.deps.store.insertDelegation(t.delegation, { token: req.token, accessToken: req.accessToken });
+    } catch (err) {
+      if (err instanceof DuplicateTokenError) return this.register(req);
+      throw err;
+    }
+    this.deps.metrics.registered.inc({ dialect: req.dialect, outcome: 'created' });
+    this.track(t.delegation);
+    this.emit(null, t.delegation, t.changes, 'registered');
+    return { delegation: t.delegation, created: true };
+  }
+
+  /** Revokes without calling the homeserver; a terminal delegation is returned as it is. */
+  async revoke(id: string): Promise<Delegation | undefined> {
+    if (this.open.has(id)) return this.apply(id, { type: 'revoke' }, 'revoked');
+    return this.deps.store.getDelegation(id);
+  }
+
+  async get(id: string): Promise<Delegation | undefined> {
+    return this.open.get(id) ?? (await this.deps.store.getDelegation(id));
+  }
+
+  /** Applies one recorded LiveKit webhook. Safe to run twice for the same record (transitions are idempotent). */
+  async processWebhook(rec: WebhookRecord): Promise<void> {
+    const { room, identity, sid } = rec;
+    if (rec.event === 'room_finished') {
+      if (!room) return;
+      this.presence.roomFinished(room, rec.receivedAt);
+      for (const id of [...(this.byRoom.get(room) ?? [])]) await this.apply(id, { type: 'room_finished', at: rec.receivedAt }, 'room finished');
+      return;
+    }
+    if (!room || !identity || !sid) return;
+    if (rec.event === 'participant_joined') {
+      if (this.presence.joined(room, identity, sid) === 'stale') return;
+      for (const id of this.participantDelegations(room, identity)) await this.apply(id, { type: 'joined', sid }, 'participant_joined');
+      return;
+    }
+    if (rec.event === 'participant_left' || rec.event === 'participant_connection_aborted') {
+      if (this.presence.departed(room, identity, sid, rec.receivedAt) === 'stale') return;
+      const departure = classifyDeparture(rec.event, rec.reason ?? undefined);
+      for (const id of this.participantDelegations(room, identity)) {
+        await this.apply(id, { type: 'departed', sid, departure, at: rec.receivedAt }, `${rec.event} ${rec.reason ?? 'UNKNOWN_REASON'}`);
+      }
+    }
+  }
+
+  /** Stop starting work; wait for homeserver calls already in flight, at most until `deadline`. */
+  async drain(deadline: number): Promise<void> {
+    this.stopping = true;
+    this.schedule.stop();
+    const wait = Math.max(0, deadline - this.deps.clock.now());
+    await Promise.race([
+      Promise.allSettled([...this.inflight]),
+      new Promise<void>((resolve) => {
+        const h = this.deps.clock.setTimeout(resolve, wait);
+        void Promise.allSettled([...this.inflight]).then(() => this.deps.clock.clearTimeout(h));
+      }),
+    ]);
+  }
+
+  /** Smallest time left before any open delegation's future would expire, in seconds (+Inf when none). */
+  smallestExpiryMarginSeconds(): number {
+    const now = this.deps.clock.now();
+    let min = Infinity;
+    for (const d of this.open.values()) if (d.state !== 'firing') min = Math.min(min, d.expiresAt - now);
+    return min === Infinity ? Infinity : min / 1000;
+  }
+
+  private *countByStateAndDialect(): Iterable<{ state: DelegationState; dialect: Dialect; count: number }> {
+    const counts = new Map<string, number>();
+    for (const d of this.open.values()) counts.set(`${d.state}|${d.dialect}`, (counts.get(`${d.state}|${d.dialect}`) ?? 0) + 1);
+    for (const [k, count] of counts) {
+      const [state, dialect] = k.split('|') as [DelegationState, Dialect];
+      yield { state, dialect, count };
+    }
+  }
+
+  private participantDelegations(room: string, identity: string): string[] {
+    return [...(this.byParticipant.get(presenceKey(room, identity)) ?? [])];
+  }
+
+  private ctx() {
+    return { now: this.deps.clock.now(), settings: this.deps.settings, random: this.deps.random ?? Math.random };
+  }
+
+  private track(d: Delegation): void {
+    this.open.set(d.id, d);
+    addTo(this.byParticipant, presenceKey(d.room, d.identity), d.id);
+    addTo(this.byRoom, d.room, d.id);
+    if (d.altIdentity) addTo(this.byParticipant, presenceKey(d.altRoom ?? d.room, d.altIdentity), d.id);
+    if (d.altRoom) addTo(this.byRoom, d.altRoom, d.id);
+    this.reschedule(d);
+  }
+
+  private untrack(d: Delegation): void {
+    this.open.delete(d.id);
+    this.busy.delete(d.id);
+    removeFrom(this.byParticipant, presenceKey(d.room, d.identity), d.id);
+    removeFrom(this.byRoom, d.room, d.id);
+    if (d.altIdentity) removeFrom(this.byParticipant, presenceKey(d.altRoom ?? d.room, d.altIdentity), d.id);
+    if (d.altRoom) removeFrom(this.byRoom, d.altRoom, d.id);
+    this.schedule.set(d.id, null);
+  }
+
+  private reschedule(d: Delegation): void {
+    this.schedule.set(d.id, this.stopping ? null : nextDueAt(d));
+  }
+
+  private onDue(id: string): void {
+    if (this.stopping || !this.open.has(id)) return;
+    const busy = this.busy.get(id) ?? { refresh: false, action: false };
+    void this.apply(id, { type: 'tick', busy }, 'timer').catch((err) => this.deps.logger.error({ err, delegation_id: id }, 'tick failed'));
+  }
+
+  /** Runs one event through the machine, persists the result, then carries out its effects. */
+  private async apply(id: string, event: DelegationEvent, cause: string): Promise<Delegation | undefined> {
+    const before = this.open.get(id);
+    if (!before) return this.deps.store.getDelegation(id);
+    const t = transition(before, event, this.ctx());
+    const after = t.delegation;
+    if (after === before) return before;
+    this.open.set(id, after);
+    if (isTerminal(after.state)) this.untrack(after);
+    else this.reschedule(after);
+    await this.deps.store.saveDelegation(after);
+    this.emit(before, after, t.changes, t.reason ?? cause);
+    for (const effect of t.effects) this.run(after, effect);
+    return after;
+  }
+
+  private run(d: Delegation, effect: Effect): void {
+    if (this.stopping) return;
+    const busy = this.busy.get(d.id) ?? { refresh: false, action: false };
+    this.busy.set(d.id, busy);
+    const kind = effect.type;
+    busy[kind] = true;
+    const p = (kind === 'refresh' ? this.doRefresh(d) : this.doAction(d, (effect as { action: ActionKind }).action))
+      .catch((err) => this.deps.logger.error({ err, delegation_id: d.id }, `${kind} failed unexpectedly`))
+      .finally(() => {
+        busy[kind] = false;
+        this.inflight.delete(p);
+        const current = this.open.get(d.id);
+        if (current) this.reschedule(current);
+      });
+    this.inflight.add(p);
+  }
+
+  private async doRefresh(d: Delegation): Promise<void> {
+    const secrets = await this.deps.store.getSecrets(d.id);
+    if (!secrets) throw new Error('delegation secrets missing from the store');
+    const result = await this.deps.homeservers.call({
+      op: 'refresh',
+      dialect: d.dialect,
+      baseUrl: d.homeserver,
+      token: secrets.token,
+      accessToken: secrets.accessToken,
+      actionName: '',
+      priority: { rank: 1, deadline: d.expiresAt },
+    });
+    if (result.accessTokenRejected) await this.deps.store.saveSecrets(d.id, { ...secrets, accessToken: null });
+    this.deps.metrics.refreshes.inc({ outcome: outcomeLabel(result.outcome.kind) });
+    if (this.stopping && result.outcome.kind !== 'ok') return;
+    await this.apply(d.id, { type: 'refresh_result', outcome: result.outcome }, 'refresh answered');
+  }
+
+  private async doAction(d: Delegation, action: ActionKind): Promise<void> {
+    const secrets = await this.deps.store.getSecrets(d.id);
+    if (!secrets) throw new Error('delegation secrets missing from the store');
+    const result = await this.deps.homeservers.call({
+      op: 'action',
+      dialect: d.dialect,
+      baseUrl: d.homeserver,
+      token: secrets.token,
+      accessToken: secrets.accessToken,
+      actionName: d.actions[action],
+      priority: { rank: 0, deadline: d.expiresAt },
+    });
+    if (result.accessTokenRejected) await this.deps.store.saveSecrets(d.id, { ...secrets, accessToken: null });
+    const kind = result.outcome.kind;
+    this.deps.metrics.actions.inc({ action, outcome: kind === 'ok' ? 'sent' : kind === 'finalised' ? 'already_finalised' : outcomeLabel(kind) });
+    const latest = this.open.get(d.id);
+    if ((kind === 'ok' || kind === 'finalised') && latest?.disconnectedAt != null) {
+      this.deps.metrics.disconnectToAction.observe({ action }, Math.max(0, this.deps.clock.now() - latest.disconnectedAt) / 1000);
+    }
+    await this.apply(d.id, { type: 'action_result', outcome: result.outcome }, 'action answered');
+  }
+
+  private emit(before: Delegation | null, after: Delegation, changes: LifecycleChange[], reason: string): void {
+    if (!before || before.state !== after.state) {
+      this.deps.logger.info(
+        { delegation_id: after.id, from: before?.state ?? null, state: after.state, reason, ...(after.outcome ? { outcome: after.outcome } : {}) },
+        'delegation state changed',
+      );
+    }
+    for (const type of changes) {
+      this.deps.metrics.lifecycle.inc({ change: type });
+      const e: LifecycleEvent = { type, delegation_id: after.id, state: after.state, at: this.deps.clock.now(), ...(after.outcome && isTerminal(after.state) ? { outcome: after.outcome } : {}) };
+      for (const l of this.listeners) l(e);
+    }
+  }
+}
+
+function outcomeLabel(kind: 'ok' | 'finalised' | 'retry' | 'permanent'): string {
+  return { ok: 'ok', finalised: 'finalised', retry: 'retry', permanent: 'failed' }[kind];
+}
+
+function addTo(index: Map<string, Set<string>>, key: string, id: string): void {
+  let s = index.get(key);
+  if (!s) index.set(key, (s = new Set()));
+  s.add(id);
+}
+
+function removeFrom(index: Map<string, Set<string>>, key: string, id: string): void {
+  const s = index.get(key);
+  if (!s) return;
+  s.delete(id);
+  if (s.size === 0) index.delete(key);
+}
+

@@ -1,0 +1,97 @@
+export type Dialect = 'futures' | 'delayed_events';
+export const DIALECTS: readonly Dialect[] = ['futures', 'delayed_events'];
+
+export type DelegationState =
+  | 'awaiting_join'
+  | 'connected'
+  | 'grace'
+  | 'firing'
+  | 'fired'
+  | 'revoked'
+  | 'invalidated'
+  | 'expired'
+  | 'failed';
+
+export const DELEGATION_STATES: readonly DelegationState[] = [
+  'awaiting_join',
+  'connected',
+  'grace',
+  'firing',
+  'fired',
+  'revoked',
+  'invalidated',
+  'expired',
+  'failed',
+];
+
+export const TERMINAL_STATES: ReadonlySet<DelegationState> = new Set(['fired', 'revoked', 'invalidated', 'expired', 'failed']);
+/** States in which the future is kept alive on the homeserver. */
+export const REFRESHING_STATES: ReadonlySet<DelegationState> = new Set(['awaiting_join', 'connected', 'grace']);
+
+export function isTerminal(state: DelegationState): boolean {
+  return TERMINAL_STATES.has(state);
+}
+
+export type ActionKind = 'leave' | 'connection_lost';
+export const ACTION_KINDS: readonly ActionKind[] = ['leave', 'connection_lost'];
+
+/** How the delegation arrived: our own API, or Element Call's `/delegate_delayed_leave`. */
+export type DelegationSource = 'api' | 'compat';
+
+/**
+ * A delegation as the scheduler holds it. Secrets (the future token / delay id, an access token) are deliberately
+ * not part of it: they stay in the store and are read only when a homeserver call needs them.
+ */
+export interface Delegation {
+  id: string;
+  dialect: Dialect;
+  /** Homeserver base URL, normalised (no trailing slash). */
+  homeserver: string;
+  /** SHA-256 of (dialect, homeserver, token): the idempotency key, safe to keep and index. */
+  tokenKey: string;
+  room: string;
+  identity: string;
+  /** A second identity that also counts as this participant (Element Call's legacy `<user>:<device>`). */
+  altIdentity: string | null;
+  /** Second room for the legacy identity form. */
+  altRoom: string | null;
+  /** The LiveKit session (participant sid) this delegation is bound to, when known. */
+  sid: string | null;
+  actions: { leave: string; connection_lost: string };
+  timeoutMs: number;
+  state: DelegationState;
+  source: DelegationSource;
+  createdAt: number;
+  updatedAt: number;
+  /** When the future would fire on the homeserver by itself: last 2xx refresh send time + timeout. */
+  expiresAt: number;
+  lastRefreshAt: number | null;
+  nextRefreshAt: number | null;
+  refreshFailures: number;
+  joinDeadline: number | null;
+  graceDeadline: number | null;
+  /** When the participant was seen to go (webhook receipt or reconcile), for the disconnect-to-action histogram. */
+  disconnectedAt: number | null;
+  pendingAction: ActionKind | null;
+  nextActionAt: number | null;
+  actionFailures: number;
+  /** Final outcome of a terminal delegation: `sent`, `already_finalised`, or an errcode / reason. */
+  outcome: string | null;
+}
+
+export interface DelegationSecrets {
+  token: string;
+  accessToken: string | null;
+}
+
+/** Lifecycle changes as the watch stream and logs name them. */
+export type LifecycleChange =
+  | 'registered'
+  | 'connected'
+  | 'refreshed'
+  | 'grace'
+  | 'fired'
+  | 'invalidated'
+  | 'expired'
+  | 'failed'
+  | 'revoked';

@@ -1,0 +1,204 @@
+import { Agent, request, type Dispatcher } from 'undici';
+import type { Clock } from '../clock.js';
+import type { HomeserverOutcome } from '../delegations/machine.js';
+import type { Dialect } from '../delegations/model.js';
+import type { Metrics } from '../metrics.js';
+import { checkHomeserverUrl, guardedLookup, type GuardPolicy } from './address-guard.js';
+import { OriginLimiter, type CallPriority } from './limiter.js';
+
+export interface HomeserverCall {
+  op: 'refresh' | 'action';
+  dialect: Dialect;
+  baseUrl: string;
+  token: string;
+  accessToken: string | null;
+  /** The futures action name (ignored by delayed events, whose one action is `send`). */
+  actionName: string;
+  priority: CallPriority;
+}
+
+export interface CallResult {
+  outcome: HomeserverOutcome;
+  /** The homeserver refused our access token (401); the call was retried without it. */
+  accessTokenRejected: boolean;
+}
+
+interface Answer {
+  status: number;
+  errcode: string | null;
+  matrixJson: boolean;
+  retryAfterMs: number | undefined;
+}
+
+const REQUEST_TIMEOUT_MS = 10_000;
+const MAX_RESPONSE_BYTES = 64 * 1024;
+const DELAYED_EVENTS_PATH = '/_matrix/client/unstable/org.matrix.msc4140/delayed_events';
+
+/**
+ * Talks to homeservers in both dialects (contract section 2): per-origin keep-alive pools and rate limiters,
+ * the method / endpoint fallbacks (remembered per origin), and the classification of every answer.
+ */
+export class HomeserverClient {
+  private readonly agent: Agent;
+  private readonly limiters = new Map<string, OriginLimiter>();
+  /** Origins that only speak the later futures draft (POST). */
+  private readonly futuresPost = new Set<string>();
+  /** Origins without Synapse's per-action delayed-event endpoints. */
+  private readonly bodyAction = new Set<string>();
+
+  constructor(
+    private readonly opts: { rate: number; clock: Clock; metrics: Metrics; policy: GuardPolicy; timeoutMs?: number },
+  ) {
+    this.agent = new Agent({
+      keepAliveTimeout: 30_000,
+      connections: 16,
+      headersTimeout: opts.timeoutMs ?? REQUEST_TIMEOUT_MS,
+      bodyTimeout: opts.timeoutMs ?? REQUEST_TIMEOUT_MS,
+      connect: { timeout: 5_000, lookup: guardedLookup(opts.policy) as never },
+    });
+  }
+
+  limiterBacklog(): number {
+    let n = 0;
+    for (const l of this.limiters.values()) n += l.backlog;
+    return n;
+  }
+
+  limiterFor(baseUrl: string): OriginLimiter {
+    const origin = new URL(baseUrl).origin;
+    let l = this.limiters.get(origin);
+    if (!l) this.limiters.set(origin, (l = new OriginLimiter(this.opts.rate, this.opts.clock)));
+    return l;
+  }
+
+  async call(c: HomeserverCall): Promise<CallResult> {
+    const started = this.opts.clock.now();
+    const result = await this.callOnce(c);
+    const label = result.outcome.kind;
+    this.opts.metrics.homeserverDuration.observe({ op: c.op, outcome: label }, (this.opts.clock.now() - started) / 1000);
+    return result;
+  }
+
+  private async callOnce(c: HomeserverCall): Promise<CallResult> {
+    const refused = checkHomeserverUrl(c.baseUrl, this.opts.policy);
+    if (refused) return { outcome: { kind: 'permanent', detail: 'homeserver_refused' }, accessTokenRejected: false };
+    const origin = new URL(c.baseUrl).origin;
+    let accessToken = c.accessToken;
+    let accessTokenRejected = false;
+    let fellBack = false;
+    for (;;) {
+      const req = this.buildRequest(c, origin, accessToken);
+      const sentAt = this.opts.clock.now();
+      const answer = await this.send(req, c.priority, origin);
+      if ('network' in answer) {
+        const kind = answer.network === 'address_refused' ? 'permanent' : 'retry';
+        return { outcome: { kind, detail: answer.network }, accessTokenRejected };
+      }
+      const endpointFault = answer.status === 405 || (answer.status === 404 && (!answer.matrixJson || answer.errcode === 'M_UNRECOGNIZED')) || answer.errcode === 'M_UNRECOGNIZED';
+      if (endpointFault && !fellBack) {
+        fellBack = true;
+        if (c.dialect === 'futures') {
+          if (this.futuresPost.has(origin)) this.futuresPost.delete(origin);
+          else this.futuresPost.add(origin);
+        } else if (this.bodyAction.has(origin)) this.bodyAction.delete(origin);
+        else this.bodyAction.add(origin);
+        continue;
+      }
+      if (answer.status === 401 && accessToken !== null) {
+        accessToken = null;
+        accessTokenRejected = true;
+        continue;
+      }
+      return { outcome: classify(answer, sentAt), accessTokenRejected };
+    }
+  }
+
+  private buildRequest(c: HomeserverCall, origin: string, accessToken: string | null): { url: string; method: 'PUT' | 'POST'; body: string; headers: Record<string, string> } {
+    const headers: Record<string, string> = { 'content-type': 'application/json', 'user-agent': 'futures-sidecar' };
+    if (c.dialect === 'futures') {
+      const path = c.op === 'refresh' ? '/_matrix/client/v3/futures/refresh' : `/_matrix/client/v3/futures/action/${encodeURIComponent(c.actionName)}`;
+      return { url: c.baseUrl + path, method: this.futuresPost.has(origin) ? 'POST' : 'PUT', body: JSON.stringify({ future_token: c.token }), headers };
+    }
+    if (accessToken !== null) headers.authorization = `Bearer ${accessToken}`;
+    const verb = c.op === 'refresh' ? 'restart' : 'send';
+    const id = encodeURIComponent(c.token);
+    if (this.bodyAction.has(origin)) return { url: `${c.baseUrl}${DELAYED_EVENTS_PATH}/${id}`, method: 'POST', body: JSON.stringify({ action: verb }), headers };
+    return { url: `${c.baseUrl}${DELAYED_EVENTS_PATH}/${id}/${verb}`, method: 'POST', body: '{}', headers };
+  }
+
+  private async send(
+    req: { url: string; method: 'PUT' | 'POST'; body: string; headers: Record<string, string> },
+    priority: CallPriority,
+    origin: string,
+  ): Promise<Answer | { network: string }> {
+    const limiter = this.limiterFor(origin);
+    await limiter.acquire(priority);
+    let res: Dispatcher.ResponseData;
+    try {
+      res = await request(req.url, { method: req.method, headers: req.headers, body: req.body, dispatcher: this.agent });
+    } catch (err) {
+      return { network: networkReason(err) };
+    }
+    let text: string;
+    try {
+      text = await readLimited(res.body, MAX_RESPONSE_BYTES);
+    } catch (err) {
+      return { network: networkReason(err) };
+    }
+    let errcode: string | null = null;
+    let matrixJson = false;
+    let retryAfterMs: number | undefined;
+    try {
+      const json = JSON.parse(text) as unknown;
+      if (json && typeof json === 'object' && !Array.isArray(json)) {
+        const o = json as Record<string, unknown>;
+        matrixJson = typeof o.errcode === 'string' || res.statusCode < 300;
+        if (typeof o.errcode === 'string') errcode = o.errcode;
+        if (typeof o.retry_after_ms === 'number' && o.retry_after_ms >= 0) retryAfterMs = o.retry_after_ms;
+      }
+    } catch {
+      matrixJson = false;
+    }
+    const header = res.headers['retry-after'];
+    if (retryAfterMs === undefined && typeof header === 'string' && /^\d+$/.test(header.trim())) retryAfterMs = Number(header.trim()) * 1000;
+    if (res.statusCode === 429) limiter.throttle();
+    return { status: res.statusCode, errcode, matrixJson, retryAfterMs };
+  }
+
+  async close(): Promise<void> {
+    for (const l of this.limiters.values()) l.close();
+    await this.agent.close();
+  }
+}
+
+function classify(a: Answer, sentAt: number): HomeserverOutcome {
+  const s = a.status;
+  if (s >= 200 && s < 300) return { kind: 'ok', sentAt };
+  if ((s === 404 && a.errcode === 'M_NOT_FOUND') || s === 409) return { kind: 'finalised', detail: `${s}_${a.errcode ?? 'no_errcode'}` };
+  if (s === 404 || s === 405 || a.errcode === 'M_UNRECOGNIZED') return { kind: 'retry', detail: `endpoint_fault_${s}` };
+  if (s === 429) return { kind: 'retry', detail: 'rate_limited', retryAfterMs: a.retryAfterMs ?? 1000 };
+  if (s >= 500 || s < 200) return { kind: 'retry', detail: `status_${s}` };
+  if (s >= 300 && s < 400) return { kind: 'permanent', detail: `redirect_${s}` };
+  return { kind: 'permanent', detail: a.errcode ?? `status_${s}` };
+}
+
+function networkReason(err: unknown): string {
+  const code = (err as { code?: string }).code;
+  if (code === 'E_ADDRESS_REFUSED') return 'address_refused';
+  if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT' || code === 'UND_ERR_CONNECT_TIMEOUT') return 'timeout';
+  return 'network_error';
+}
+
+async function readLimited(body: Dispatcher.ResponseData['body'], limit: number): Promise<string> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of body) {
+    size += (chunk as Buffer).length;
+    if (size > limit) {
+      body.destroy();
+      break;
+    }
+    chunks.push(chunk as Buffer);
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}

@@ -1,0 +1,85 @@
+import { createHash } from 'node:crypto';
+import { DisconnectReason } from '@livekit/protocol';
+import type { FastifyInstance } from 'fastify';
+import type { Clock } from '../clock.js';
+import { MatrixError } from '../errors.js';
+import { LiveKitAuthError, type LiveKitAuth } from '../livekit/auth.js';
+import { PARTICIPANT_EVENTS, webhookEventLabel } from '../livekit/classify.js';
+import { DEDUPE_WINDOW_MS, type WebhookIntake } from '../livekit/webhook-intake.js';
+import type { Metrics } from '../metrics.js';
+import type { WebhookRecord } from '../store/store.js';
+
+const WEBHOOK_BODY_LIMIT = 1024 * 1024;
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+/**
+ * LiveKit's signed webhooks, on `/livekit/webhook` and lk-jwt-service's `/sfu_webhook`. The body is verified on its
+ * exact bytes before it is parsed, then recorded durably, then acknowledged; the delegations change after that.
+ */
+export function webhookRoutes(app: FastifyInstance, deps: { auth: LiveKitAuth; intake: WebhookIntake; metrics: Metrics; clock: Clock; isShuttingDown: () => boolean }): void {
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser(['application/webhook+json', 'application/json'], { parseAs: 'buffer', bodyLimit: WEBHOOK_BODY_LIMIT }, (_req, body, done) => done(null, body));
+
+  const handler = async (req: { body: unknown; headers: Record<string, string | string[] | undefined> }) => {
+    if (deps.isShuttingDown()) throw new MatrixError(503, 'M_UNKNOWN', 'The service is shutting down');
+    const raw = req.body;
+    let text: string;
+    try {
+      if (!Buffer.isBuffer(raw)) throw new LiveKitAuthError('missing body');
+      text = utf8.decode(raw);
+    } catch {
+      deps.metrics.webhooks.inc({ event: 'unverified', outcome: 'rejected' });
+      throw new MatrixError(401, 'M_UNKNOWN_TOKEN', 'Webhook body is not UTF-8 text');
+    }
+    const authorization = typeof req.headers.authorization === 'string' ? req.headers.authorization : undefined;
+    let event;
+    try {
+      event = await deps.auth.verifyWebhook(text, authorization);
+    } catch (err) {
+      deps.metrics.webhooks.inc({ event: 'unverified', outcome: 'rejected' });
+      if (err instanceof LiveKitAuthError) {
+        throw new MatrixError(401, authorization ? 'M_UNKNOWN_TOKEN' : 'M_MISSING_TOKEN', `Webhook rejected: ${err.message}`);
+      }
+      throw err;
+    }
+    const label = webhookEventLabel(event.event);
+    if (!(PARTICIPANT_EVENTS as readonly string[]).includes(event.event)) {
+      deps.metrics.webhooks.inc({ event: label, outcome: 'ignored' });
+      return { status: 'ignored' };
+    }
+    const now = deps.clock.now();
+    const createdAt = Number(event.createdAt ?? 0n) * 1000;
+    if (createdAt > 0 && createdAt < now - DEDUPE_WINDOW_MS) {
+      deps.metrics.webhooks.inc({ event: label, outcome: 'stale' });
+      return { status: 'stale' };
+    }
+    const p = event.participant;
+    const rec: WebhookRecord = {
+      id: event.id || `body_${createHash('sha256').update(raw as Buffer).digest('hex').slice(0, 32)}`,
+      event: event.event,
+      room: event.room?.name || null,
+      identity: p?.identity || null,
+      sid: p?.sid || null,
+      reason: p && p.disconnectReason ? (DisconnectReason[p.disconnectReason] ?? `REASON_${p.disconnectReason}`) : null,
+      createdAt: createdAt || now,
+      receivedAt: now,
+    };
+    let fresh: boolean;
+    try {
+      fresh = await deps.intake.record(rec);
+    } catch {
+      deps.metrics.webhooks.inc({ event: label, outcome: 'store_error' });
+      throw new MatrixError(503, 'M_UNKNOWN', 'Could not record the webhook; retry');
+    }
+    if (!fresh) {
+      deps.metrics.webhooks.inc({ event: label, outcome: 'duplicate' });
+      return { status: 'duplicate' };
+    }
+    deps.metrics.webhooks.inc({ event: label, outcome: 'accepted' });
+    deps.intake.enqueue(rec);
+    return { status: 'accepted' };
+  };
+
+  app.post('/livekit/webhook', handler);
+  app.post('/sfu_webhook', handler);
+}

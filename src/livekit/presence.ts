@@ -1,0 +1,109 @@
+/**
+ * Which LiveKit session (sid) is each (room, identity)'s current one, for every participant the webhooks or the
+ * RoomService report, delegated or not. A delegation registered after its participant joined binds to the session
+ * found here, and events for a session that is no longer the identity's current one are recognised as stale.
+ */
+export type PresenceVerdict = 'current' | 'stale';
+
+interface Entry {
+  sid: string;
+  active: boolean;
+  /** When the current session ended (ms), for pruning. */
+  endedAt: number | null;
+  /** Recently ended sessions of this identity, newest last, so late events for them are ignored. */
+  ended: string[];
+}
+
+const ENDED_SIDS_KEPT = 4;
+
+export function presenceKey(room: string, identity: string): string {
+  return `${room}\u0000${identity}`;
+}
+
+export class PresenceTracker {
+  private entries = new Map<string, Entry>();
+  private byRoom = new Map<string, Set<string>>();
+
+  /** A session became active. Returns `stale` when this sid already ended (a late or replayed join). */
+  joined(room: string, identity: string, sid: string): PresenceVerdict {
+    const key = presenceKey(room, identity);
+    const e = this.entries.get(key);
+    if (e?.ended.includes(sid)) return 'stale';
+    if (e && e.sid !== sid) pushEnded(e, e.sid);
+    this.entries.set(key, { sid, active: true, endedAt: null, ended: e?.ended ?? [] });
+    this.indexRoom(room, key);
+    return 'current';
+  }
+
+  /**
+   * A session ended. `current` when it is the identity's current session, or when we know of no other active one
+   * (a join we never saw); `stale` when it already ended or another session has replaced it.
+   */
+  departed(room: string, identity: string, sid: string, at: number): PresenceVerdict {
+    const key = presenceKey(room, identity);
+    const e = this.entries.get(key);
+    if (!e) {
+      this.entries.set(key, { sid, active: false, endedAt: at, ended: [sid] });
+      this.indexRoom(room, key);
+      return 'current';
+    }
+    if (e.ended.includes(sid)) return 'stale';
+    if (e.sid !== sid && e.active) {
+      pushEnded(e, sid);
+      return 'stale';
+    }
+    e.sid = sid;
+    e.active = false;
+    e.endedAt = at;
+    pushEnded(e, sid);
+    return 'current';
+  }
+
+  /** Every active session of the room ends (room_finished). Returns the identities that were active. */
+  roomFinished(room: string, at: number): Array<{ identity: string; sid: string }> {
+    const ended: Array<{ identity: string; sid: string }> = [];
+    for (const key of this.byRoom.get(room) ?? []) {
+      const e = this.entries.get(key);
+      if (!e || !e.active) continue;
+      e.active = false;
+      e.endedAt = at;
+      pushEnded(e, e.sid);
+      ended.push({ identity: key.slice(room.length + 1), sid: e.sid });
+    }
+    return ended;
+  }
+
+  activeSid(room: string, identity: string): string | null {
+    const e = this.entries.get(presenceKey(room, identity));
+    return e?.active ? e.sid : null;
+  }
+
+  /** Forget sessions that ended before `before` (kept at least the join timeout, per the contract). */
+  prune(before: number): void {
+    for (const [key, e] of this.entries) {
+      if (!e.active && e.endedAt !== null && e.endedAt < before) {
+        this.entries.delete(key);
+        const room = key.slice(0, key.indexOf('\u0000'));
+        const keys = this.byRoom.get(room);
+        keys?.delete(key);
+        if (keys && keys.size === 0) this.byRoom.delete(room);
+      }
+    }
+  }
+
+  get size(): number {
+    return this.entries.size;
+  }
+
+  private indexRoom(room: string, key: string): void {
+    let keys = this.byRoom.get(room);
+    if (!keys) this.byRoom.set(room, (keys = new Set()));
+    keys.add(key);
+  }
+}
+
+function pushEnded(e: Entry, sid: string): void {
+  if (e.ended.includes(sid)) return;
+  e.ended.push(sid);
+  if (e.ended.length > ENDED_SIDS_KEPT) e.ended.shift();
+}

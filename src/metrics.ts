@@ -1,0 +1,106 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { ACTION_KINDS, DELEGATION_STATES, DIALECTS, type DelegationState, type Dialect } from './delegations/model.js';
+import { WEBHOOK_EVENT_LABELS } from './livekit/classify.js';
+
+const PREFIX = 'futures_sidecar_';
+/** 1 ms to 60 s, roughly x2.5 per step. */
+const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+
+export const VERSION = '0.1.0';
+
+export interface MetricsSources {
+  /** Open delegations by state and dialect, computed when scraped. */
+  countByStateAndDialect(): Iterable<{ state: DelegationState; dialect: Dialect; count: number }>;
+  /** Smallest time left (s) before any open delegation's future would expire; +Inf when none. */
+  smallestExpiryMarginSeconds(): number;
+  limiterBacklog(): number;
+}
+
+/** Every metric of the daemon, in one registry per app instance (tests build several apps in one process). */
+export class Metrics {
+  readonly registry = new Registry();
+  readonly registered: Counter<'dialect' | 'outcome'>;
+  readonly refreshes: Counter<'outcome'>;
+  readonly actions: Counter<'action' | 'outcome'>;
+  readonly webhooks: Counter<'event' | 'outcome'>;
+  readonly homeserverDuration: Histogram<'op' | 'outcome'>;
+  readonly disconnectToAction: Histogram<'action'>;
+  readonly reconcileCorrections: Counter<'kind'>;
+  readonly lifecycle: Counter<'change'>;
+  private sources: MetricsSources | null = null;
+
+  constructor() {
+    const register = [this.registry];
+    collectDefaultMetrics({ register: this.registry, prefix: PREFIX });
+    new Gauge({ name: `${PREFIX}info`, help: 'Build information', labelNames: ['version'], registers: register }).set({ version: VERSION }, 1);
+    // eslint-disable-next-line @typescript-eslint/no-this-alias
+    const self = this;
+    new Gauge({
+      name: `${PREFIX}delegations`,
+      help: 'Delegations held open by this process, by state and dialect',
+      labelNames: ['state', 'dialect'],
+      registers: register,
+      collect() {
+        this.reset();
+        for (const state of DELEGATION_STATES) for (const dialect of DIALECTS) this.set({ state, dialect }, 0);
+        for (const row of self.sources?.countByStateAndDialect() ?? []) this.set({ state: row.state, dialect: row.dialect }, row.count);
+      },
+    });
+    new Gauge({
+      name: `${PREFIX}expiry_margin_seconds`,
+      help: 'Smallest time left before any open delegation\'s future would expire on its homeserver (+Inf when none)',
+      registers: register,
+      collect() {
+        this.set(self.sources?.smallestExpiryMarginSeconds() ?? Infinity);
+      },
+    });
+    new Gauge({
+      name: `${PREFIX}homeserver_limiter_backlog`,
+      help: 'Homeserver calls waiting for their origin\'s rate limiter',
+      registers: register,
+      collect() {
+        this.set(self.sources?.limiterBacklog() ?? 0);
+      },
+    });
+    this.registered = new Counter({
+      name: `${PREFIX}delegations_registered_total`,
+      help: 'Delegation requests by dialect and outcome (created, existing, rejected)',
+      labelNames: ['dialect', 'outcome'],
+      registers: register,
+    });
+    this.refreshes = new Counter({ name: `${PREFIX}refreshes_total`, help: 'Refresh calls by outcome', labelNames: ['outcome'], registers: register });
+    this.actions = new Counter({ name: `${PREFIX}actions_total`, help: 'Action calls by action and outcome', labelNames: ['action', 'outcome'], registers: register });
+    this.webhooks = new Counter({ name: `${PREFIX}webhooks_total`, help: 'LiveKit webhooks by event and outcome', labelNames: ['event', 'outcome'], registers: register });
+    this.homeserverDuration = new Histogram({
+      name: `${PREFIX}homeserver_request_duration_seconds`,
+      help: 'Homeserver call latency by operation and outcome',
+      labelNames: ['op', 'outcome'],
+      buckets: LATENCY_BUCKETS,
+      registers: register,
+    });
+    this.disconnectToAction = new Histogram({
+      name: `${PREFIX}disconnect_to_action_seconds`,
+      help: 'From noticing a departure (webhook receipt or reconcile) to the homeserver\'s 2xx for the action, grace included',
+      labelNames: ['action'],
+      buckets: LATENCY_BUCKETS,
+      registers: register,
+    });
+    this.reconcileCorrections = new Counter({
+      name: `${PREFIX}reconcile_corrections_total`,
+      help: 'Changes made because LiveKit\'s RoomService disagreed with what the webhooks said',
+      labelNames: ['kind'],
+      registers: register,
+    });
+    this.lifecycle = new Counter({
+      name: `${PREFIX}lifecycle_changes_total`,
+      help: 'Delegation lifecycle changes by kind',
+      labelNames: ['change'],
+      registers: register,
+    });
+    for (const action of ACTION_KINDS) this.disconnectToAction.zero({ action });
+  }
+
+  attach(sources: MetricsSources): void {
+    this.sources = sources;
+  }
+}

@@ -1,0 +1,287 @@
+import Database from 'better-sqlite3';
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import type { Delegation, DelegationSecrets } from '../delegations/model.js';
+import { SecretBox } from './secret-box.js';
+import { DuplicateTokenError, type DelegationFilter, type Store, type WebhookRecord } from './store.js';
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS delegations (
+  id TEXT PRIMARY KEY,
+  token_key TEXT NOT NULL UNIQUE,
+  dialect TEXT NOT NULL,
+  homeserver TEXT NOT NULL,
+  room TEXT NOT NULL,
+  identity TEXT NOT NULL,
+  alt_identity TEXT,
+  alt_room TEXT,
+  sid TEXT,
+  action_leave TEXT NOT NULL,
+  action_lost TEXT NOT NULL,
+  timeout_ms INTEGER NOT NULL,
+  state TEXT NOT NULL,
+  open INTEGER NOT NULL,
+  source TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  updated_at INTEGER NOT NULL,
+  expires_at INTEGER NOT NULL,
+  last_refresh_at INTEGER,
+  next_refresh_at INTEGER,
+  refresh_failures INTEGER NOT NULL,
+  join_deadline INTEGER,
+  grace_deadline INTEGER,
+  disconnected_at INTEGER,
+  pending_action TEXT,
+  next_action_at INTEGER,
+  action_failures INTEGER NOT NULL,
+  outcome TEXT,
+  token TEXT NOT NULL,
+  access_token TEXT
+);
+CREATE INDEX IF NOT EXISTS delegations_open ON delegations(open) WHERE open = 1;
+CREATE INDEX IF NOT EXISTS delegations_room ON delegations(room, id);
+CREATE INDEX IF NOT EXISTS delegations_identity ON delegations(identity, id);
+CREATE TABLE IF NOT EXISTS webhooks (
+  id TEXT PRIMARY KEY,
+  event TEXT NOT NULL,
+  room TEXT,
+  identity TEXT,
+  sid TEXT,
+  reason TEXT,
+  created_at INTEGER NOT NULL,
+  received_at INTEGER NOT NULL,
+  processed INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS webhooks_pending ON webhooks(processed) WHERE processed = 0;
+CREATE INDEX IF NOT EXISTS webhooks_received ON webhooks(received_at);
+`;
+
+const MUTABLE_COLUMNS = [
+  'sid',
+  'state',
+  'open',
+  'updated_at',
+  'expires_at',
+  'last_refresh_at',
+  'next_refresh_at',
+  'refresh_failures',
+  'join_deadline',
+  'grace_deadline',
+  'disconnected_at',
+  'pending_action',
+  'next_action_at',
+  'action_failures',
+  'outcome',
+] as const;
+
+type Row = Record<string, string | number | null>;
+
+export class StoreLockedError extends Error {
+  constructor(path: string) {
+    super(`the SQLite store ${path} is in use by another futures-sidecar process (one process owns a SQLite file)`);
+    this.name = 'StoreLockedError';
+  }
+}
+
+/**
+ * The embedded store: one SQLite file in WAL mode, owned exclusively by this process. better-sqlite3 is
+ * synchronous, so each method's write is committed when it returns.
+ */
+export class SqliteStore implements Store {
+  readonly kind = 'sqlite' as const;
+  private readonly db: Database.Database;
+  private readonly box: SecretBox;
+  private readonly stmts;
+
+  constructor(path: string, opts: { synchronous?: 'NORMAL' | 'FULL'; secretBox?: SecretBox } = {}) {
+    if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
+    this.box = opts.secretBox ?? new SecretBox(null);
+    this.db = new Database(path, { timeout: 0 });
+    try {
+      // Exclusive locking: the lock is taken by the first write and held until close, so a second process
+      // pointed at the same file fails at start-up instead of silently sharing it.
+      this.db.pragma('locking_mode = EXCLUSIVE');
+      this.db.pragma('journal_mode = WAL');
+      this.db.pragma(`synchronous = ${opts.synchronous ?? 'NORMAL'}`);
+      this.db.exec(SCHEMA);
+      this.db.exec('BEGIN IMMEDIATE; COMMIT;');
+    } catch (err) {
+      this.db.close();
+      if ((err as { code?: string }).code === 'SQLITE_BUSY') throw new StoreLockedError(path);
+      throw err;
+    }
+    const cols = ['id', 'token_key', 'dialect', 'homeserver', 'room', 'identity', 'alt_identity', 'alt_room', 'action_leave', 'action_lost', 'timeout_ms', 'source', 'created_at', ...MUTABLE_COLUMNS, 'token', 'access_token'];
+    this.stmts = {
+      insert: this.db.prepare(`INSERT INTO delegations (${cols.join(',')}) VALUES (${cols.map((c) => '@' + c).join(',')})`),
+      update: this.db.prepare(`UPDATE delegations SET ${MUTABLE_COLUMNS.map((c) => `${c} = @${c}`).join(', ')} WHERE id = @id`),
+      get: this.db.prepare('SELECT * FROM delegations WHERE id = ?'),
+      byTokenKey: this.db.prepare('SELECT * FROM delegations WHERE token_key = ?'),
+      secrets: this.db.prepare('SELECT token, access_token FROM delegations WHERE id = ?'),
+      saveSecrets: this.db.prepare('UPDATE delegations SET token = ?, access_token = ? WHERE id = ?'),
+      open: this.db.prepare('SELECT * FROM delegations WHERE open = 1'),
+      insertWebhook: this.db.prepare(
+        'INSERT OR IGNORE INTO webhooks (id, event, room, identity, sid, reason, created_at, received_at) VALUES (@id, @event, @room, @identity, @sid, @reason, @createdAt, @receivedAt)',
+      ),
+      markProcessed: this.db.prepare('UPDATE webhooks SET processed = 1 WHERE id = ?'),
+      pending: this.db.prepare('SELECT * FROM webhooks WHERE processed = 0 ORDER BY received_at, rowid'),
+      prune: this.db.prepare('DELETE FROM webhooks WHERE processed = 1 AND received_at < ?'),
+    };
+  }
+
+  async insertDelegation(d: Delegation, secrets: DelegationSecrets): Promise<void> {
+    try {
+      this.stmts.insert.run({
+        ...toRow(d),
+        token_key: d.tokenKey,
+        dialect: d.dialect,
+        homeserver: d.homeserver,
+        room: d.room,
+        identity: d.identity,
+        alt_identity: d.altIdentity,
+        alt_room: d.altRoom,
+        action_leave: d.actions.leave,
+        action_lost: d.actions.connection_lost,
+        timeout_ms: d.timeoutMs,
+        source: d.source,
+        created_at: d.createdAt,
+        token: this.box.seal(secrets.token),
+        access_token: secrets.accessToken === null ? null : this.box.seal(secrets.accessToken),
+      });
+    } catch (err) {
+      if ((err as { code?: string }).code === 'SQLITE_CONSTRAINT_UNIQUE' && String(err).includes('token_key')) throw new DuplicateTokenError();
+      throw err;
+    }
+  }
+
+  async saveDelegation(d: Delegation): Promise<void> {
+    this.stmts.update.run(toRow(d));
+  }
+
+  async getDelegation(id: string): Promise<Delegation | undefined> {
+    const row = this.stmts.get.get(id) as Row | undefined;
+    return row ? fromRow(row) : undefined;
+  }
+
+  async findByTokenKey(tokenKey: string): Promise<Delegation | undefined> {
+    const row = this.stmts.byTokenKey.get(tokenKey) as Row | undefined;
+    return row ? fromRow(row) : undefined;
+  }
+
+  async getSecrets(id: string): Promise<DelegationSecrets | undefined> {
+    const row = this.stmts.secrets.get(id) as { token: string; access_token: string | null } | undefined;
+    if (!row) return undefined;
+    return { token: this.box.open(row.token), accessToken: row.access_token === null ? null : this.box.open(row.access_token) };
+  }
+
+  async saveSecrets(id: string, secrets: DelegationSecrets): Promise<void> {
+    this.stmts.saveSecrets.run(this.box.seal(secrets.token), secrets.accessToken === null ? null : this.box.seal(secrets.accessToken), id);
+  }
+
+  async loadOpen(): Promise<Delegation[]> {
+    return (this.stmts.open.all() as Row[]).map(fromRow);
+  }
+
+  async listDelegations(filter: DelegationFilter): Promise<{ items: Delegation[]; nextCursor: string | null }> {
+    const where: string[] = [];
+    const params: Array<string | number> = [];
+    if (filter.room !== undefined) (where.push('room = ?'), params.push(filter.room));
+    if (filter.identity !== undefined) (where.push('identity = ?'), params.push(filter.identity));
+    if (filter.state !== undefined) (where.push('state = ?'), params.push(filter.state));
+    if (filter.cursor !== undefined) (where.push('id > ?'), params.push(filter.cursor));
+    const sql = `SELECT * FROM delegations ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY id LIMIT ?`;
+    const rows = this.db.prepare(sql).all(...params, filter.limit + 1) as Row[];
+    const items = rows.slice(0, filter.limit).map(fromRow);
+    return { items, nextCursor: rows.length > filter.limit ? items[items.length - 1]!.id : null };
+  }
+
+  async recordWebhooks(records: WebhookRecord[]): Promise<boolean[]> {
+    return this.db.transaction((rs: WebhookRecord[]) => rs.map((r) => this.stmts.insertWebhook.run(r).changes === 1))(records);
+  }
+
+  async markWebhooksProcessed(ids: string[]): Promise<void> {
+    this.db.transaction((xs: string[]) => {
+      for (const id of xs) this.stmts.markProcessed.run(id);
+    })(ids);
+  }
+
+  async pendingWebhooks(): Promise<WebhookRecord[]> {
+    return (this.stmts.pending.all() as Row[]).map((r) => ({
+      id: r.id as string,
+      event: r.event as string,
+      room: r.room as string | null,
+      identity: r.identity as string | null,
+      sid: r.sid as string | null,
+      reason: r.reason as string | null,
+      createdAt: r.created_at as number,
+      receivedAt: r.received_at as number,
+    }));
+  }
+
+  async pruneWebhooks(before: number): Promise<void> {
+    this.stmts.prune.run(before);
+  }
+
+  async ping(): Promise<void> {
+    this.db.prepare('SELECT 1').get();
+  }
+
+  async close(): Promise<void> {
+    if (this.db.open) this.db.close();
+  }
+}
+
+function toRow(d: Delegation): Row {
+  return {
+    id: d.id,
+    sid: d.sid,
+    state: d.state,
+    open: isOpen(d) ? 1 : 0,
+    updated_at: d.updatedAt,
+    expires_at: d.expiresAt,
+    last_refresh_at: d.lastRefreshAt,
+    next_refresh_at: d.nextRefreshAt,
+    refresh_failures: d.refreshFailures,
+    join_deadline: d.joinDeadline,
+    grace_deadline: d.graceDeadline,
+    disconnected_at: d.disconnectedAt,
+    pending_action: d.pendingAction,
+    next_action_at: d.nextActionAt,
+    action_failures: d.actionFailures,
+    outcome: d.outcome,
+  };
+}
+
+function isOpen(d: Delegation): boolean {
+  return d.state === 'awaiting_join' || d.state === 'connected' || d.state === 'grace' || d.state === 'firing';
+}
+
+function fromRow(r: Row): Delegation {
+  return {
+    id: r.id as string,
+    tokenKey: r.token_key as string,
+    dialect: r.dialect as Delegation['dialect'],
+    homeserver: r.homeserver as string,
+    room: r.room as string,
+    identity: r.identity as string,
+    altIdentity: r.alt_identity as string | null,
+    altRoom: r.alt_room as string | null,
+    sid: r.sid as string | null,
+    actions: { leave: r.action_leave as string, connection_lost: r.action_lost as string },
+    timeoutMs: r.timeout_ms as number,
+    state: r.state as Delegation['state'],
+    source: r.source as Delegation['source'],
+    createdAt: r.created_at as number,
+    updatedAt: r.updated_at as number,
+    expiresAt: r.expires_at as number,
+    lastRefreshAt: r.last_refresh_at as number | null,
+    nextRefreshAt: r.next_refresh_at as number | null,
+    refreshFailures: r.refresh_failures as number,
+    joinDeadline: r.join_deadline as number | null,
+    graceDeadline: r.grace_deadline as number | null,
+    disconnectedAt: r.disconnected_at as number | null,
+    pendingAction: r.pending_action as Delegation['pendingAction'],
+    nextActionAt: r.next_action_at as number | null,
+    actionFailures: r.action_failures as number,
+    outcome: r.outcome as string | null,
+  };
+}

@@ -1,0 +1,70 @@
+import type { Delegation, DelegationSecrets, DelegationState } from '../delegations/model.js';
+
+/** A verified LiveKit webhook reduced to what we act on, recorded before it is acknowledged. */
+export interface WebhookRecord {
+  id: string;
+  event: string;
+  room: string | null;
+  identity: string | null;
+  sid: string | null;
+  /** DisconnectReason name, when the event carries one. */
+  reason: string | null;
+  /** LiveKit's createdAt, ms. */
+  createdAt: number;
+  receivedAt: number;
+}
+
+export interface DelegationFilter {
+  room?: string;
+  identity?: string;
+  state?: DelegationState;
+  limit: number;
+  /** Opaque: the id after which to continue. */
+  cursor?: string;
+}
+
+export class DuplicateTokenError extends Error {
+  constructor() {
+    super('a delegation for this token already exists');
+    this.name = 'DuplicateTokenError';
+  }
+}
+
+export class StoreUnavailableError extends Error {
+  constructor(cause: unknown) {
+    super(`store unavailable: ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
+    this.name = 'StoreUnavailableError';
+  }
+}
+
+/**
+ * Durable state. Every method resolves only once what it wrote is durable (for SQLite: committed in WAL).
+ * Implementations: `SqliteStore` (embedded default), `RedisStore` (replicas).
+ */
+export interface Store {
+  readonly kind: 'sqlite' | 'redis';
+  /** Creates a delegation; throws DuplicateTokenError when its tokenKey exists. */
+  insertDelegation(d: Delegation, secrets: DelegationSecrets): Promise<void>;
+  /** Writes a delegation's mutable fields. */
+  saveDelegation(d: Delegation): Promise<void>;
+  getDelegation(id: string): Promise<Delegation | undefined>;
+  findByTokenKey(tokenKey: string): Promise<Delegation | undefined>;
+  getSecrets(id: string): Promise<DelegationSecrets | undefined>;
+  /** Replace the secrets (e.g. drop an access token the homeserver refused). */
+  saveSecrets(id: string, secrets: DelegationSecrets): Promise<void>;
+  /** Every delegation that is not terminal. */
+  loadOpen(): Promise<Delegation[]>;
+  listDelegations(filter: DelegationFilter): Promise<{ items: Delegation[]; nextCursor: string | null }>;
+  /**
+   * Records webhooks (dedupe mark + pending work) in one commit. Returns, per record, true when it is new and
+   * false when its id was already recorded.
+   */
+  recordWebhooks(records: WebhookRecord[]): Promise<boolean[]>;
+  markWebhooksProcessed(ids: string[]): Promise<void>;
+  pendingWebhooks(): Promise<WebhookRecord[]>;
+  /** Forget processed webhook ids received before `before` (they are kept at least the dedupe window). */
+  pruneWebhooks(before: number): Promise<void>;
+  /** Throws when the store cannot be reached. */
+  ping(): Promise<void>;
+  close(): Promise<void>;
+}
