@@ -1,0 +1,91 @@
+import { describe, expect, it } from 'vitest';
+import { ManualClock } from '../../src/clock.js';
+import { OriginLimiter } from '../../src/homeserver/limiter.js';
+import { Schedule } from '../../src/delegations/schedule.js';
+
+describe('Schedule', () => {
+  it('fires each id once at its latest due time, in order', () => {
+    const clock = new ManualClock(0);
+    const fired: Array<[string, number]> = [];
+    const s = new Schedule(clock, (id) => fired.push([id, clock.now()]));
+    s.set('a', 300);
+    s.set('b', 100);
+    s.set('c', 200);
+    s.set('a', 150);
+    s.set('c', null);
+    clock.advance(1000);
+    expect(fired).toEqual([
+      ['b', 100],
+      ['a', 150],
+    ]);
+    expect(s.size).toBe(0);
+  });
+
+  it('uses one clock timer however many ids are scheduled', () => {
+    const clock = new ManualClock(0);
+    let armed = 0;
+    const counting = { ...clock, now: () => clock.now(), setTimeout: (fn: () => void, ms: number) => (armed++, clock.setTimeout(fn, ms)), clearTimeout: (h: never) => clock.clearTimeout(h) };
+    const s = new Schedule(counting, () => {});
+    for (let i = 0; i < 1000; i++) s.set(`id${i}`, 10_000 + i);
+    expect(armed).toBe(1);
+  });
+
+  it('clamps timers beyond 2^31-1 ms', () => {
+    const clock = new ManualClock(0);
+    const fired: string[] = [];
+    const s = new Schedule(clock, (id) => fired.push(id));
+    s.set('far', 3 * 2 ** 31);
+    clock.advance(2 ** 31);
+    expect(fired).toEqual([]);
+    clock.advance(3 * 2 ** 31);
+    expect(fired).toEqual(['far']);
+  });
+});
+
+describe('OriginLimiter', () => {
+  it('lets a burst of 5x the rate through, then one call per 1/rate seconds', async () => {
+    const clock = new ManualClock(0);
+    const l = new OriginLimiter(1, clock);
+    let started = 0;
+    for (let i = 0; i < 8; i++) void l.acquire({ rank: 1, deadline: i }).then(() => started++);
+    await Promise.resolve();
+    expect(started).toBe(5);
+    expect(l.backlog).toBe(3);
+    clock.advance(1000);
+    await Promise.resolve();
+    expect(started).toBe(6);
+    clock.advance(2000);
+    await Promise.resolve();
+    expect(started).toBe(8);
+  });
+
+  it('releases actions before refreshes and refreshes by earliest expiry', async () => {
+    const clock = new ManualClock(0);
+    const l = new OriginLimiter(1, clock);
+    for (let i = 0; i < 5; i++) void l.acquire({ rank: 1, deadline: 0 });
+    const order: string[] = [];
+    void l.acquire({ rank: 1, deadline: 500 }).then(() => order.push('refresh-late'));
+    void l.acquire({ rank: 1, deadline: 100 }).then(() => order.push('refresh-soon'));
+    void l.acquire({ rank: 0, deadline: 900 }).then(() => order.push('action'));
+    for (let i = 0; i < 3; i++) {
+      clock.advance(1000);
+      await Promise.resolve();
+    }
+    expect(order).toEqual(['action', 'refresh-soon', 'refresh-late']);
+  });
+
+  it('halves its rate on a 429 and recovers after quiet minutes', () => {
+    const clock = new ManualClock(0);
+    const l = new OriginLimiter(4, clock);
+    l.throttle();
+    expect(l.currentRate).toBe(2);
+    l.throttle();
+    expect(l.currentRate).toBe(1);
+    clock.advance(61_000);
+    void l.acquire({ rank: 1, deadline: 0 });
+    expect(l.currentRate).toBe(2);
+    clock.advance(61_000);
+    void l.acquire({ rank: 1, deadline: 0 });
+    expect(l.currentRate).toBe(4);
+  });
+});
