@@ -513,13 +513,15 @@ describe('fake LiveKit: webhooks', () => {
     expect(Math.abs(Number(zeroes.createdAt) - Date.now() / 1000)).toBeLessThan(5);
   });
 
-  it('signs like LiveKit, and the SDK WebhookReceiver accepts it and rejects a tampered body', async () => {
+  it('signs with the SDK by default and like the Go server on request; WebhookReceiver accepts both and rejects a tampered body', async () => {
     const body = buildWebhookBody({
       event: 'participant_left',
       room: { name: 'room-a', sid: 'RM_a' },
       participant: { sid: 'PA_1', identity: '@a:fake.hs', state: 'DISCONNECTED', disconnectReason: 'CLIENT_INITIATED' },
     });
-    const jwt = await signWebhook(body, API_KEY, API_SECRET);
+    const sdkClaims = JSON.parse(Buffer.from((await signWebhook(body, API_KEY, API_SECRET)).split('.')[1] ?? '', 'base64url').toString('utf8')) as Record<string, unknown>;
+    expect(Object.keys(sdkClaims).sort()).toEqual(['exp', 'iss', 'nbf', 'sha256']);
+    const jwt = await signWebhook(body, API_KEY, API_SECRET, { signer: 'livekit' });
     const claims = JSON.parse(Buffer.from(jwt.split('.')[1] ?? '', 'base64url').toString('utf8')) as Record<string, unknown>;
     expect(Object.keys(claims).sort()).toEqual(['exp', 'iat', 'iss', 'nbf', 'sha256']);
     expect(claims['iss']).toBe(API_KEY);
@@ -540,6 +542,7 @@ describe('fake LiveKit: webhooks', () => {
     await expect(receiver.receive(body, await signWebhook(body, API_KEY, 'wrong-secret'))).rejects.toThrow();
     await expect(receiver.receive(body, await signWebhook(body, 'other-key', API_SECRET))).rejects.toThrow();
     await expect(receiver.receive(body, await signWebhook(body, API_KEY, API_SECRET, { ttlSeconds: -60 }))).rejects.toThrow();
+    await expect(receiver.receive(body, await signWebhook(body, API_KEY, API_SECRET, { ttlSeconds: -60, signer: 'livekit' }))).rejects.toThrow();
   });
 
   describe('WebhookSender', () => {
