@@ -56,6 +56,8 @@ export interface FailReply {
   retryAfterMs?: number;
   retryAfterHeaderSeconds?: number;
   nonJson?: boolean;
+  /** Only calls for this future token / delay id fail; others pass. */
+  handle?: string;
 }
 
 export interface RateLimit {
@@ -773,7 +775,7 @@ export class FakeHomeserver {
   }
 
   private managementReply(route: ManagementRoute, body: ParsedBody, call: CallRecord): Reply {
-    const injected = this.takeFailure(call.op);
+    const injected = this.takeFailure(call.op, call.handle);
     if (injected) return injected;
     if (this.knobs.rejectAccessToken && bearerToken(call.authorization) !== undefined) {
       return matrixError(401, 'M_UNKNOWN_TOKEN', 'Unrecognised access token');
@@ -828,8 +830,10 @@ export class FakeHomeserver {
     return { status: 200, body: {} };
   }
 
-  private takeFailure(op: CallOp): Reply | undefined {
-    const rule = this.failRules.find((candidate) => candidate.remaining > 0 && failRuleMatches(candidate.op, op));
+  private takeFailure(op: CallOp, handle: string | undefined): Reply | undefined {
+    const rule = this.failRules.find(
+      (candidate) => candidate.remaining > 0 && failRuleMatches(candidate.op, op) && (candidate.reply.handle === undefined || candidate.reply.handle === handle),
+    );
     if (!rule) return undefined;
     rule.remaining -= 1;
     this.failRules = this.failRules.filter((candidate) => candidate.remaining > 0);

@@ -120,6 +120,8 @@ export interface ParticipantRef {
 }
 
 export interface WebhookSendOptions {
+  /** Event id to use (resend an earlier event by passing its id); a fresh one otherwise. */
+  id?: string;
   /** Change the body after signing so its `sha256` claim no longer matches. */
   tamperBody?: boolean;
   signWith?: ApiKeyPair;
@@ -150,7 +152,7 @@ export class WebhookSender {
 
   /** Sends `e`; passing an `id` (e.g. one returned earlier) re-sends that event id. */
   async send(e: WebhookEventInput, opts: WebhookSendOptions = {}): Promise<WebhookSendResult> {
-    const id = e.id ?? newWebhookEventId();
+    const id = opts.id ?? e.id ?? newWebhookEventId();
     const body = buildWebhookBody({ ...e, id });
     const keys = opts.signWith ?? this.keys;
     const authorization =

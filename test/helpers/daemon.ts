@@ -1,0 +1,152 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { pino } from 'pino';
+import { buildApp, type Daemon } from '../../src/app.js';
+import { loadConfig } from '../../src/config.js';
+
+export const API_KEY = 'devkey';
+export const API_SECRET = 'secret';
+export const ADMIN_TOKEN = 'admin-token-for-tests-0123456789';
+
+export function tempDbPath(name = 'sidecar'): string {
+  return join(mkdtempSync(join(tmpdir(), 'futures-sidecar-')), `${name}.db`);
+}
+
+/** Settings that make lifecycles fit in a test: short grace and join deadline, a generous homeserver rate. */
+export function testEnv(overrides: Record<string, string> = {}): Record<string, string> {
+  return {
+    SIDECAR_STORE: `sqlite:${tempDbPath()}`,
+    SIDECAR_RECONNECT_GRACE_MS: '600',
+    SIDECAR_JOIN_TIMEOUT_MS: '60000',
+    SIDECAR_MIN_TIMEOUT_MS: '1000',
+    SIDECAR_HOMESERVER_RATE: '200',
+    SIDECAR_ADMIN_TOKEN: ADMIN_TOKEN,
+    LOG_LEVEL: 'silent',
+    ...overrides,
+  };
+}
+
+export interface RunningDaemon {
+  url: string;
+  daemon: Daemon;
+  logs: string[];
+  stop(): Promise<void>;
+}
+
+/** The daemon in this process on a real port, logging into `logs` (one JSON line each). */
+export async function startDaemon(env: Record<string, string> = {}): Promise<RunningDaemon> {
+  const config = loadConfig(testEnv(env), { dev: true });
+  const logs: string[] = [];
+  const sink = new Writable({
+    write(chunk, _enc, cb) {
+      logs.push(...String(chunk).split('\n').filter(Boolean));
+      cb();
+    },
+  });
+  const logger = pino({ level: env.LOG_LEVEL ?? 'debug', redact: { paths: (await import('../../src/log.js')).REDACTED_PATHS, censor: '[redacted]' } }, sink);
+  const daemon = await buildApp(config, { logger });
+  await daemon.start();
+  const address = await daemon.app.listen({ host: '127.0.0.1', port: 0 });
+  let stopped = false;
+  return {
+    url: address,
+    daemon,
+    logs,
+    async stop() {
+      if (stopped) return;
+      stopped = true;
+      await daemon.shutdown();
+    },
+  };
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const port = (srv.address() as { port: number }).port;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+export interface ChildDaemon {
+  url: string;
+  proc: ChildProcess;
+  output: string[];
+  exited: Promise<number | null>;
+  kill(signal: NodeJS.Signals): void;
+}
+
+/** The daemon as its own process (`tsx src/main.ts --dev`), for crash and signal tests. */
+export async function spawnDaemon(env: Record<string, string>, port?: number): Promise<ChildDaemon> {
+  const p = port ?? (await freePort());
+  const proc = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', '--dev'], {
+    env: { ...process.env, ...testEnv(env), SIDECAR_PORT: String(p), SIDECAR_HOST: '127.0.0.1', LOG_LEVEL: env.LOG_LEVEL ?? 'info' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const output: string[] = [];
+  proc.stdout!.on('data', (d) => output.push(...String(d).split('\n').filter(Boolean)));
+  proc.stderr!.on('data', (d) => output.push(...String(d).split('\n').filter(Boolean)));
+  const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
+  const url = `http://127.0.0.1:${p}`;
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    if (proc.exitCode !== null) throw new Error(`daemon exited early (${proc.exitCode}):\n${output.join('\n')}`);
+    try {
+      const res = await fetch(`${url}/readyz`);
+      if (res.ok) break;
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > deadline) {
+      proc.kill('SIGKILL');
+      throw new Error(`daemon did not become ready:\n${output.join('\n')}`);
+    }
+    await sleep(100);
+  }
+  return { url, proc, output, exited, kill: (s) => proc.kill(s) };
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/** Polls until `check` returns a truthy value, or fails with `what` after `timeoutMs`. */
+export async function waitFor<T>(what: string, check: () => T | Promise<T>, timeoutMs = 10_000, everyMs = 25): Promise<NonNullable<T>> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await check();
+      if (v) return v as NonNullable<T>;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`);
+    await sleep(everyMs);
+  }
+}
+
+export async function api(url: string, method: string, path: string, opts: { token?: string; body?: unknown; rawBody?: string; contentType?: string } = {}): Promise<{ status: number; body: any }> {
+  const headers: Record<string, string> = {};
+  if (opts.token) headers.authorization = `Bearer ${opts.token}`;
+  let body: string | undefined;
+  if (opts.rawBody !== undefined) body = opts.rawBody;
+  else if (opts.body !== undefined) body = JSON.stringify(opts.body);
+  if (body !== undefined) headers['content-type'] = opts.contentType ?? 'application/json';
+  const res = await fetch(url + path, { method, headers, ...(body !== undefined ? { body } : {}) });
+  const text = await res.text();
+  let parsed: unknown = text;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    // not JSON
+  }
+  return { status: res.status, body: parsed };
+}
