@@ -4,6 +4,7 @@ import { systemClock, type Clock } from './clock.js';
 import type { Config } from './config.js';
 import { DelegationEngine } from './delegations/engine.js';
 import { HomeserverClient } from './homeserver/client.js';
+import { compatRoutes } from './http/compat.js';
 import { delegationRoutes } from './http/delegations.js';
 import { installErrorHandlers } from './http/errors.js';
 import { healthRoutes } from './http/health.js';
@@ -79,6 +80,8 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
     routes.set(r.url, methods);
   });
   installErrorHandlers(app, () => routes);
+  // Only JSON bodies reach the API; without this Fastify would hand text/plain bodies to the schema as strings.
+  app.removeContentTypeParser('text/plain');
   app.addHook('onRequest', async (req, reply) => {
     if (shuttingDown && req.method !== 'GET' && req.method !== 'HEAD' && req.method !== 'OPTIONS') {
       return reply.status(503).header('retry-after', '5').send({ errcode: 'M_UNKNOWN', error: 'The service is shutting down' });
@@ -88,6 +91,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
   healthRoutes(app, { store, metrics, isShuttingDown: () => shuttingDown, isStarted: () => started });
   delegationRoutes(app, { config, engine, auth });
   await app.register(async (scope) => webhookRoutes(scope, { auth, intake, metrics, clock, isShuttingDown: () => shuttingDown }));
+  await compatRoutes(app, { config, engine, logger, clock, isShuttingDown: () => shuttingDown });
 
   return {
     app,

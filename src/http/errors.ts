@@ -1,7 +1,8 @@
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { MatrixError } from '../errors.js';
 
-const RANGE_KEYWORDS = new Set(['minimum', 'maximum', 'exclusiveMinimum', 'exclusiveMaximum', 'minLength', 'maxLength', 'enum', 'const', 'pattern', 'format']);
+/** Keywords that mean "a value out of range" (M_INVALID_PARAM); every other schema failure is a malformed body (M_BAD_JSON). */
+const RANGE_KEYWORDS = new Set(['minimum', 'maximum', 'exclusiveMinimum', 'exclusiveMaximum', 'minLength', 'maxLength']);
 
 /** Maps everything Fastify or our handlers throw to Matrix-style `{errcode, error}` JSON; hides 5xx details. */
 export function toMatrixError(err: FastifyError | MatrixError | Error): MatrixError {
