@@ -360,6 +360,8 @@ export class FakeHomeserver {
   private readonly initialKnobs: Knobs;
   private knobs: Knobs;
   private failRules: FailRule[] = [];
+  /** Management calls currently held back by the latency knob. */
+  inFlight = 0;
   private buckets = new Map<string, Bucket>();
   private readonly records = new Map<string, HandleRecord>();
   private readonly roomState = new Map<string, { eventId: string; content: Record<string, unknown> }>();
@@ -549,7 +551,14 @@ export class FakeHomeserver {
 
   /** Down and latency hit every call to a management path, also those the routing then refuses (405 and the like). */
   private async passDownAndLatency(call: CallRecord, req: IncomingMessage): Promise<boolean> {
-    if (!this.knobs.down && this.knobs.latencyMs > 0) await sleep(this.knobs.latencyMs);
+    if (!this.knobs.down && this.knobs.latencyMs > 0) {
+      this.inFlight++;
+      try {
+        await sleep(this.knobs.latencyMs);
+      } finally {
+        this.inFlight--;
+      }
+    }
     if (this.knobs.down || this.closed) {
       this.calls.push(call);
       req.socket.destroy();

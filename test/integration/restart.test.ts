@@ -1,0 +1,118 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startFakeHomeserver, type FakeHomeserver } from '../fakes/homeserver.js';
+import { freePort, sleep, spawnDaemon, tempDbPath, waitFor, type ChildDaemon } from '../helpers/daemon.js';
+import { actionsFired, delegate, refreshCalls, webhookSender, type Participant } from '../helpers/scenario.js';
+
+/** The daemon as a real process: crashes lose nothing, and its own shutdown fires nothing. */
+describe('restarts', () => {
+  let hs: FakeHomeserver;
+  const children: ChildDaemon[] = [];
+
+  beforeAll(async () => {
+    hs = await startFakeHomeserver();
+  });
+  afterAll(async () => {
+    for (const c of children) if (c.proc.exitCode === null) c.kill('SIGKILL');
+    await hs.close();
+  });
+
+  async function spawn(env: Record<string, string>, port: number): Promise<ChildDaemon> {
+    const c = await spawnDaemon(env, port);
+    children.push(c);
+    return c;
+  }
+
+  it('picks up every delegation after SIGKILL: refreshes go on and a later leave fires', async () => {
+    const env = { SIDECAR_STORE: `sqlite:${tempDbPath('crash')}` };
+    const port = await freePort();
+    const first = await spawn(env, port);
+    const lk = webhookSender(first.url);
+    const ps: Participant[] = [];
+    for (const dialect of ['futures', 'delayed_events'] as const) {
+      for (let i = 0; i < 3; i++) {
+        const p = await delegate(first.url, hs, dialect, { timeoutMs: 2000 });
+        await lk.participantJoined(p.room, p);
+        ps.push(p);
+      }
+    }
+    await waitFor('first refreshes', () => ps.every((p) => refreshCalls(hs, p.token) >= 1), 5000);
+    first.kill('SIGKILL');
+    await first.exited;
+    const refreshedBefore = ps.map((p) => refreshCalls(hs, p.token));
+
+    const second = await spawn(env, port);
+    await waitFor('refreshes after the restart', () => ps.every((p, i) => refreshCalls(hs, p.token) > refreshedBefore[i]!), 5000);
+    await sleep(2500);
+    for (const p of ps) expect(hs.status(p.token)).toBe('pending');
+
+    const lk2 = webhookSender(second.url);
+    await lk2.participantLeft(ps[0]!.room, ps[0]!, 'CLIENT_INITIATED');
+    await lk2.participantLeft(ps[3]!.room, ps[3]!, 'CONNECTION_TIMEOUT');
+    await waitFor('leave fired', () => actionsFired(hs, ps[0]!.token).length === 1);
+    await waitFor('connection_lost fired', () => actionsFired(hs, ps[3]!.token).length === 1);
+    expect(actionsFired(hs, ps[0]!.token)).toEqual(['leave']);
+    for (const p of ps.slice(1, 3).concat(ps.slice(4))) expect(actionsFired(hs, p.token)).toEqual([]);
+    second.kill('SIGTERM');
+    expect(await second.exited).toBe(0);
+  });
+
+  it('applies a webhook acknowledged just before a SIGKILL after the restart', async () => {
+    const env = { SIDECAR_STORE: `sqlite:${tempDbPath('ack')}`, SIDECAR_RECONNECT_GRACE_MS: '60000' };
+    const port = await freePort();
+    const first = await spawn(env, port);
+    const p = await delegate(first.url, hs, 'futures', { timeoutMs: 30_000 });
+    const lk = webhookSender(first.url);
+    await lk.participantJoined(p.room, p);
+    await lk.participantLeft(p.room, p, 'SIGNAL_CLOSE');
+    first.kill('SIGKILL');
+    await first.exited;
+    const second = await spawn(env, port);
+    const res = await fetch(`${second.url}/v1/delegations/${p.delegationId}`, { headers: { authorization: `Bearer ${p.jwt}` } });
+    expect((await res.json()).state).toBe('grace');
+    second.kill('SIGTERM');
+    await second.exited;
+  });
+
+  it('refuses to start a second process on the same SQLite file', async () => {
+    const env = { SIDECAR_STORE: `sqlite:${tempDbPath('locked')}` };
+    const first = await spawn(env, await freePort());
+    await expect(spawnDaemon(env, await freePort())).rejects.toThrow(/in use by another futures-sidecar process/);
+    first.kill('SIGTERM');
+    expect(await first.exited).toBe(0);
+  });
+
+  it('exits 0 on SIGTERM with a homeserver call in flight, fires nothing, and the next process carries on', async () => {
+    const env = { SIDECAR_STORE: `sqlite:${tempDbPath('term')}`, SIDECAR_SHUTDOWN_TIMEOUT_MS: '3000' };
+    const port = await freePort();
+    const first = await spawn(env, port);
+    const lk = webhookSender(first.url);
+    const ps: Participant[] = [];
+    for (let i = 0; i < 3; i++) {
+      const p = await delegate(first.url, hs, 'futures', { timeoutMs: 6000 });
+      await lk.participantJoined(p.room, p);
+      ps.push(p);
+    }
+    await waitFor('first refreshes', () => ps.every((p) => refreshCalls(hs, p.token) >= 1));
+    hs.setLatency(1500);
+    const refreshes = ps.map((p) => refreshCalls(hs, p.token));
+    await waitFor('a refresh held in flight by the homeserver', () => hs.inFlight > 0, 5000, 5);
+    const t0 = Date.now();
+    first.kill('SIGTERM');
+    const code = await first.exited;
+    expect(code).toBe(0);
+    expect(ps.some((p, i) => refreshCalls(hs, p.token) > refreshes[i]!)).toBe(true);
+    expect(Date.now() - t0).toBeLessThan(3000 + 2000);
+    const postWhileDown = await fetch(`${first.url}/readyz`).then(() => 'up', () => 'down');
+    expect(postWhileDown).toBe('down');
+    hs.setLatency(0);
+    for (const p of ps) expect(actionsFired(hs, p.token)).toEqual([]);
+    expect(first.output.join('\n')).toMatch(/stopped/);
+
+    const second = await spawn(env, port);
+    const before = ps.map((p) => refreshCalls(hs, p.token));
+    await waitFor('refreshes resume', () => ps.every((p, i) => refreshCalls(hs, p.token) > before[i]!), 6000);
+    for (const p of ps) expect(hs.status(p.token)).toBe('pending');
+    second.kill('SIGTERM');
+    expect(await second.exited).toBe(0);
+  });
+});
