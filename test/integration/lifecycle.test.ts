@@ -136,7 +136,7 @@ describe.each<DialectName>(['futures', 'delayed_events'])('the promise, %s diale
     await waitFor('first refresh', () => refreshCalls(hs, p.token) >= 1);
     const res = await fetch(`${d.url}/v1/delegations/${p.delegationId}`, { method: 'DELETE', headers: { authorization: `Bearer ${p.jwt}` } });
     expect(res.status).toBe(200);
-    expect((await res.json()).state).toBe('revoked');
+    expect(((await res.json()) as { state: string }).state).toBe('revoked');
     const refreshes = refreshCalls(hs, p.token);
     await lk.participantLeft(p.room, p, 'CLIENT_INITIATED');
     await sleep(1500);

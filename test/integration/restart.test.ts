@@ -68,7 +68,7 @@ describe('restarts', () => {
     await first.exited;
     const second = await spawn(env, port);
     const res = await fetch(`${second.url}/v1/delegations/${p.delegationId}`, { headers: { authorization: `Bearer ${p.jwt}` } });
-    expect((await res.json()).state).toBe('grace');
+    expect(((await res.json()) as { state: string }).state).toBe('grace');
     second.kill('SIGTERM');
     await second.exited;
   });
