@@ -1,3 +1,4 @@
+import fastifyWebsocket from '@fastify/websocket';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { systemClock, type Clock } from './clock.js';
@@ -7,7 +8,9 @@ import { HomeserverClient } from './homeserver/client.js';
 import { compatRoutes } from './http/compat.js';
 import { delegationRoutes } from './http/delegations.js';
 import { installErrorHandlers } from './http/errors.js';
+import { adminRoutes } from './http/admin.js';
 import { healthRoutes } from './http/health.js';
+import { WatchHub, watchRoutes } from './http/watch.js';
 import { webhookRoutes } from './http/webhook.js';
 import { LiveKitAuth } from './livekit/auth.js';
 import { WebhookIntake } from './livekit/webhook-intake.js';
@@ -24,6 +27,7 @@ export interface AppDeps {
   logger?: Logger;
   store?: Store;
   random?: () => number;
+  watchMaxBufferedBytes?: number;
 }
 
 export interface Daemon {
@@ -32,6 +36,7 @@ export interface Daemon {
   store: Store;
   metrics: Metrics;
   logger: Logger;
+  watch: WatchHub;
   /** Loads state and starts the scheduler; call before listening. */
   start(): Promise<void>;
   /** Graceful stop: refuse new work, let in-flight calls finish until the deadline, close the store. */
@@ -64,6 +69,8 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
   });
   const intake = new WebhookIntake({ store, engine, clock, logger });
   const auth = new LiveKitAuth(config.livekitKeys);
+  const watch = new WatchHub(deps.watchMaxBufferedBytes);
+  engine.onLifecycle((e) => watch.broadcast(e));
   let shuttingDown = false;
   let started = false;
 
@@ -90,6 +97,12 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
 
   healthRoutes(app, { store, metrics, isShuttingDown: () => shuttingDown, isStarted: () => started });
   delegationRoutes(app, { config, engine, auth });
+  if (config.adminToken) {
+    const adminToken = config.adminToken;
+    await app.register(fastifyWebsocket, { options: { maxPayload: 4096 } });
+    await app.register(async (scope) => adminRoutes(scope, { adminToken, engine, store }));
+    await app.register(async (scope) => watchRoutes(scope, { adminToken, hub: watch }));
+  }
   await app.register(async (scope) => webhookRoutes(scope, { auth, intake, metrics, clock, isShuttingDown: () => shuttingDown }));
   await compatRoutes(app, { config, engine, logger, clock, isShuttingDown: () => shuttingDown });
 
@@ -99,6 +112,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
     store,
     metrics,
     logger,
+    watch,
     async start() {
       await engine.start();
       const replayed = await intake.recover();

@@ -8,7 +8,7 @@ import { PresenceTracker, presenceKey } from '../livekit/presence.js';
 import type { Metrics } from '../metrics.js';
 import { DuplicateTokenError, type Store, type WebhookRecord } from '../store/store.js';
 import { Schedule } from './schedule.js';
-import { nextDueAt, registerDelegation, transition, type DelegationEvent, type Effect, type MachineSettings } from './machine.js';
+import { nextDueAt, registerDelegation, transition, type DelegationEvent, type Effect, type HomeserverOutcome, type MachineSettings } from './machine.js';
 import { isTerminal, type ActionKind, type Delegation, type DelegationSource, type DelegationState, type Dialect, type LifecycleChange } from './model.js';
 
 export interface RegistrationRequest {
@@ -35,6 +35,17 @@ export interface LifecycleEvent {
   outcome?: string;
 }
 
+/** One line of a delegation's history, for the operator console (never a secret). */
+export interface HistoryEntry {
+  at: number;
+  what: string;
+  state: DelegationState;
+}
+
+/** Per delegation, and how many delegations' histories are kept (the oldest are forgotten first). */
+const HISTORY_ENTRIES = 50;
+const HISTORY_DELEGATIONS = 20_000;
+
 export interface EngineLimits {
   maxPerIdentity: number;
   maxPerRoom: number;
@@ -56,6 +67,7 @@ export class DelegationEngine {
   private readonly busy = new Map<string, { refresh: boolean; action: boolean }>();
   private readonly inflight = new Set<Promise<unknown>>();
   private readonly listeners = new Set<(e: LifecycleEvent) => void>();
+  private readonly histories = new Map<string, HistoryEntry[]>();
   readonly presence = new PresenceTracker();
   private readonly schedule: Schedule;
   private stopping = false;
@@ -98,6 +110,21 @@ export class DelegationEngine {
 
   getOpen(id: string): Delegation | undefined {
     return this.open.get(id);
+  }
+
+  /** What happened to a delegation, oldest first (kept in memory, bounded). */
+  history(id: string): HistoryEntry[] {
+    return [...(this.histories.get(id) ?? [])];
+  }
+
+  private note(d: Delegation, what: string): void {
+    let h = this.histories.get(d.id);
+    if (!h) {
+      if (this.histories.size >= HISTORY_DELEGATIONS) this.histories.delete(this.histories.keys().next().value!);
+      this.histories.set(d.id, (h = []));
+    }
+    h.push({ at: this.deps.clock.now(), what, state: d.state });
+    if (h.length > HISTORY_ENTRIES) h.splice(0, h.length - HISTORY_ENTRIES);
   }
 
   async register(req: RegistrationRequest): Promise<{ delegation: Delegation; created: boolean }> {
@@ -154,6 +181,7 @@ export class DelegationEngine {
     }
     this.deps.metrics.registered.inc({ dialect: req.dialect, outcome: 'created' });
     this.track(t.delegation);
+    this.note(t.delegation, `registered (${req.dialect}, timeout ${req.timeoutMs} ms${sid ? ', participant already connected' : ''})`);
     this.emit(null, t.delegation, t.changes, 'registered');
     return { delegation: t.delegation, created: true };
   }
@@ -266,11 +294,17 @@ export class DelegationEngine {
     if (!before) return this.deps.store.getDelegation(id);
     const t = transition(before, event, this.ctx());
     const after = t.delegation;
-    if (after === before) return before;
+    if (after === before) {
+      if (event.type !== 'tick' && event.type !== 'refresh_result' && event.type !== 'action_result') this.note(before, `${cause}: no change`);
+      return before;
+    }
     this.open.set(id, after);
     if (isTerminal(after.state)) this.untrack(after);
     else this.reschedule(after);
     await this.deps.store.saveDelegation(after);
+    if (event.type !== 'tick' || before.state !== after.state) {
+      this.note(after, before.state === after.state ? `${cause}${t.reason ? `: ${t.reason}` : ''}` : `${cause}: ${before.state} -> ${after.state}${t.reason ? ` (${t.reason})` : ''}`);
+    }
     this.emit(before, after, t.changes, t.reason ?? cause);
     for (const effect of t.effects) this.run(after, effect);
     return after;
@@ -307,6 +341,7 @@ export class DelegationEngine {
     });
     if (result.accessTokenRejected) await this.deps.store.saveSecrets(d.id, { ...secrets, accessToken: null });
     this.deps.metrics.refreshes.inc({ outcome: outcomeLabel(result.outcome.kind) });
+    this.note(d, `refresh answered: ${describeOutcome(result.outcome)}${result.accessTokenRejected ? ' (access token refused, continuing without it)' : ''}`);
     if (this.stopping && result.outcome.kind !== 'ok') return;
     await this.apply(d.id, { type: 'refresh_result', outcome: result.outcome }, 'refresh answered');
   }
@@ -325,6 +360,7 @@ export class DelegationEngine {
     });
     if (result.accessTokenRejected) await this.deps.store.saveSecrets(d.id, { ...secrets, accessToken: null });
     const kind = result.outcome.kind;
+    this.note(d, `${action} (${d.dialect === 'futures' ? d.actions[action] : 'send'}) answered: ${describeOutcome(result.outcome)}`);
     this.deps.metrics.actions.inc({ action, outcome: kind === 'ok' ? 'sent' : kind === 'finalised' ? 'already_finalised' : outcomeLabel(kind) });
     const latest = this.open.get(d.id);
     if ((kind === 'ok' || kind === 'finalised') && latest?.disconnectedAt != null) {
@@ -346,6 +382,11 @@ export class DelegationEngine {
       for (const l of this.listeners) l(e);
     }
   }
+}
+
+function describeOutcome(o: HomeserverOutcome): string {
+  if (o.kind === 'ok') return 'ok';
+  return `${o.kind} ${o.detail}${o.kind === 'retry' && o.retryAfterMs !== undefined ? ` (retry after ${o.retryAfterMs} ms)` : ''}`;
 }
 
 function outcomeLabel(kind: 'ok' | 'finalised' | 'retry' | 'permanent'): string {

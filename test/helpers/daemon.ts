@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
-import { buildApp, type Daemon } from '../../src/app.js';
+import { buildApp, type AppDeps, type Daemon } from '../../src/app.js';
 import { loadConfig } from '../../src/config.js';
 
 export const API_KEY = 'devkey';
@@ -38,7 +38,7 @@ export interface RunningDaemon {
 }
 
 /** The daemon in this process on a real port, logging into `logs` (one JSON line each). */
-export async function startDaemon(env: Record<string, string> = {}): Promise<RunningDaemon> {
+export async function startDaemon(env: Record<string, string> = {}, deps: AppDeps = {}): Promise<RunningDaemon> {
   const config = loadConfig(testEnv(env), { dev: true });
   const logs: string[] = [];
   const sink = new Writable({
@@ -48,7 +48,7 @@ export async function startDaemon(env: Record<string, string> = {}): Promise<Run
     },
   });
   const logger = pino({ level: env.LOG_LEVEL ?? 'debug', redact: { paths: (await import('../../src/log.js')).REDACTED_PATHS, censor: '[redacted]' } }, sink);
-  const daemon = await buildApp(config, { logger });
+  const daemon = await buildApp(config, { logger, ...deps });
   await daemon.start();
   const address = await daemon.app.listen({ host: '127.0.0.1', port: 0 });
   let stopped = false;
