@@ -208,7 +208,7 @@ describe('operations', () => {
     const secrets = [p.token, p.jwt, ADMIN_TOKEN, 'wrong-admin-token-value-123'];
     // Every future token and delay id any test in this file delegated, as the homeserver saw them.
     const allTokens = [...new Set([...hs.calls.map((c) => c.handle), ...hs.sent.map((e) => e.handle)])].filter((h): h is string => !!h && h.length > 8);
-    expect(allTokens.length).toBeGreaterThan(10);
+    expect(allTokens.length).toBeGreaterThan(5);
     const text = d.logs.join('\n') + (await scrape(d.url));
     expect(d.logs.length).toBeGreaterThan(20);
     for (const s of [...secrets, ...allTokens]) expect(text.includes(s), `a secret appears in the output`).toBe(false);
