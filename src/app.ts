@@ -1,3 +1,4 @@
+import fastifyRateLimit from '@fastify/rate-limit';
 import fastifyWebsocket from '@fastify/websocket';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
@@ -14,6 +15,7 @@ import { WatchHub, watchRoutes } from './http/watch.js';
 import { webhookRoutes } from './http/webhook.js';
 import { LiveKitAuth } from './livekit/auth.js';
 import { WebhookIntake } from './livekit/webhook-intake.js';
+import { limitExceeded } from './errors.js';
 import { createLogger } from './log.js';
 import { Metrics } from './metrics.js';
 import { SecretBox } from './store/secret-box.js';
@@ -21,6 +23,7 @@ import { SqliteStore } from './store/sqlite.js';
 import type { Store } from './store/store.js';
 
 const API_BODY_LIMIT = 64 * 1024;
+const RATE_LIMIT_EXEMPT = new Set(['/livekit/webhook', '/sfu_webhook', '/livez', '/readyz', '/metrics']);
 
 export interface AppDeps {
   clock?: Clock;
@@ -78,6 +81,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
     // Per-request lines only in --dev: in production a webhook burst would flood the log.
     loggerInstance: logger.child({ component: 'http' }, { level: config.dev ? logger.level : 'warn' }) as FastifyBaseLogger,
     bodyLimit: API_BODY_LIMIT,
+    trustProxy: config.trustProxy,
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: false, allErrors: false } },
   });
   const routes = new Map<string, Set<string>>();
@@ -95,8 +99,29 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
     }
   });
 
+  // Per client IP on every API route. LiveKit's webhooks all come from one address and must never be throttled;
+  // probes and scrapes are exempt too.
+  await app.register(fastifyRateLimit, { global: false });
+  const perIp = app.createRateLimit({ max: config.rateLimitPerMinute, timeWindow: 60_000 });
+  app.addHook('onRequest', async (req) => {
+    const path = req.url.split('?')[0]!;
+    if (RATE_LIMIT_EXEMPT.has(path)) return;
+    const verdict = await perIp(req);
+    if (!verdict.isAllowed && verdict.isExceeded) throw limitExceeded('Too many requests from this address', verdict.ttl);
+  });
+  const perIdentity = app.createRateLimit({ max: config.rateLimitPerIdentityPerMinute, timeWindow: 60_000, keyGenerator: (req) => (req as { participantKey?: string }).participantKey ?? req.ip });
+
   healthRoutes(app, { store, metrics, isShuttingDown: () => shuttingDown, isStarted: () => started });
-  delegationRoutes(app, { config, engine, auth });
+  delegationRoutes(app, {
+    config,
+    engine,
+    auth,
+    async limitParticipant(req, identity, room) {
+      (req as { participantKey?: string }).participantKey = `${room}\u0000${identity}`;
+      const verdict = await perIdentity(req);
+      if (!verdict.isAllowed && verdict.isExceeded) throw limitExceeded('Too many delegation requests for this participant', verdict.ttl);
+    },
+  });
   if (config.adminToken) {
     const adminToken = config.adminToken;
     await app.register(fastifyWebsocket, { options: { maxPayload: 4096 } });

@@ -36,6 +36,9 @@ export interface Config {
   maxDelegationsPerIdentity: number;
   maxDelegationsPerRoom: number;
   rateLimitPerMinute: number;
+  rateLimitPerIdentityPerMinute: number;
+  /** Fastify's trustProxy: which proxies may set X-Forwarded-For (false, true, or a list of addresses / CIDRs). */
+  trustProxy: boolean | string[];
   shutdownTimeoutMs: number;
   csApiUrlOverrides: Map<string, string>;
   federationUrlOverrides: Map<string, string>;
@@ -229,6 +232,19 @@ export function loadConfig(env: Record<string, string | undefined>, opts: { dev:
   const maxDelegationsPerIdentity = int('SIDECAR_MAX_DELEGATIONS_PER_IDENTITY', 10, 1);
   const maxDelegationsPerRoom = int('SIDECAR_MAX_DELEGATIONS_PER_ROOM', 5_000, 1);
   const rateLimitPerMinute = int('SIDECAR_RATE_LIMIT_PER_MINUTE', 600, 1);
+  const rateLimitPerIdentityPerMinute = int('SIDECAR_RATE_LIMIT_PER_IDENTITY_PER_MINUTE', 60, 1);
+  const trustProxyRaw = get('SIDECAR_TRUST_PROXY');
+  let trustProxy: boolean | string[] = false;
+  if (trustProxyRaw !== undefined) {
+    if (/^(1|true|yes|on)$/i.test(trustProxyRaw)) trustProxy = true;
+    else if (/^(0|false|no|off)$/i.test(trustProxyRaw)) trustProxy = false;
+    else {
+      trustProxy = trustProxyRaw.split(',').map((x) => x.trim()).filter(Boolean);
+      for (const entry of trustProxy) {
+        if (!/^[0-9a-f.:]+(\/\d{1,3})?$/i.test(entry)) problems.push(`SIDECAR_TRUST_PROXY must be true, false or a comma list of addresses/CIDRs, got ${JSON.stringify(entry)}`);
+      }
+    }
+  }
   const shutdownTimeoutMs = int('SIDECAR_SHUTDOWN_TIMEOUT_MS', 10_000, 0, 600_000);
 
   const overrides = (name: string): Map<string, string> => {
@@ -275,6 +291,8 @@ export function loadConfig(env: Record<string, string | undefined>, opts: { dev:
     maxDelegationsPerIdentity,
     maxDelegationsPerRoom,
     rateLimitPerMinute,
+    rateLimitPerIdentityPerMinute,
+    trustProxy,
     shutdownTimeoutMs,
     csApiUrlOverrides,
     federationUrlOverrides,

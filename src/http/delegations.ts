@@ -42,7 +42,10 @@ export function publicView(d: Delegation) {
   };
 }
 
-export function delegationRoutes(app: FastifyInstance, deps: { config: Config; engine: DelegationEngine; auth: LiveKitAuth }): void {
+export function delegationRoutes(
+  app: FastifyInstance,
+  deps: { config: Config; engine: DelegationEngine; auth: LiveKitAuth; limitParticipant: (req: FastifyRequest, identity: string, room: string) => Promise<void> },
+): void {
   const { config, engine, auth } = deps;
 
   const participantOf = async (req: FastifyRequest): Promise<Participant> => {
@@ -70,6 +73,7 @@ export function delegationRoutes(app: FastifyInstance, deps: { config: Config; e
 
   app.post<{ Body: DelegationBody }>('/v1/delegations', { schema: { body: DelegationBody } }, async (req, reply) => {
     const participant = await participantOf(req);
+    await deps.limitParticipant(req, participant.identity, participant.room);
     const body = req.body;
     if (body.dialect === 'delayed_events' && body.actions !== undefined) throw badJson('actions are only for the futures dialect');
     if (body.dialect === 'futures' && body.access_token !== undefined) throw badJson('access_token is only for the delayed_events dialect');

@@ -25,6 +25,8 @@ export function testEnv(overrides: Record<string, string> = {}): Record<string, 
     SIDECAR_MIN_TIMEOUT_MS: '1000',
     SIDECAR_HOMESERVER_RATE: '200',
     SIDECAR_ADMIN_TOKEN: ADMIN_TOKEN,
+    SIDECAR_RATE_LIMIT_PER_MINUTE: '100000',
+    SIDECAR_RATE_LIMIT_PER_IDENTITY_PER_MINUTE: '10000',
     LOG_LEVEL: 'silent',
     ...overrides,
   };

@@ -138,6 +138,29 @@ describe('the delegation API', () => {
     }
   });
 
+  it('limits requests per client IP and per participant with 429 M_LIMIT_EXCEEDED, never the webhooks', async () => {
+    const limited = await startDaemon({ SIDECAR_RATE_LIMIT_PER_MINUTE: '8', SIDECAR_RATE_LIMIT_PER_IDENTITY_PER_MINUTE: '2' });
+    try {
+      const r = uniqueName('room');
+      const t = await mintParticipantToken({ apiKey: API_KEY, apiSecret: API_SECRET, identity: uniqueName('eve'), room: r });
+      const statuses: number[] = [];
+      for (let i = 0; i < 3; i++) {
+        const tok = await createHomeserverToken(hs, 'futures', `!${r}:hs`, 60_000);
+        statuses.push((await api(limited.url, 'POST', '/v1/delegations', { token: t, body: body({ token: tok }) })).status);
+      }
+      expect(statuses).toEqual([201, 201, 429]);
+      const lkLimited = webhookSender(limited.url);
+      for (let i = 0; i < 10; i++) expect((await lkLimited.participantJoined(r, { sid: `PA_${i}`, identity: `w${i}` })).status).toBe(200);
+      let last = { status: 0, body: {} as any };
+      for (let i = 0; i < 8; i++) last = await api(limited.url, 'GET', '/v1/delegations/dg_nothing', { token: ADMIN_TOKEN });
+      expect(last).toMatchObject({ status: 429, body: { errcode: 'M_LIMIT_EXCEEDED' } });
+      expect(last.body.retry_after_ms).toBeGreaterThan(0);
+      expect((await api(limited.url, 'GET', '/livez')).status).toBe(200);
+    } finally {
+      await limited.stop();
+    }
+  });
+
   describe('webhooks that fail verification', () => {
     it('refuses a forged, altered, unsigned or expired webhook with 401 and changes nothing', async () => {
       const p = await delegate(d.url, hs, 'futures');

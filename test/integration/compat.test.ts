@@ -212,6 +212,19 @@ describe('POST /delegate_delayed_leave: refusals', () => {
     expect(outgoingCalls(h)).toBe(0);
   });
 
+  it('decodes the body whatever its Content-Type says, as lk-jwt-service does', async () => {
+    const res = await call(h.url, 'POST', JSON.stringify(withField('delay_id', undefined)), { 'content-type': 'text/plain' });
+    expect(res.status).toBe(400);
+    expect(res.json?.errcode).toBe('M_BAD_JSON');
+  });
+
+  it('answers 413 with CORS to a body over 64 KiB', async () => {
+    const res = await call(h.url, 'POST', delegationBody({ room_id: `!${'x'.repeat(70_000)}:example.com` }));
+    expect(res.status).toBe(413);
+    expect(res.headers.get('access-control-allow-origin')).toBe('*');
+    expect(outgoingCalls(h)).toBe(0);
+  });
+
   it('answers 400 M_NOT_JSON to a body that is not UTF-8', async () => {
     const res = await fetch(`${h.url}/delegate_delayed_leave`, {
       method: 'POST',
@@ -331,10 +344,10 @@ describe('POST /delegate_delayed_leave: CORS and methods', () => {
     expect(res.headers.get('access-control-allow-headers')).toBe('Content-Type, Authorization');
   });
 
-  it.each(['GET', 'PUT', 'DELETE', 'PATCH'])('answers %s with 405 and CORS', async (method) => {
-    const res = await call(h.url, method, method === 'GET' ? undefined : '{}');
+  it.each(['GET', 'HEAD', 'PUT', 'DELETE', 'PATCH'])('answers %s with 405 and CORS', async (method) => {
+    const res = await call(h.url, method, method === 'GET' || method === 'HEAD' ? undefined : '{}');
     expect(res.status).toBe(405);
-    expect(res.json?.errcode).toBe('M_UNRECOGNIZED');
+    if (method !== 'HEAD') expect(res.json?.errcode).toBe('M_UNRECOGNIZED');
     expect(res.headers.get('access-control-allow-origin')).toBe('*');
     expect(res.headers.get('allow')).toBe('POST, OPTIONS');
   });
