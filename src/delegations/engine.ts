@@ -7,6 +7,7 @@ import { classifyDeparture } from '../livekit/classify.js';
 import { PresenceTracker, presenceKey } from '../livekit/presence.js';
 import type { Metrics } from '../metrics.js';
 import { DuplicateTokenError, type Store, type WebhookRecord } from '../store/store.js';
+import { RollingCount } from '../lib/rolling-count.js';
 import { Schedule } from './schedule.js';
 import { nextDueAt, registerDelegation, transition, type DelegationEvent, type Effect, type HomeserverOutcome, type MachineSettings } from './machine.js';
 import { isTerminal, type ActionKind, type Delegation, type DelegationSource, type DelegationState, type Dialect, type LifecycleChange } from './model.js';
@@ -69,6 +70,8 @@ export class DelegationEngine {
   private readonly listeners = new Set<(e: LifecycleEvent) => void>();
   private readonly histories = new Map<string, HistoryEntry[]>();
   readonly presence = new PresenceTracker();
+  private readonly refreshesLastMinute = new RollingCount();
+  private readonly actionsLastMinute = new RollingCount();
   private readonly schedule: Schedule;
   private stopping = false;
 
@@ -234,6 +237,21 @@ export class DelegationEngine {
     ]);
   }
 
+  /** Totals for the operator console. */
+  stats(): { open: number; by_state: Record<string, number>; refreshes_last_minute: number; actions_last_minute: number; smallest_expiry_margin_seconds: number | null } {
+    const byState: Record<string, number> = {};
+    for (const d of this.open.values()) byState[d.state] = (byState[d.state] ?? 0) + 1;
+    const now = this.deps.clock.now();
+    const margin = this.smallestExpiryMarginSeconds();
+    return {
+      open: this.open.size,
+      by_state: byState,
+      refreshes_last_minute: this.refreshesLastMinute.total(now),
+      actions_last_minute: this.actionsLastMinute.total(now),
+      smallest_expiry_margin_seconds: Number.isFinite(margin) ? margin : null,
+    };
+  }
+
   /** Smallest time left before any open delegation's future would expire, in seconds (+Inf when none). */
   smallestExpiryMarginSeconds(): number {
     const now = this.deps.clock.now();
@@ -341,6 +359,7 @@ export class DelegationEngine {
     });
     if (result.accessTokenRejected) await this.deps.store.saveSecrets(d.id, { ...secrets, accessToken: null });
     this.deps.metrics.refreshes.inc({ outcome: outcomeLabel(result.outcome.kind) });
+    this.refreshesLastMinute.add(this.deps.clock.now());
     this.note(d, `refresh answered: ${describeOutcome(result.outcome)}${result.accessTokenRejected ? ' (access token refused, continuing without it)' : ''}`);
     if (this.stopping && result.outcome.kind !== 'ok') return;
     await this.apply(d.id, { type: 'refresh_result', outcome: result.outcome }, 'refresh answered');
@@ -360,6 +379,7 @@ export class DelegationEngine {
     });
     if (result.accessTokenRejected) await this.deps.store.saveSecrets(d.id, { ...secrets, accessToken: null });
     const kind = result.outcome.kind;
+    this.actionsLastMinute.add(this.deps.clock.now());
     this.note(d, `${action} (${d.dialect === 'futures' ? d.actions[action] : 'send'}) answered: ${describeOutcome(result.outcome)}`);
     this.deps.metrics.actions.inc({ action, outcome: kind === 'ok' ? 'sent' : kind === 'finalised' ? 'already_finalised' : outcomeLabel(kind) });
     const latest = this.open.get(d.id);

@@ -45,6 +45,8 @@ export function adminRoutes(app: FastifyInstance, deps: { adminToken: string; en
     return { delegations: items, next_cursor: page.nextCursor };
   });
 
+  app.get('/v1/admin/stats', async () => deps.engine.stats());
+
   app.get<{ Params: Static<typeof IdParams> }>('/v1/admin/delegations/:id', { schema: { params: IdParams } }, async (req) => {
     const d = await deps.engine.get(req.params.id);
     if (!d) throw notFound();

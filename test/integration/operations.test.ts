@@ -132,6 +132,12 @@ describe('operations', () => {
       expect(history).toMatch(/participant_joined: awaiting_join -> connected/);
       expect(history).toMatch(/refresh answered: ok/);
 
+      const stats = await api(d.url, 'GET', '/v1/admin/stats', { token: ADMIN_TOKEN });
+      expect(stats.body.open).toBeGreaterThanOrEqual(3);
+      expect(stats.body.by_state.connected).toBeGreaterThanOrEqual(1);
+      expect(stats.body.refreshes_last_minute).toBeGreaterThanOrEqual(3);
+      expect(stats.body.smallest_expiry_margin_seconds).toBeGreaterThan(0);
+
       const revoked = await api(d.url, 'DELETE', `/v1/admin/delegations/${ps[1]!.delegationId}`, { token: ADMIN_TOKEN });
       expect(revoked).toMatchObject({ status: 200, body: { state: 'revoked' } });
       expect((await delegationState(d.url, ps[1]!)).state).toBe('revoked');
