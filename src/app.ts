@@ -13,7 +13,9 @@ import { adminRoutes } from './http/admin.js';
 import { healthRoutes } from './http/health.js';
 import { WatchHub, watchRoutes } from './http/watch.js';
 import { webhookRoutes } from './http/webhook.js';
+import { RoomServiceClient } from 'livekit-server-sdk';
 import { LiveKitAuth } from './livekit/auth.js';
+import { Reconciler, type RoomLister } from './livekit/reconciler.js';
 import { WebhookIntake } from './livekit/webhook-intake.js';
 import { limitExceeded } from './errors.js';
 import { createLogger } from './log.js';
@@ -31,6 +33,8 @@ export interface AppDeps {
   store?: Store;
   random?: () => number;
   watchMaxBufferedBytes?: number;
+  /** LiveKit's RoomService; by default livekit-server-sdk's client for LIVEKIT_URL. */
+  rooms?: RoomLister;
 }
 
 export interface Daemon {
@@ -40,6 +44,7 @@ export interface Daemon {
   metrics: Metrics;
   logger: Logger;
   watch: WatchHub;
+  reconciler: Reconciler;
   /** Loads state and starts the scheduler; call before listening. */
   start(): Promise<void>;
   /** Graceful stop: refuse new work, let in-flight calls finish until the deadline, close the store. */
@@ -58,7 +63,13 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
   const logger = deps.logger ?? createLogger({ level: config.logLevel, pretty: config.dev && process.stdout.isTTY === true });
   const metrics = new Metrics();
   const store = deps.store ?? (await openStore(config));
-  const policy = { allow: config.homeservers, allowPrivateAddresses: config.allowPrivateAddresses, allowHttp: config.allowHttp };
+  // Client-server API URLs the operator set for Element Call's route are trusted like explicitly listed origins.
+  const overrideOrigins = [...config.csApiUrlOverrides.values()].map((u) => new URL(u).origin);
+  const policy = {
+    allow: { ...config.homeservers, origins: new Set([...config.homeservers.origins, ...overrideOrigins]) },
+    allowPrivateAddresses: config.allowPrivateAddresses,
+    allowHttp: config.allowHttp,
+  };
   const homeservers = new HomeserverClient({ rate: config.homeserverRate, clock, metrics, policy });
   const engine = new DelegationEngine({
     store,
@@ -73,6 +84,14 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
   const intake = new WebhookIntake({ store, engine, clock, logger });
   const auth = new LiveKitAuth(config.livekitKeys);
   const watch = new WatchHub(deps.watchMaxBufferedBytes);
+  const [apiKey, apiSecret] = [...config.livekitKeys][0]!;
+  const reconciler = new Reconciler({
+    engine,
+    rooms: deps.rooms ?? new RoomServiceClient(config.livekitUrl, apiKey, apiSecret, { requestTimeout: 10 }),
+    clock,
+    logger: logger.child({ component: 'reconcile' }),
+    intervalMs: config.reconcileIntervalMs,
+  });
   engine.onLifecycle((e) => watch.broadcast(e));
   let shuttingDown = false;
   let started = false;
@@ -138,10 +157,12 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
     metrics,
     logger,
     watch,
+    reconciler,
     async start() {
       await engine.start();
       const replayed = await intake.recover();
       if (replayed) logger.info({ replayed }, 'applied webhooks recorded before the last stop');
+      reconciler.start();
       started = true;
     },
     async shutdown() {
@@ -149,6 +170,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
       shuttingDown = true;
       const deadline = clock.now() + config.shutdownTimeoutMs;
       logger.info({ deadline_ms: config.shutdownTimeoutMs }, 'shutting down: refusing new work, finishing calls in flight');
+      await reconciler.stop();
       await app.close();
       await intake.idle();
       await engine.drain(deadline);

@@ -65,6 +65,7 @@ export class DelegationEngine {
   private readonly open = new Map<string, Delegation>();
   private readonly byParticipant = new Map<string, Set<string>>();
   private readonly byRoom = new Map<string, Set<string>>();
+  private readonly awaiting = new Set<string>();
   private readonly busy = new Map<string, { refresh: boolean; action: boolean }>();
   private readonly inflight = new Set<Promise<unknown>>();
   private readonly listeners = new Set<(e: LifecycleEvent) => void>();
@@ -210,8 +211,7 @@ export class DelegationEngine {
     }
     if (!room || !identity || !sid) return;
     if (rec.event === 'participant_joined') {
-      if (this.presence.joined(room, identity, sid) === 'stale') return;
-      for (const id of this.participantDelegations(room, identity)) await this.apply(id, { type: 'joined', sid }, 'participant_joined');
+      await this.observePresent(room, identity, sid, 'participant_joined');
       return;
     }
     if (rec.event === 'participant_left' || rec.event === 'participant_connection_aborted') {
@@ -221,6 +221,43 @@ export class DelegationEngine {
         await this.apply(id, { type: 'departed', sid, departure, at: rec.receivedAt }, `${rec.event} ${rec.reason ?? 'UNKNOWN_REASON'}`);
       }
     }
+  }
+
+  /**
+   * A session of (room, identity) is present, as a webhook or LiveKit's RoomService says. Delegations waiting for
+   * it connect; a delegation bound to an older session rebinds.
+   */
+  async observePresent(room: string, identity: string, sid: string, source: 'participant_joined' | 'reconcile' | 'join_poll'): Promise<void> {
+    if (this.presence.joined(room, identity, sid) === 'stale') return;
+    for (const id of this.participantDelegations(room, identity)) {
+      const d = this.open.get(id);
+      if (!d) continue;
+      const correction = source === 'participant_joined' ? null : d.state === 'awaiting_join' ? 'joined' : d.state === 'grace' ? 'rejoined' : d.state === 'connected' && d.sid !== sid ? 'rebound' : null;
+      const after = await this.apply(id, { type: 'joined', sid }, source);
+      if (correction && after && after !== d) this.deps.metrics.reconcileCorrections.inc({ kind: correction });
+    }
+  }
+
+  /** LiveKit's RoomService no longer lists a connected delegation's participant (twice in a row): a lost connection. */
+  async observeAbsent(id: string): Promise<void> {
+    const d = this.open.get(id);
+    if (!d || d.state !== 'connected') return;
+    const after = await this.apply(id, { type: 'departed', sid: d.sid, departure: 'connection_lost', at: this.deps.clock.now() }, 'reconcile: absent from LiveKit twice in a row');
+    if (after && after.state !== d.state) this.deps.metrics.reconcileCorrections.inc({ kind: 'lost' });
+  }
+
+  /** Rooms with open delegations (including Element Call's legacy rooms). */
+  openRooms(): string[] {
+    return [...this.byRoom.keys()];
+  }
+
+  delegationsInRoom(room: string): Delegation[] {
+    return [...(this.byRoom.get(room) ?? [])].map((id) => this.open.get(id)!).filter(Boolean);
+  }
+
+  /** Ids of delegations still waiting for their participant's session. */
+  awaitingJoin(): Delegation[] {
+    return [...this.awaiting].map((id) => this.open.get(id)!).filter(Boolean);
   }
 
   /** Stop starting work; wait for homeserver calls already in flight, at most until `deadline`. */
@@ -289,6 +326,7 @@ export class DelegationEngine {
   private untrack(d: Delegation): void {
     this.open.delete(d.id);
     this.busy.delete(d.id);
+    this.awaiting.delete(d.id);
     removeFrom(this.byParticipant, presenceKey(d.room, d.identity), d.id);
     removeFrom(this.byRoom, d.room, d.id);
     if (d.altIdentity) removeFrom(this.byParticipant, presenceKey(d.altRoom ?? d.room, d.altIdentity), d.id);
@@ -297,6 +335,8 @@ export class DelegationEngine {
   }
 
   private reschedule(d: Delegation): void {
+    if (d.state === 'awaiting_join') this.awaiting.add(d.id);
+    else this.awaiting.delete(d.id);
     this.schedule.set(d.id, this.stopping ? null : nextDueAt(d));
   }
 
@@ -355,6 +395,7 @@ export class DelegationEngine {
       token: secrets.token,
       accessToken: secrets.accessToken,
       actionName: '',
+      source: d.source,
       priority: { rank: 1, deadline: d.expiresAt },
     });
     if (result.accessTokenRejected) await this.deps.store.saveSecrets(d.id, { ...secrets, accessToken: null });
@@ -375,6 +416,7 @@ export class DelegationEngine {
       token: secrets.token,
       accessToken: secrets.accessToken,
       actionName: d.actions[action],
+      source: d.source,
       priority: { rank: 0, deadline: d.expiresAt },
     });
     if (result.accessTokenRejected) await this.deps.store.saveSecrets(d.id, { ...secrets, accessToken: null });

@@ -1,7 +1,7 @@
 import { Agent, request, type Dispatcher } from 'undici';
 import type { Clock } from '../clock.js';
 import type { HomeserverOutcome } from '../delegations/machine.js';
-import type { Dialect } from '../delegations/model.js';
+import type { DelegationSource, Dialect } from '../delegations/model.js';
 import type { Metrics } from '../metrics.js';
 import { checkHomeserverUrl, guardedLookup, type GuardPolicy } from './address-guard.js';
 import { OriginLimiter, type CallPriority } from './limiter.js';
@@ -14,6 +14,11 @@ export interface HomeserverCall {
   accessToken: string | null;
   /** The futures action name (ignored by delayed events, whose one action is `send`). */
   actionName: string;
+  /**
+   * `compat`: the URL came from the Matrix server's own discovery (or an operator override) rather than from the
+   * allow-list, so it is admitted like `*`: https and public addresses, unless listed explicitly.
+   */
+  source: DelegationSource;
   priority: CallPriority;
 }
 
@@ -80,7 +85,8 @@ export class HomeserverClient {
   }
 
   private async callOnce(c: HomeserverCall): Promise<CallResult> {
-    const refused = checkHomeserverUrl(c.baseUrl, this.opts.policy);
+    const policy = c.source === 'compat' ? { ...this.opts.policy, allow: { ...this.opts.policy.allow, any: true } } : this.opts.policy;
+    const refused = checkHomeserverUrl(c.baseUrl, policy);
     if (refused) return { outcome: { kind: 'permanent', detail: 'homeserver_refused' }, accessTokenRejected: false };
     const origin = new URL(c.baseUrl).origin;
     let accessToken = c.accessToken;

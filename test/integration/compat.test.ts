@@ -49,12 +49,6 @@ interface Harness {
 
 interface HarnessOptions {
   env?: Record<string, string>;
-  /**
-   * Also list the fake homeserver's origin in SIDECAR_HOMESERVERS. Needed while the homeserver client re-checks
-   * every call against SIDECAR_HOMESERVERS alone and so refuses a compat delegation's resolved client-server API
-   * URL when only the server name is listed (reported; pinned by the `it.fails` test below).
-   */
-  listHomeserverOrigin?: boolean;
   captureLogs?: boolean;
 }
 
@@ -65,7 +59,7 @@ async function startHarness(opts: HarnessOptions = {}): Promise<Harness> {
   });
   fed.addToken('openid-token-port-one', `@alice:${PORT_ONE_SERVER}`);
   const dir = mkdtempSync(join(tmpdir(), 'futures-sidecar-compat-'));
-  const homeservers = [SERVER, PORT_ONE_SERVER, ...(opts.listHomeserverOrigin ? [hs.url] : [])].join(' ');
+  const homeservers = [SERVER, PORT_ONE_SERVER].join(' ');
   const env = {
     SIDECAR_STORE: `sqlite:${join(dir, 'sidecar.db')}`,
     LOG_LEVEL: 'silent',
@@ -366,7 +360,7 @@ describe('POST /delegate_delayed_leave: CORS and methods', () => {
 describe('POST /delegate_delayed_leave: lifecycles', () => {
   let h: Harness;
   beforeEach(async () => {
-    h = await startHarness({ listHomeserverOrigin: true, env: { SIDECAR_REFRESH_AT: '0.5' } });
+    h = await startHarness({ env: { SIDECAR_REFRESH_AT: '0.5' } });
   });
   afterEach(async () => {
     await h.stop();
@@ -487,7 +481,7 @@ describe('POST /delegate_delayed_leave: secrets', () => {
   });
 
   it('never logs the OpenID access token or the delay id', async () => {
-    h = await startHarness({ listHomeserverOrigin: true, captureLogs: true });
+    h = await startHarness({ captureLogs: true });
     const delayId = await newDelayedLeave(h.hs, 10_000);
     expect((await call(h.url, 'POST', withField('openid_token.access_token', 'unknown-token-4c1d'))).status).toBe(401);
     expect((await call(h.url, 'POST', delegationBody({ delay_id: delayId, delay_timeout: 10_000 }))).status).toBe(200);
@@ -509,10 +503,9 @@ describe('compat delegations with only the server name in SIDECAR_HOMESERVERS', 
     await h.stop();
   });
 
-  // Known bug (reported, outside this route): HomeserverClient re-checks every call against SIDECAR_HOMESERVERS'
-  // origins and `*` only, so the client-server API URL of a server admitted by name is refused
-  // (`homeserver_refused`) at the first restart. Remove `.fails` once the client admits compat delegations' URLs.
-  it.fails('restarts the delayed event at the overridden client-server API URL', async () => {
+  // Regression: the homeserver client used to re-check every call against SIDECAR_HOMESERVERS' origins alone and
+  // refused the client-server API URL of a server admitted by name (`homeserver_refused` at the first restart).
+  it('restarts the delayed event at the overridden client-server API URL when only the server name is listed', async () => {
     const delayId = await newDelayedLeave(h.hs, 10_000);
     expect((await call(h.url, 'POST', delegationBody({ delay_id: delayId, delay_timeout: 10_000 }))).status).toBe(200);
     await waitFor('the first restart', () => callsFor(h.hs, delayId).find((c) => c.op === 'restart'), 2000);
