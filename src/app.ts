@@ -7,6 +7,7 @@ import type { Config } from './config.js';
 import { DelegationEngine } from './delegations/engine.js';
 import { HomeserverClient } from './homeserver/client.js';
 import { compatRoutes } from './http/compat.js';
+import { consoleRoutes } from './http/console.js';
 import { delegationRoutes } from './http/delegations.js';
 import { installErrorHandlers } from './http/errors.js';
 import { adminRoutes } from './http/admin.js';
@@ -78,7 +79,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
     logger,
     metrics,
     settings: { reconnectGraceMs: config.reconnectGraceMs, joinTimeoutMs: config.joinTimeoutMs, refreshAt: config.refreshAt },
-    limits: { maxPerIdentity: config.maxDelegationsPerIdentity, maxPerRoom: config.maxDelegationsPerRoom },
+    limits: { maxPerIdentity: config.maxDelegationsPerIdentity, maxPerRoom: config.maxDelegationsPerRoom, homeserverRate: config.homeserverRate },
     ...(deps.random ? { random: deps.random } : {}),
   });
   const intake = new WebhookIntake({ store, engine, clock, logger });
@@ -131,6 +132,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
   const perIdentity = app.createRateLimit({ max: config.rateLimitPerIdentityPerMinute, timeWindow: 60_000, keyGenerator: (req) => (req as { participantKey?: string }).participantKey ?? req.ip });
 
   healthRoutes(app, { store, metrics, isShuttingDown: () => shuttingDown, isStarted: () => started });
+  consoleRoutes(app);
   delegationRoutes(app, {
     config,
     engine,

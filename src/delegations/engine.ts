@@ -50,7 +50,15 @@ const HISTORY_DELEGATIONS = 20_000;
 export interface EngineLimits {
   maxPerIdentity: number;
   maxPerRoom: number;
+  /** Calls per second each homeserver origin accepts from us (SIDECAR_HOMESERVER_RATE). */
+  homeserverRate: number;
 }
+
+/**
+ * Share of a homeserver's rate that steady-state refreshes may take: the rest is for first refreshes, actions and
+ * retries. Beyond it new delegations for that homeserver are refused rather than making every refresh late.
+ */
+const REFRESH_CAPACITY_SHARE = 0.8;
 
 /** Stable idempotency key for (dialect, homeserver, token) that does not reveal the token. */
 export function tokenKeyOf(dialect: Dialect, homeserver: string, token: string): string {
@@ -66,6 +74,8 @@ export class DelegationEngine {
   private readonly byParticipant = new Map<string, Set<string>>();
   private readonly byRoom = new Map<string, Set<string>>();
   private readonly awaiting = new Set<string>();
+  /** Steady-state refresh calls per second each homeserver origin needs for its open delegations. */
+  private readonly originLoad = new Map<string, number>();
   private readonly busy = new Map<string, { refresh: boolean; action: boolean }>();
   private readonly inflight = new Set<Promise<unknown>>();
   private readonly listeners = new Set<(e: LifecycleEvent) => void>();
@@ -153,6 +163,13 @@ export class DelegationEngine {
     if ((this.byRoom.get(req.room)?.size ?? 0) >= this.deps.limits.maxPerRoom) {
       this.deps.metrics.registered.inc({ dialect: req.dialect, outcome: 'limited' });
       throw limitExceeded('Too many open delegations in this room', 60_000);
+    }
+    const origin = new URL(req.homeserver).origin;
+    const projected = (this.originLoad.get(origin) ?? 0) + this.refreshRate(req.timeoutMs);
+    if (projected > this.deps.limits.homeserverRate * REFRESH_CAPACITY_SHARE) {
+      this.deps.metrics.registered.inc({ dialect: req.dialect, outcome: 'overloaded' });
+      this.deps.logger.warn({ homeserver_load: Number(projected.toFixed(3)), rate: this.deps.limits.homeserverRate }, 'homeserver at refresh capacity: new delegation refused');
+      throw limitExceeded('This homeserver cannot take more delegations without refreshes running late', 60_000);
     }
     const now = this.deps.clock.now();
     const sid =
@@ -314,7 +331,20 @@ export class DelegationEngine {
     return { now: this.deps.clock.now(), settings: this.deps.settings, random: this.deps.random ?? Math.random };
   }
 
+  /** Steady-state refresh calls per second one delegation with this timeout needs. */
+  private refreshRate(timeoutMs: number): number {
+    return 1000 / (Math.max(0.05, this.deps.settings.refreshAt - 0.05) * timeoutMs);
+  }
+
+  private addLoad(d: Delegation, sign: 1 | -1): void {
+    const origin = new URL(d.homeserver).origin;
+    const next = (this.originLoad.get(origin) ?? 0) + sign * this.refreshRate(d.timeoutMs);
+    if (next <= 1e-9) this.originLoad.delete(origin);
+    else this.originLoad.set(origin, next);
+  }
+
   private track(d: Delegation): void {
+    if (!this.open.has(d.id)) this.addLoad(d, 1);
     this.open.set(d.id, d);
     addTo(this.byParticipant, presenceKey(d.room, d.identity), d.id);
     addTo(this.byRoom, d.room, d.id);
@@ -324,6 +354,7 @@ export class DelegationEngine {
   }
 
   private untrack(d: Delegation): void {
+    if (this.open.has(d.id)) this.addLoad(d, -1);
     this.open.delete(d.id);
     this.busy.delete(d.id);
     this.awaiting.delete(d.id);

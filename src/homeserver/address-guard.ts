@@ -1,4 +1,4 @@
-import { lookup as dnsLookup, type LookupAddress } from 'node:dns';
+import { lookup as dnsLookup, type LookupAddress, type LookupAllOptions } from 'node:dns';
 import { BlockList, isIP } from 'node:net';
 import type { HomeserverAllowList } from '../config.js';
 
@@ -76,21 +76,27 @@ export function checkHomeserverUrl(baseUrl: string, policy: GuardPolicy): string
   return null;
 }
 
+/** Resolves every address of a host name; `dns.lookup` by default, replaced in tests. */
+export type AddressResolver = (
+  hostname: string,
+  options: LookupAllOptions,
+  callback: (err: NodeJS.ErrnoException | null, addresses: LookupAddress[]) => void,
+) => void;
+
 /**
  * A `dns.lookup` replacement for outgoing connections: resolves, then refuses private addresses unless the host
  * was listed explicitly or private addresses are allowed. Used by the connection pool, so it also covers
  * DNS answers that change after the URL was checked.
  */
-export function guardedLookup(policy: GuardPolicy) {
+export function guardedLookup(policy: GuardPolicy, resolve: AddressResolver = dnsLookup) {
   const listedHosts = new Set([...policy.allow.origins].map((o) => new URL(o).hostname.replace(/^\[|\]$/g, '')));
   return (
     hostname: string,
     options: { all?: boolean; family?: number } & Record<string, unknown>,
     callback: (err: NodeJS.ErrnoException | null, address: string | LookupAddress[], family?: number) => void,
   ): void => {
-    dnsLookup(hostname, { ...options, all: true }, (err, addresses) => {
+    resolve(hostname, { ...options, all: true }, (err, list) => {
       if (err) return callback(err, '', 0);
-      const list = addresses as LookupAddress[];
       if (!policy.allowPrivateAddresses && !listedHosts.has(hostname)) {
         const bad = list.find((a) => isPrivateAddress(a.address));
         if (bad) return callback(new AddressRefusedError(`${hostname} resolves to a private or loopback address`) as NodeJS.ErrnoException, '', 0);

@@ -1,0 +1,57 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startFakeHomeserver, type FakeHomeserver } from '../fakes/homeserver.js';
+import { mintParticipantToken, type WebhookSender } from '../fakes/livekit.js';
+import { API_KEY, API_SECRET, api, sleep, startDaemon, waitFor, type RunningDaemon } from '../helpers/daemon.js';
+import { actionsFired, createHomeserverToken, delegate, refreshCalls, uniqueName, webhookSender, type Participant } from '../helpers/scenario.js';
+
+/**
+ * A homeserver that limits us like Synapse limits unauthenticated management calls (1/s, burst 5, per client IP):
+ * the sidecar keeps every future alive that the rate allows, puts actions first, and refuses what it cannot serve.
+ */
+describe('homeserver back-pressure', () => {
+  let hs: FakeHomeserver;
+  let d: RunningDaemon;
+  let lk: WebhookSender;
+  const TIMEOUT_MS = 20_000;
+
+  beforeAll(async () => {
+    hs = await startFakeHomeserver({ rateLimit: { perSecond: 1, burst: 5 } });
+    d = await startDaemon({ SIDECAR_HOMESERVER_RATE: '1' });
+    lk = webhookSender(d.url);
+  });
+  afterAll(async () => {
+    await d.stop();
+    await hs.close();
+  });
+
+  it('refreshes every future the rate allows before it expires, fires actions ahead of queued refreshes, and refuses more', async () => {
+    // At 1 call/s with 80 % for steady refreshes at 0.45 of a 20 s timeout, 7 delegations fit; the 8th does not.
+    const room = uniqueName('room');
+    const ps: Participant[] = [];
+    for (let i = 0; i < 7; i++) ps.push(await delegate(d.url, hs, 'futures', { room, timeoutMs: TIMEOUT_MS }));
+    const jwt = await mintParticipantToken({ apiKey: API_KEY, apiSecret: API_SECRET, identity: uniqueName('late'), room });
+    const token = await createHomeserverToken(hs, 'futures', `!${room}:hs`, TIMEOUT_MS);
+    const refused = await api(d.url, 'POST', '/v1/delegations', { token: jwt, body: { homeserver: hs.url, dialect: 'futures', token, timeout_ms: TIMEOUT_MS } });
+    expect(refused).toMatchObject({ status: 429, body: { errcode: 'M_LIMIT_EXCEEDED' } });
+
+    // Seven first refreshes were queued at once: five go out in the burst, two wait. A leave now must not wait.
+    const leaver = ps[6]!;
+    await lk.participantJoined(room, leaver);
+    await lk.participantLeft(room, leaver, 'CLIENT_INITIATED');
+    await waitFor('the leave', () => actionsFired(hs, leaver.token).length === 1, 10_000);
+    const actionAt = hs.calls.find((c) => c.handle === leaver.token && c.op === 'action')!.at;
+    const firstRefreshes = ps.slice(0, 6).map((p) => hs.calls.find((c) => c.handle === p.token && c.op === 'refresh' && c.status === 200)?.at ?? Infinity);
+    expect(firstRefreshes.some((at) => at > actionAt)).toBe(true);
+
+    for (const p of ps.slice(0, 6)) await lk.participantJoined(room, p);
+    await sleep(TIMEOUT_MS + 4000);
+    for (const p of ps.slice(0, 6)) {
+      expect(hs.status(p.token)).toBe('pending');
+      expect(refreshCalls(hs, p.token)).toBeGreaterThanOrEqual(2);
+    }
+    const limited = hs.calls.filter((c) => c.status === 429).length;
+    expect(limited).toBeLessThanOrEqual(2);
+    const metrics = await (await fetch(`${d.url}/metrics`)).text();
+    expect(metrics).toMatch(/futures_sidecar_delegations_registered_total\{dialect="futures",outcome="overloaded"\} 1/);
+  }, 60_000);
+});
