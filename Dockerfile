@@ -21,9 +21,9 @@ RUN --mount=type=cache,target=/root/.npm npm ci --omit=dev
 # Everything, to compile TypeScript; `npm run build` emits dist/src/main.js.
 FROM toolchain AS build
 RUN --mount=type=cache,target=/root/.npm npm ci
-# .dockerignore lets only package files, tsconfig*.json, src/ and client/ through.
+# .dockerignore lets only package files, tsconfig*.json, src/, client/ and public/ through.
 COPY . .
-RUN npm run build
+RUN npm run build && mkdir -p public
 
 FROM node:${NODE_MAJOR}-bookworm-slim AS runtime
 # tini as PID 1 passes SIGTERM on to node (which then drains, see SIDECAR_SHUTDOWN_TIMEOUT_MS) and reaps zombies.
@@ -37,6 +37,8 @@ WORKDIR /app
 COPY package.json ./
 COPY --from=deps /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
+# Static files read at run time (the operator console: dist/src/http/console.js looks in ../../../public/console).
+COPY --from=build /app/public ./public
 # The image's `node` user (uid 1000) owns the data directory; numeric so runAsNonRoot can verify it.
 RUN mkdir -p /data && chown 1000:1000 /data
 VOLUME ["/data"]
