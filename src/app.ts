@@ -4,7 +4,7 @@ import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { systemClock, type Clock } from './clock.js';
 import type { Config } from './config.js';
-import { DelegationEngine } from './delegations/engine.js';
+import { DelegationEngine, type Coordination } from './delegations/engine.js';
 import { HomeserverClient } from './homeserver/client.js';
 import { compatRoutes } from './http/compat.js';
 import { consoleRoutes } from './http/console.js';
@@ -17,11 +17,13 @@ import { webhookRoutes } from './http/webhook.js';
 import { RoomServiceClient } from 'livekit-server-sdk';
 import { LiveKitAuth } from './livekit/auth.js';
 import { Reconciler, type RoomLister } from './livekit/reconciler.js';
-import { WebhookIntake } from './livekit/webhook-intake.js';
+import { DEDUPE_WINDOW_MS, WebhookIntake } from './livekit/webhook-intake.js';
 import { limitExceeded } from './errors.js';
 import { createLogger } from './log.js';
 import { Metrics } from './metrics.js';
 import { SecretBox } from './store/secret-box.js';
+import { RedisStore } from './store/redis.js';
+import { ShardLeases } from './store/shard-leases.js';
 import { SqliteStore } from './store/sqlite.js';
 import type { Store } from './store/store.js';
 
@@ -52,10 +54,12 @@ export interface Daemon {
   shutdown(): Promise<void>;
 }
 
-export async function openStore(config: Config): Promise<Store> {
+export async function openStore(config: Config, logger: Logger): Promise<Store> {
   const box = new SecretBox(config.tokenKey, config.tokenOldKeys);
   if (config.store.kind === 'sqlite') return new SqliteStore(config.store.path, { synchronous: config.sqliteSynchronous, secretBox: box });
-  throw new Error('the Redis store is not available in this build yet');
+  const store = new RedisStore(config.store.url, { prefix: config.redisPrefix, secretBox: box, logger: logger.child({ component: 'redis' }) });
+  await store.connect();
+  return store;
 }
 
 /** Builds the whole daemon; never listens (tests build it too, and `main.ts` listens). */
@@ -63,7 +67,25 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
   const clock = deps.clock ?? systemClock;
   const logger = deps.logger ?? createLogger({ level: config.logLevel, pretty: config.dev && process.stdout.isTTY === true });
   const metrics = new Metrics();
-  const store = deps.store ?? (await openStore(config));
+  const store = deps.store ?? (await openStore(config, logger));
+  // With Redis, replicas split the delegations by shard leases; the engine learns of gains and losses from them.
+  let leases: ShardLeases | null = null;
+  const coordination: Coordination | undefined =
+    store instanceof RedisStore
+      ? {
+          ownership: (leases = new ShardLeases({
+            redis: store.redis,
+            prefix: config.redisPrefix,
+            clock,
+            logger: logger.child({ component: 'leases' }),
+            leaseMs: config.redisLeaseMs,
+            onGain: (shard): Promise<void> => engine.gainShard(shard),
+            onLose: (shard) => engine.loseShard(shard),
+          })),
+          announce: (m: Parameters<RedisStore['announce']>[0]) => store.announce(m),
+        }
+      : undefined;
+  if (store instanceof RedisStore && leases) store.useOwnership(leases);
   // Client-server API URLs the operator set for Element Call's route are trusted like explicitly listed origins.
   const overrideOrigins = [...config.csApiUrlOverrides.values()].map((u) => new URL(u).origin);
   const policy = {
@@ -72,7 +94,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
     allowHttp: config.allowHttp,
   };
   const homeservers = new HomeserverClient({ rate: config.homeserverRate, clock, metrics, policy });
-  const engine = new DelegationEngine({
+  const engine: DelegationEngine = new DelegationEngine({
     store,
     homeservers,
     clock,
@@ -81,8 +103,9 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
     settings: { reconnectGraceMs: config.reconnectGraceMs, joinTimeoutMs: config.joinTimeoutMs, refreshAt: config.refreshAt },
     limits: { maxPerIdentity: config.maxDelegationsPerIdentity, maxPerRoom: config.maxDelegationsPerRoom, homeserverRate: config.homeserverRate },
     ...(deps.random ? { random: deps.random } : {}),
+    ...(coordination ? { coordination } : {}),
   });
-  const intake = new WebhookIntake({ store, engine, clock, logger });
+  const intake = new WebhookIntake({ store, engine, clock, logger, appliesLocally: !(store instanceof RedisStore) });
   const auth = new LiveKitAuth(config.livekitKeys);
   const watch = new WatchHub(deps.watchMaxBufferedBytes);
   const [apiKey, apiSecret] = [...config.livekitKeys][0]!;
@@ -161,9 +184,15 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
     watch,
     reconciler,
     async start() {
-      await engine.start();
-      const replayed = await intake.recover();
-      if (replayed) logger.info({ replayed }, 'applied webhooks recorded before the last stop');
+      if (store instanceof RedisStore && leases) {
+        // Presence first (recent events of every room), then shards: a delegation taken over is caught up from it.
+        await store.feed(clock.now() - Math.max(config.joinTimeoutMs, DEDUPE_WINDOW_MS), (m) => intake.enqueueFeed(m));
+        await leases.start();
+      } else {
+        await engine.start();
+        const replayed = await intake.recover();
+        if (replayed) logger.info({ replayed }, 'applied webhooks recorded before the last stop');
+      }
       reconciler.start();
       started = true;
     },
@@ -174,8 +203,11 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
       logger.info({ deadline_ms: config.shutdownTimeoutMs }, 'shutting down: refusing new work, finishing calls in flight');
       await reconciler.stop();
       await app.close();
+      intake.stop();
       await intake.idle();
       await engine.drain(deadline);
+      // Hand the shards over at once instead of letting their leases run out.
+      await leases?.stop();
       await homeservers.close().catch((err) => logger.warn({ err }, 'closing homeserver connections failed'));
       await store.close();
       logger.info('stopped');

@@ -44,6 +44,10 @@ export interface Config {
   federationUrlOverrides: Map<string, string>;
   logLevel: LogLevel;
   sqliteSynchronous: 'NORMAL' | 'FULL';
+  /** Key prefix in Redis, so several deployments can share one Redis. */
+  redisPrefix: string;
+  /** Shard lease time: a dead replica's delegations are taken over within about this long. */
+  redisLeaseMs: number;
 }
 
 export class ConfigError extends Error {
@@ -264,6 +268,9 @@ export function loadConfig(env: Record<string, string | undefined>, opts: { dev:
   const logLevelRaw = get('LOG_LEVEL') ?? (dev ? 'debug' : 'info');
   if (!LOG_LEVELS.includes(logLevelRaw as LogLevel)) problems.push(`LOG_LEVEL must be one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(logLevelRaw)}`);
 
+  const redisPrefix = get('SIDECAR_REDIS_PREFIX') ?? 'futures-sidecar:';
+  if (!/^[A-Za-z0-9:_.-]{1,64}$/.test(redisPrefix)) problems.push(`SIDECAR_REDIS_PREFIX must be 1-64 characters of letters, digits and :_.-, got ${JSON.stringify(redisPrefix)}`);
+  const redisLeaseMs = int('SIDECAR_REDIS_LEASE_MS', 10_000, 1_000, 300_000);
   const syncRaw = (get('SIDECAR_SQLITE_SYNCHRONOUS') ?? 'NORMAL').toUpperCase();
   if (syncRaw !== 'NORMAL' && syncRaw !== 'FULL') problems.push(`SIDECAR_SQLITE_SYNCHRONOUS must be NORMAL or FULL, got ${JSON.stringify(syncRaw)}`);
 
@@ -298,6 +305,8 @@ export function loadConfig(env: Record<string, string | undefined>, opts: { dev:
     federationUrlOverrides,
     logLevel: logLevelRaw as LogLevel,
     sqliteSynchronous: syncRaw as 'NORMAL' | 'FULL',
+    redisPrefix,
+    redisLeaseMs,
   };
 }
 

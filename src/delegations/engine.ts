@@ -6,7 +6,8 @@ import type { HomeserverClient } from '../homeserver/client.js';
 import { classifyDeparture } from '../livekit/classify.js';
 import { PresenceTracker, presenceKey } from '../livekit/presence.js';
 import type { Metrics } from '../metrics.js';
-import { DuplicateTokenError, type Store, type WebhookRecord } from '../store/store.js';
+import { shardOf, type ShardOwnership } from '../store/shard-leases.js';
+import { DuplicateTokenError, type FeedMessage, type Store, type WebhookRecord } from '../store/store.js';
 import { RollingCount } from '../lib/rolling-count.js';
 import { Schedule } from './schedule.js';
 import { nextDueAt, registerDelegation, transition, type DelegationEvent, type Effect, type HomeserverOutcome, type MachineSettings } from './machine.js';
@@ -46,6 +47,17 @@ export interface HistoryEntry {
 /** Per delegation, and how many delegations' histories are kept (the oldest are forgotten first). */
 const HISTORY_ENTRIES = 50;
 const HISTORY_DELEGATIONS = 20_000;
+
+/** How replicas sharing a Redis store split the work (absent with SQLite: one process owns everything). */
+export interface Coordination {
+  ownership: ShardOwnership;
+  announce(message: Exclude<FeedMessage, { kind: 'webhook' }>): Promise<void>;
+}
+
+/** How long an API revoke waits for the owning replica to apply it. */
+const REMOTE_REVOKE_WAIT_MS = 3_000;
+/** A state change the store could not take is retried after this long. */
+const STORE_RETRY_MS = 1_000;
 
 export interface EngineLimits {
   maxPerIdentity: number;
@@ -96,6 +108,7 @@ export class DelegationEngine {
       settings: MachineSettings;
       limits: EngineLimits;
       random?: () => number;
+      coordination?: Coordination;
     },
   ) {
     this.schedule = new Schedule(deps.clock, (id) => this.onDue(id));
@@ -113,6 +126,7 @@ export class DelegationEngine {
 
   /** Reloads open delegations; overdue refreshes and actions run at once. */
   async start(): Promise<void> {
+    if (this.deps.coordination) return;
     const loaded = await this.deps.store.loadOpen();
     for (const d of loaded) this.track(d);
     this.deps.logger.info({ open: loaded.length }, 'open delegations loaded');
@@ -201,6 +215,13 @@ export class DelegationEngine {
       throw err;
     }
     this.deps.metrics.registered.inc({ dialect: req.dialect, outcome: 'created' });
+    const coordination = this.deps.coordination;
+    if (coordination && !coordination.ownership.owns(t.delegation.id)) {
+      await coordination.announce({ kind: 'registered', id: t.delegation.id });
+      this.note(t.delegation, `registered (${req.dialect}, timeout ${req.timeoutMs} ms), handed to the replica that owns its shard`);
+      this.emit(null, t.delegation, t.changes, 'registered');
+      return { delegation: t.delegation, created: true };
+    }
     this.track(t.delegation);
     this.note(t.delegation, `registered (${req.dialect}, timeout ${req.timeoutMs} ms${sid ? ', participant already connected' : ''})`);
     this.emit(null, t.delegation, t.changes, 'registered');
@@ -210,7 +231,85 @@ export class DelegationEngine {
   /** Revokes without calling the homeserver; a terminal delegation is returned as it is. */
   async revoke(id: string): Promise<Delegation | undefined> {
     if (this.open.has(id)) return this.apply(id, { type: 'revoke' }, 'revoked');
-    return this.deps.store.getDelegation(id);
+    const stored = await this.deps.store.getDelegation(id);
+    const coordination = this.deps.coordination;
+    if (!stored || isTerminal(stored.state) || !coordination) return stored;
+    // Another replica owns it: ask that one, and wait (bounded) to answer with the result.
+    await coordination.announce({ kind: 'revoke', id });
+    const deadline = this.deps.clock.now() + REMOTE_REVOKE_WAIT_MS;
+    for (;;) {
+      const d = await this.deps.store.getDelegation(id);
+      if (!d || isTerminal(d.state) || this.deps.clock.now() >= deadline) return d;
+      await new Promise((r) => setTimeout(r, 25));
+    }
+  }
+
+  /** A message from the replicated store's stream, in order with the webhooks. */
+  async onFeed(m: FeedMessage): Promise<void> {
+    if (m.kind === 'webhook') return this.processWebhook(m.record);
+    if (!this.deps.coordination?.ownership.owns(m.id)) return;
+    if (m.kind === 'revoke') {
+      if (this.open.has(m.id)) await this.apply(m.id, { type: 'revoke' }, 'revoked (asked by another replica)');
+      return;
+    }
+    if (this.open.has(m.id)) return;
+    const d = await this.deps.store.getDelegation(m.id);
+    if (d && !isTerminal(d.state)) {
+      this.track(d);
+      await this.catchUp(d.id);
+    }
+  }
+
+  /** After a failed attempt to apply a webhook: bring the delegations it concerns up to date from presence. */
+  async catchUpFor(rec: WebhookRecord): Promise<void> {
+    const ids = rec.event === 'room_finished' ? [...(rec.room ? this.byRoom.get(rec.room) ?? [] : [])] : rec.room && rec.identity ? this.participantDelegations(rec.room, rec.identity) : [];
+    for (const id of ids) await this.catchUp(id);
+  }
+
+  /** This replica now holds a shard's lease: take over its open delegations. */
+  async gainShard(shard: number): Promise<void> {
+    const loaded = await this.deps.store.loadOpen(shard);
+    for (const d of loaded) if (!this.open.has(d.id)) this.track(d);
+    for (const d of loaded) await this.catchUp(d.id);
+    this.deps.logger.info({ shard, open: loaded.length }, 'took over a shard');
+  }
+
+  /** The lease is gone: stop acting on that shard's delegations (their state stays in the store for the new owner). */
+  loseShard(shard: number): void {
+    let dropped = 0;
+    for (const d of [...this.open.values()]) {
+      if (shardOf(d.id) !== shard) continue;
+      this.untrack(d);
+      dropped++;
+    }
+    this.deps.logger.info({ shard, dropped }, 'gave up a shard');
+  }
+
+  /**
+   * Applies what presence knows and a delegation's stored state does not yet reflect: a session that ended, or
+   * joined, while another replica owned it (or before it was registered).
+   */
+  private async catchUp(id: string): Promise<void> {
+    const d = this.open.get(id);
+    if (!d) return;
+    const pairs: Array<[string, string]> = [[d.room, d.identity]];
+    if (d.altIdentity) pairs.push([d.altRoom ?? d.room, d.altIdentity]);
+    if ((d.state === 'connected' || d.state === 'grace') && d.sid) {
+      for (const [room, identity] of pairs) {
+        const end = this.presence.endOf(room, identity, d.sid);
+        if (end) {
+          await this.apply(id, { type: 'departed', sid: d.sid, departure: end.departure, at: end.at }, 'catch-up: the session ended earlier');
+          return;
+        }
+      }
+    }
+    for (const [room, identity] of pairs) {
+      const sid = this.presence.activeSid(room, identity);
+      if (sid && (d.state === 'awaiting_join' || d.state === 'grace' || (d.state === 'connected' && d.sid !== sid))) {
+        await this.apply(id, { type: 'joined', sid }, 'catch-up: the participant is present');
+        return;
+      }
+    }
   }
 
   async get(id: string): Promise<Delegation | undefined> {
@@ -232,8 +331,8 @@ export class DelegationEngine {
       return;
     }
     if (rec.event === 'participant_left' || rec.event === 'participant_connection_aborted') {
-      if (this.presence.departed(room, identity, sid, rec.receivedAt) === 'stale') return;
       const departure = classifyDeparture(rec.event, rec.reason ?? undefined);
+      if (this.presence.departed(room, identity, sid, rec.receivedAt, departure) === 'stale') return;
       for (const id of this.participantDelegations(room, identity)) {
         await this.apply(id, { type: 'departed', sid, departure, at: rec.receivedAt }, `${rec.event} ${rec.reason ?? 'UNKNOWN_REASON'}`);
       }
@@ -368,7 +467,7 @@ export class DelegationEngine {
   private reschedule(d: Delegation): void {
     if (d.state === 'awaiting_join') this.awaiting.add(d.id);
     else this.awaiting.delete(d.id);
-    this.schedule.set(d.id, this.stopping ? null : nextDueAt(d));
+    this.schedule.set(d.id, this.stopping ? null : nextDueAt(d, this.busy.get(d.id)));
   }
 
   private onDue(id: string): void {
@@ -390,7 +489,15 @@ export class DelegationEngine {
     this.open.set(id, after);
     if (isTerminal(after.state)) this.untrack(after);
     else this.reschedule(after);
-    await this.deps.store.saveDelegation(after);
+    try {
+      await this.deps.store.saveDelegation(after);
+    } catch (err) {
+      // Not durable, so not done: go back to the stored state and try again shortly.
+      if (isTerminal(after.state)) this.track(before);
+      else if (this.open.get(id) === after) this.open.set(id, before);
+      if (this.open.has(id) && !this.stopping) this.schedule.set(id, this.deps.clock.now() + STORE_RETRY_MS);
+      throw err;
+    }
     if (event.type !== 'tick' || before.state !== after.state) {
       this.note(after, before.state === after.state ? `${cause}${t.reason ? `: ${t.reason}` : ''}` : `${cause}: ${before.state} -> ${after.state}${t.reason ? ` (${t.reason})` : ''}`);
     }
@@ -406,12 +513,20 @@ export class DelegationEngine {
     const kind = effect.type;
     busy[kind] = true;
     const p = (kind === 'refresh' ? this.doRefresh(d) : this.doAction(d, (effect as { action: ActionKind }).action))
-      .catch((err) => this.deps.logger.error({ err, delegation_id: d.id }, `${kind} failed unexpectedly`))
-      .finally(() => {
+      .then(
+        () => false,
+        (err: unknown) => {
+          this.deps.logger.error({ err: { message: (err as Error).message }, delegation_id: d.id }, `${kind} failed without an answer; trying again shortly`);
+          return true;
+        },
+      )
+      .then((failed) => {
         busy[kind] = false;
         this.inflight.delete(p);
         const current = this.open.get(d.id);
-        if (current) this.reschedule(current);
+        if (!current) return;
+        if (failed) this.schedule.set(d.id, this.stopping ? null : this.deps.clock.now() + STORE_RETRY_MS);
+        else this.reschedule(current);
       });
     this.inflight.add(p);
   }

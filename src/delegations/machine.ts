@@ -120,16 +120,22 @@ export function transition(d: Delegation, event: DelegationEvent, ctx: MachineCo
   }
 }
 
-/** The earliest time at which a `tick` could change something, or null when nothing is pending. */
-export function nextDueAt(d: Delegation): number | null {
+/**
+ * The earliest time at which a `tick` could change something, or null when nothing is pending. A refresh or action
+ * that was started (its next time cleared) but is no longer in flight is due at once: its answer was never recorded
+ * (a crash, a store outage), so it has to be made again.
+ */
+export function nextDueAt(d: Delegation, busy: { refresh: boolean; action: boolean } = { refresh: false, action: false }): number | null {
   if (isTerminal(d.state)) return null;
   let due = Infinity;
   if (d.state === 'firing') {
     if (d.nextActionAt !== null) due = Math.min(due, d.nextActionAt);
+    else if (!busy.action) due = 0;
     if (d.actionFailures > 0) due = Math.min(due, d.expiresAt);
     return due === Infinity ? null : due;
   }
   if (d.nextRefreshAt !== null) due = Math.min(due, d.nextRefreshAt);
+  else if (!busy.refresh) due = 0;
   due = Math.min(due, d.expiresAt);
   if (d.state === 'awaiting_join' && d.joinDeadline !== null) due = Math.min(due, d.joinDeadline);
   if (d.state === 'grace' && d.graceDeadline !== null) due = Math.min(due, d.graceDeadline);
@@ -194,7 +200,7 @@ function onTick(d: Delegation, busy: { refresh: boolean; action: boolean }, ctx:
     if (d.actionFailures > 0 && now >= d.expiresAt) {
       return finish(d, 'expired', 'expired', ctx, 'the homeserver was unreachable until the future expired; its timeout fired');
     }
-    if (d.nextActionAt !== null && d.nextActionAt <= now && d.pendingAction) {
+    if ((d.nextActionAt === null || d.nextActionAt <= now) && d.pendingAction) {
       return { delegation: { ...d, nextActionAt: null }, effects: [{ type: 'action', action: d.pendingAction }], changes: [] };
     }
     return unchanged(d);
@@ -208,7 +214,7 @@ function onTick(d: Delegation, busy: { refresh: boolean; action: boolean }, ctx:
   if (!busy.refresh && now >= d.expiresAt) {
     return finish(d, 'expired', 'expired', ctx, 'not refreshed before the future expired');
   }
-  if (!busy.refresh && d.nextRefreshAt !== null && d.nextRefreshAt <= now) {
+  if (!busy.refresh && (d.nextRefreshAt === null || d.nextRefreshAt <= now)) {
     return { delegation: { ...d, nextRefreshAt: null }, effects: [{ type: 'refresh' }], changes: [] };
   }
   return unchanged(d);

@@ -3,7 +3,16 @@
  * RoomService report, delegated or not. A delegation registered after its participant joined binds to the session
  * found here, and events for a session that is no longer the identity's current one are recognised as stale.
  */
+import type { Departure } from '../delegations/machine.js';
+
 export type PresenceVerdict = 'current' | 'stale';
+
+/** How a session ended, kept so that a replica taking over a delegation can apply what it missed. */
+export interface SessionEnd {
+  sid: string;
+  departure: Departure;
+  at: number;
+}
 
 interface Entry {
   sid: string;
@@ -12,6 +21,8 @@ interface Entry {
   endedAt: number | null;
   /** Recently ended sessions of this identity, newest last, so late events for them are ignored. */
   ended: string[];
+  /** How the most recent sessions ended (those we saw end), newest last. */
+  ends: SessionEnd[];
 }
 
 const ENDED_SIDS_KEPT = 4;
@@ -30,7 +41,7 @@ export class PresenceTracker {
     const e = this.entries.get(key);
     if (e?.ended.includes(sid)) return 'stale';
     if (e && e.sid !== sid) pushEnded(e, e.sid);
-    this.entries.set(key, { sid, active: true, endedAt: null, ended: e?.ended ?? [] });
+    this.entries.set(key, { sid, active: true, endedAt: null, ended: e?.ended ?? [], ends: e?.ends ?? [] });
     this.indexRoom(room, key);
     return 'current';
   }
@@ -39,11 +50,11 @@ export class PresenceTracker {
    * A session ended. `current` when it is the identity's current session, or when we know of no other active one
    * (a join we never saw); `stale` when it already ended or another session has replaced it.
    */
-  departed(room: string, identity: string, sid: string, at: number): PresenceVerdict {
+  departed(room: string, identity: string, sid: string, at: number, departure: Departure = 'connection_lost'): PresenceVerdict {
     const key = presenceKey(room, identity);
     const e = this.entries.get(key);
     if (!e) {
-      this.entries.set(key, { sid, active: false, endedAt: at, ended: [sid] });
+      this.entries.set(key, { sid, active: false, endedAt: at, ended: [sid], ends: [{ sid, departure, at }] });
       this.indexRoom(room, key);
       return 'current';
     }
@@ -56,7 +67,13 @@ export class PresenceTracker {
     e.active = false;
     e.endedAt = at;
     pushEnded(e, sid);
+    pushEnd(e, { sid, departure, at });
     return 'current';
+  }
+
+  /** How a session ended, if we saw it end recently. */
+  endOf(room: string, identity: string, sid: string): SessionEnd | null {
+    return this.entries.get(presenceKey(room, identity))?.ends.find((x) => x.sid === sid) ?? null;
   }
 
   /** Every active session of the room ends (room_finished). Returns the identities that were active. */
@@ -68,6 +85,7 @@ export class PresenceTracker {
       e.active = false;
       e.endedAt = at;
       pushEnded(e, e.sid);
+      pushEnd(e, { sid: e.sid, departure: 'connection_lost', at });
       ended.push({ identity: key.slice(room.length + 1), sid: e.sid });
     }
     return ended;
@@ -100,6 +118,11 @@ export class PresenceTracker {
     if (!keys) this.byRoom.set(room, (keys = new Set()));
     keys.add(key);
   }
+}
+
+function pushEnd(e: Entry, end: SessionEnd): void {
+  e.ends.push(end);
+  if (e.ends.length > ENDED_SIDS_KEPT) e.ends.shift();
 }
 
 function pushEnded(e: Entry, sid: string): void {

@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
 import type { Clock } from '../clock.js';
 import type { DelegationEngine } from '../delegations/engine.js';
-import type { Store, WebhookRecord } from '../store/store.js';
+import type { FeedMessage, Store, WebhookRecord } from '../store/store.js';
 
 /** How long an event id is remembered, and how old an event may be before it is ignored as stale. */
 export const DEDUPE_WINDOW_MS = 10 * 60_000;
@@ -16,9 +16,17 @@ export class WebhookIntake {
   private flushScheduled = false;
   private processing: Promise<void> = Promise.resolve();
   private pruneAt = 0;
+  private stopping = false;
 
   constructor(
-    private readonly deps: { store: Store; engine: DelegationEngine; clock: Clock; logger: Logger },
+    private readonly deps: {
+      store: Store;
+      engine: DelegationEngine;
+      clock: Clock;
+      logger: Logger;
+      /** False with the replicated store: every replica applies records from the shared stream instead. */
+      appliesLocally: boolean;
+    },
   ) {}
 
   /** Resolves true for a new event, false for a duplicate, once the record is durable; rejects if it is not. */
@@ -34,7 +42,19 @@ export class WebhookIntake {
 
   /** Applies a recorded event after its acknowledgement. */
   enqueue(rec: WebhookRecord): void {
+    if (!this.deps.appliesLocally) return;
     this.processing = this.processing.then(() => this.apply(rec));
+  }
+
+  /** Applies a message of the replicated store's stream, in stream order. */
+  enqueueFeed(m: FeedMessage): Promise<void> {
+    this.processing = this.processing.then(() => (m.kind === 'webhook' ? this.apply(m.record) : this.applyControl(m)));
+    return this.processing;
+  }
+
+  /** Stop retrying: records not yet applied stay recorded for the next start (or the next owner). */
+  stop(): void {
+    this.stopping = true;
   }
 
   /** Re-applies records a previous process acknowledged but did not finish. */
@@ -71,10 +91,33 @@ export class WebhookIntake {
   private async apply(rec: WebhookRecord): Promise<void> {
     try {
       await this.deps.engine.processWebhook(rec);
+    } catch (err) {
+      this.deps.logger.error({ err: { message: (err as Error).message }, event_id: rec.id }, 'could not apply a webhook; retrying');
+      // Presence already holds the event, so a retry catches the participant's delegations up from it.
+      for (let attempt = 1; !this.stopping; attempt++) {
+        await new Promise((r) => setTimeout(r, Math.min(5_000, 250 * 2 ** attempt)));
+        try {
+          await this.deps.engine.catchUpFor(rec);
+          break;
+        } catch (retryErr) {
+          if (attempt % 10 === 0) this.deps.logger.error({ err: { message: (retryErr as Error).message }, event_id: rec.id }, 'still cannot apply a webhook');
+        }
+      }
+      if (this.stopping) return;
+    }
+    try {
       await this.deps.store.markWebhooksProcessed([rec.id]);
     } catch (err) {
-      // Left unprocessed in the store: the next start-up applies it again.
-      this.deps.logger.error({ err, event_id: rec.id }, 'could not apply a webhook');
+      // Applying twice is harmless: the record is applied again at the next start.
+      this.deps.logger.warn({ err: { message: (err as Error).message }, event_id: rec.id }, 'could not mark a webhook processed');
+    }
+  }
+
+  private async applyControl(m: Exclude<FeedMessage, { kind: 'webhook' }>): Promise<void> {
+    try {
+      await this.deps.engine.onFeed(m);
+    } catch (err) {
+      this.deps.logger.error({ err: { message: (err as Error).message }, delegation_id: m.id }, `could not apply a ${m.kind} message`);
     }
   }
 }

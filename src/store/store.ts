@@ -14,6 +14,12 @@ export interface WebhookRecord {
   receivedAt: number;
 }
 
+/** What the replicated store's stream carries: webhooks, and what one replica tells a delegation's owner. */
+export type FeedMessage =
+  | { kind: 'webhook'; record: WebhookRecord }
+  | { kind: 'registered'; id: string }
+  | { kind: 'revoke'; id: string };
+
 export interface DelegationFilter {
   room?: string;
   identity?: string;
@@ -52,8 +58,8 @@ export interface Store {
   getSecrets(id: string): Promise<DelegationSecrets | undefined>;
   /** Replace the secrets (e.g. drop an access token the homeserver refused). */
   saveSecrets(id: string, secrets: DelegationSecrets): Promise<void>;
-  /** Every delegation that is not terminal. */
-  loadOpen(): Promise<Delegation[]>;
+  /** Every delegation that is not terminal (in one shard, for the replicated store). */
+  loadOpen(shard?: number): Promise<Delegation[]>;
   listDelegations(filter: DelegationFilter): Promise<{ items: Delegation[]; nextCursor: string | null }>;
   /**
    * Records webhooks (dedupe mark + pending work) in one commit. Returns, per record, true when it is new and

@@ -1,0 +1,154 @@
+import { createHash, randomBytes } from 'node:crypto';
+import type { Redis } from 'ioredis';
+import type { Logger } from 'pino';
+import type { Clock, TimerHandle } from '../clock.js';
+
+/** How delegations are split between replicas. Fixed: changing it would move every delegation. */
+export const SHARD_COUNT = 32;
+
+export function shardOf(delegationId: string): number {
+  return createHash('sha1').update(delegationId).digest().readUInt16BE(0) % SHARD_COUNT;
+}
+
+/** Compare-and-set on a shard's owner record `replica:fence`: renew, release, or write only while we hold it. */
+const RENEW = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end`;
+const RELEASE = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end`;
+const ACQUIRE = `if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local fence = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1] .. ':' .. fence, 'PX', ARGV[2])
+return fence`;
+
+export interface ShardOwnership {
+  readonly replicaId: string;
+  /** `replica:fence` while this replica holds the shard's lease, else null. */
+  holding(shard: number): string | null;
+  owns(delegationId: string): boolean;
+}
+
+/**
+ * Shard ownership over Redis (contract section 6): each of SHARD_COUNT shards has a lease `SET NX PX` with a fencing
+ * token from `INCR`; the holder renews it by compare-and-set. Replicas announce themselves in a sorted set and each
+ * aims for its fair share, so work spreads out and a dead replica's shards are taken over within one lease time.
+ * A replica that cannot renew stops acting on its shards before their leases can expire.
+ */
+export class ShardLeases implements ShardOwnership {
+  readonly replicaId = `${process.pid}-${randomBytes(6).toString('hex')}`;
+  private readonly held = new Map<number, { value: string; renewedAt: number }>();
+  private timer: TimerHandle | null = null;
+  private stopped = false;
+  private ticking: Promise<void> | null = null;
+
+  constructor(
+    private readonly deps: {
+      redis: Redis;
+      prefix: string;
+      clock: Clock;
+      logger: Logger;
+      leaseMs: number;
+      onGain: (shard: number) => Promise<void>;
+      onLose: (shard: number) => void;
+    },
+  ) {}
+
+  holding(shard: number): string | null {
+    return this.held.get(shard)?.value ?? null;
+  }
+
+  owns(delegationId: string): boolean {
+    return this.held.has(shardOf(delegationId));
+  }
+
+  get heldCount(): number {
+    return this.held.size;
+  }
+
+  ownerKey(shard: number): string {
+    return `${this.deps.prefix}shard:${shard}:owner`;
+  }
+
+  /** Takes a first share of the shards, then keeps renewing and rebalancing. */
+  async start(): Promise<void> {
+    await this.tick();
+    this.schedule();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer) this.deps.clock.clearTimeout(this.timer);
+    await this.ticking;
+    const { redis } = this.deps;
+    for (const [shard, h] of this.held) {
+      this.held.delete(shard);
+      this.deps.onLose(shard);
+      await redis.eval(RELEASE, 1, this.ownerKey(shard), h.value).catch(() => undefined);
+    }
+    await redis.zrem(`${this.deps.prefix}replicas`, this.replicaId).catch(() => undefined);
+  }
+
+  private get renewEveryMs(): number {
+    return Math.max(200, Math.floor(this.deps.leaseMs / 4));
+  }
+
+  private schedule(): void {
+    if (this.stopped) return;
+    this.timer = this.deps.clock.setTimeout(() => {
+      this.ticking = this.tick()
+        .catch((err) => this.deps.logger.warn({ err: { message: (err as Error).message } }, 'shard lease round failed'))
+        .finally(() => {
+          this.ticking = null;
+          this.schedule();
+        });
+    }, this.renewEveryMs);
+  }
+
+  /** One round: drop leases we can no longer vouch for, renew the rest, then move towards our fair share. */
+  async tick(): Promise<void> {
+    const { redis, prefix, clock, leaseMs } = this.deps;
+    const now = clock.now();
+    // Stop acting well before a lease we failed to renew can expire and be taken by another replica.
+    for (const [shard, h] of this.held) {
+      if (now - h.renewedAt > leaseMs - 2 * this.renewEveryMs) this.lose(shard, 'lease not renewed in time');
+    }
+    await redis.zadd(`${prefix}replicas`, now, this.replicaId);
+    await redis.zremrangebyscore(`${prefix}replicas`, '-inf', now - 3 * leaseMs);
+    const replicas = await redis.zcard(`${prefix}replicas`);
+    for (const [shard, h] of this.held) {
+      const ok = await redis.eval(RENEW, 1, this.ownerKey(shard), h.value, String(leaseMs));
+      if (Number(ok) === 1) h.renewedAt = now;
+      else this.lose(shard, 'lease taken over');
+    }
+    if (this.stopped) return;
+    const fairShare = Math.ceil(SHARD_COUNT / Math.max(1, replicas));
+    if (this.held.size > fairShare) {
+      const extra = [...this.held.keys()].slice(fairShare);
+      for (const shard of extra) {
+        const h = this.held.get(shard)!;
+        this.lose(shard, 'rebalancing');
+        await redis.eval(RELEASE, 1, this.ownerKey(shard), h.value);
+      }
+      return;
+    }
+    for (let shard = 0; shard < SHARD_COUNT && this.held.size < fairShare; shard++) {
+      if (this.held.has(shard)) continue;
+      const fence = Number(await redis.eval(ACQUIRE, 2, this.ownerKey(shard), `${prefix}shard:${shard}:fence`, this.replicaId, String(leaseMs)));
+      if (fence > 0) {
+        this.held.set(shard, { value: `${this.replicaId}:${fence}`, renewedAt: now });
+        this.deps.logger.info({ shard, fence }, 'shard acquired');
+        try {
+          await this.deps.onGain(shard);
+        } catch (err) {
+          this.deps.logger.error({ err, shard }, 'could not load an acquired shard; releasing it');
+          const h = this.held.get(shard);
+          this.lose(shard, 'load failed');
+          if (h) await redis.eval(RELEASE, 1, this.ownerKey(shard), h.value).catch(() => undefined);
+        }
+      }
+    }
+  }
+
+  private lose(shard: number, why: string): void {
+    if (!this.held.delete(shard)) return;
+    this.deps.logger.warn({ shard, why }, 'shard released');
+    this.deps.onLose(shard);
+  }
+}
