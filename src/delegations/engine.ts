@@ -486,6 +486,10 @@ export class DelegationEngine {
       if (event.type !== 'tick' && event.type !== 'refresh_result' && event.type !== 'action_result') this.note(before, `${cause}: no change`);
       return before;
     }
+    // Calls count as in flight from the moment they are decided, so that no timer decides them again while the
+    // decision is being made durable.
+    const busy = this.busyOf(id);
+    for (const e of t.effects) busy[e.type] = true;
     this.open.set(id, after);
     if (isTerminal(after.state)) this.untrack(after);
     else this.reschedule(after);
@@ -493,6 +497,7 @@ export class DelegationEngine {
       await this.deps.store.saveDelegation(after);
     } catch (err) {
       // Not durable, so not done: go back to the stored state and try again shortly.
+      for (const e of t.effects) busy[e.type] = false;
       if (isTerminal(after.state)) this.track(before);
       else if (this.open.get(id) === after) this.open.set(id, before);
       if (this.open.has(id) && !this.stopping) this.schedule.set(id, this.deps.clock.now() + STORE_RETRY_MS);
@@ -506,12 +511,20 @@ export class DelegationEngine {
     return after;
   }
 
+  private busyOf(id: string): { refresh: boolean; action: boolean } {
+    let busy = this.busy.get(id);
+    if (!busy) this.busy.set(id, (busy = { refresh: false, action: false }));
+    return busy;
+  }
+
+  /** Carries out a decided call; `apply` already marked it in flight. */
   private run(d: Delegation, effect: Effect): void {
-    if (this.stopping) return;
-    const busy = this.busy.get(d.id) ?? { refresh: false, action: false };
-    this.busy.set(d.id, busy);
+    const busy = this.busyOf(d.id);
     const kind = effect.type;
-    busy[kind] = true;
+    if (this.stopping) {
+      busy[kind] = false;
+      return;
+    }
     const p = (kind === 'refresh' ? this.doRefresh(d) : this.doAction(d, (effect as { action: ActionKind }).action))
       .then(
         () => false,

@@ -111,7 +111,9 @@ export class ShardLeases implements ShardOwnership {
     }
     await redis.zadd(`${prefix}replicas`, now, this.replicaId);
     await redis.zremrangebyscore(`${prefix}replicas`, '-inf', now - 3 * leaseMs);
-    const replicas = await redis.zcard(`${prefix}replicas`);
+    // A replica counts as alive while its heartbeat is younger than a lease: a dead one stops counting about when
+    // its leases run out, so the survivors' fair share grows just as its shards become free.
+    const replicas = await redis.zcount(`${prefix}replicas`, now - leaseMs, '+inf');
     for (const [shard, h] of this.held) {
       const ok = await redis.eval(RENEW, 1, this.ownerKey(shard), h.value, String(leaseMs));
       if (Number(ok) === 1) h.renewedAt = now;
@@ -119,9 +121,14 @@ export class ShardLeases implements ShardOwnership {
     }
     if (this.stopped) return;
     const fairShare = Math.ceil(SHARD_COUNT / Math.max(1, replicas));
+    const owners = await redis.mget(Array.from({ length: SHARD_COUNT }, (_, s) => this.ownerKey(s)));
     if (this.held.size > fairShare) {
-      const extra = [...this.held.keys()].slice(fairShare);
-      for (const shard of extra) {
+      // Give shards back only to a replica that has fewer than its share, so nothing moves while counts settle.
+      const counts = new Map<string, number>();
+      for (const o of owners) if (o) counts.set(o.slice(0, o.lastIndexOf(':')), (counts.get(o.slice(0, o.lastIndexOf(':'))) ?? 0) + 1);
+      const starving = replicas > counts.size || [...counts.entries()].some(([r, n]) => r !== this.replicaId && n < fairShare - 1);
+      if (!starving) return;
+      for (const shard of [...this.held.keys()].slice(fairShare)) {
         const h = this.held.get(shard)!;
         this.lose(shard, 'rebalancing');
         await redis.eval(RELEASE, 1, this.ownerKey(shard), h.value);
@@ -129,7 +136,7 @@ export class ShardLeases implements ShardOwnership {
       return;
     }
     for (let shard = 0; shard < SHARD_COUNT && this.held.size < fairShare; shard++) {
-      if (this.held.has(shard)) continue;
+      if (this.held.has(shard) || owners[shard]) continue;
       const fence = Number(await redis.eval(ACQUIRE, 2, this.ownerKey(shard), `${prefix}shard:${shard}:fence`, this.replicaId, String(leaseMs)));
       if (fence > 0) {
         this.held.set(shard, { value: `${this.replicaId}:${fence}`, renewedAt: now });

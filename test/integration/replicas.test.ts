@@ -1,0 +1,79 @@
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startFakeHomeserver, type FakeHomeserver } from '../fakes/homeserver.js';
+import { sleep, spawnDaemon, waitFor, type ChildDaemon } from '../helpers/daemon.js';
+import { redisTestsEnabled, startRedis, type RedisServer } from '../helpers/redis.js';
+import { actionsFired, delegate, refreshCalls, webhookSender, type Participant } from '../helpers/scenario.js';
+
+const LEASE_MS = 3000;
+const PREFIX = 'futures-sidecar:';
+
+/** Three replicas on one Redis: any takes any request, one refreshes each delegation, a dead one is replaced. */
+describe.runIf(redisTestsEnabled('replicas'))('three replicas sharing Redis', () => {
+  let redis: RedisServer;
+  let hs: FakeHomeserver;
+  let client: Redis;
+  const replicas: ChildDaemon[] = [];
+
+  beforeAll(async () => {
+    redis = await startRedis();
+    hs = await startFakeHomeserver();
+    client = new Redis(redis.url);
+    const env = { SIDECAR_STORE: redis.url, SIDECAR_REDIS_LEASE_MS: String(LEASE_MS), SIDECAR_HOMESERVER_RATE: '500' };
+    for (let i = 0; i < 3; i++) replicas.push(await spawnDaemon(env));
+  });
+  afterAll(async () => {
+    for (const r of replicas) if (r.proc.exitCode === null) r.kill('SIGKILL');
+    client?.disconnect();
+    await hs?.close();
+    await redis?.stop();
+  });
+
+  async function owners(): Promise<string[]> {
+    const keys = Array.from({ length: 32 }, (_, s) => `${PREFIX}shard:${s}:owner`);
+    return (await client.mget(keys)).map((v) => v ?? '');
+  }
+
+  it('spreads the shards, survives a SIGKILL with a measured takeover, and fires every later leave exactly once', async () => {
+    await waitFor('every shard owned', async () => (await owners()).every(Boolean), 15_000);
+    await waitFor('shards spread over the three', async () => new Set((await owners()).map((o) => o.split('-')[0])).size === 3, 15_000);
+
+    const ps: Participant[] = [];
+    for (let i = 0; i < 30; i++) {
+      const via = replicas[i % 3]!;
+      const p = await delegate(via.url, hs, i % 2 ? 'futures' : 'delayed_events', { timeoutMs: 15_000 });
+      await webhookSender(replicas[(i + 1) % 3]!.url).participantJoined(p.room, p);
+      ps.push(p);
+    }
+    await waitFor('every delegation refreshed once', () => ps.every((p) => refreshCalls(hs, p.token) >= 1), 10_000);
+    await sleep(1000);
+
+    const victim = replicas[0]!;
+    const victimPid = String(victim.proc.pid);
+    const ownedByVictim = (await owners()).filter((o) => o.startsWith(`${victimPid}-`)).length;
+    expect(ownedByVictim).toBeGreaterThan(0);
+    const killedAt = Date.now();
+    victim.kill('SIGKILL');
+    await victim.exited;
+    await waitFor('the dead replica\'s shards taken over', async () => (await owners()).every((o) => o && !o.startsWith(`${victimPid}-`)), 20_000, 50);
+    const takeoverMs = Date.now() - killedAt;
+    console.log(`takeover after SIGKILL: ${takeoverMs} ms for ${ownedByVictim} shards (lease ${LEASE_MS} ms)`);
+    expect(takeoverMs).toBeLessThan(LEASE_MS + 3000);
+
+    const survivors = replicas.slice(1);
+    const refreshedAt = ps.map((p) => refreshCalls(hs, p.token));
+    await sleep(15_000 + 2000);
+    for (const [i, p] of ps.entries()) {
+      expect(hs.status(p.token), `future ${i} kept alive`).toBe('pending');
+      expect(refreshCalls(hs, p.token)).toBeGreaterThan(refreshedAt[i]!);
+    }
+
+    for (const [i, p] of ps.entries()) await webhookSender(survivors[i % 2]!.url).participantLeft(p.room, p, 'CLIENT_INITIATED');
+    await waitFor('every leave fired', () => ps.every((p) => actionsFired(hs, p.token).length >= 1), 10_000);
+    await sleep(1000);
+    for (const p of ps) {
+      expect(actionsFired(hs, p.token)).toHaveLength(1);
+      expect(hs.calls.filter((c) => c.handle === p.token && (c.op === 'action' || c.op === 'send') && c.status === 200)).toHaveLength(1);
+    }
+  }, 90_000);
+});
