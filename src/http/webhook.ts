@@ -10,7 +10,8 @@ import type { Metrics } from '../metrics.js';
 import type { WebhookRecord } from '../store/store.js';
 
 const WEBHOOK_BODY_LIMIT = 1024 * 1024;
-const utf8 = new TextDecoder('utf-8', { fatal: true });
+// ignoreBOM keeps a leading BOM in the text, so the text hashes exactly like the raw bytes LiveKit signed.
+const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
 /**
  * LiveKit's signed webhooks, on `/livekit/webhook` and lk-jwt-service's `/sfu_webhook`. The body is verified on its
@@ -34,7 +35,7 @@ export function webhookRoutes(app: FastifyInstance, deps: { auth: LiveKitAuth; i
     const authorization = typeof req.headers.authorization === 'string' ? req.headers.authorization : undefined;
     let event;
     try {
-      event = await deps.auth.verifyWebhook(text, authorization);
+      event = await deps.auth.verifyWebhook(text, authorization, raw as Buffer);
     } catch (err) {
       deps.metrics.webhooks.inc({ event: 'unverified', outcome: 'rejected' });
       if (err instanceof LiveKitAuthError) {

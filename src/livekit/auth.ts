@@ -1,4 +1,5 @@
-import { TokenVerifier, WebhookReceiver, type WebhookEvent } from 'livekit-server-sdk';
+import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
+import { TokenVerifier, WebhookEvent, WebhookReceiver } from 'livekit-server-sdk';
 
 /** Seconds of clock skew tolerated on `nbf` / `exp` of LiveKit JWTs. */
 const CLOCK_TOLERANCE_S = 10;
@@ -34,11 +35,15 @@ export interface Participant {
 export class LiveKitAuth {
   private readonly verifiers = new Map<string, TokenVerifier>();
   private readonly receivers = new Map<string, WebhookReceiver>();
+  private readonly secrets = new Map<string, Buffer>();
+  /** How many webhooks the fast path settled, and how many went to WebhookReceiver (for the differential tests). */
+  readonly webhookPaths = { fast: 0, sdk: 0 };
 
   constructor(keys: Map<string, string>) {
     for (const [key, secret] of keys) {
       this.verifiers.set(key, new TokenVerifier(key, secret));
       this.receivers.set(key, new WebhookReceiver(key, secret));
+      this.secrets.set(key, Buffer.from(secret, 'utf8'));
     }
   }
 
@@ -59,16 +64,72 @@ export class LiveKitAuth {
     return { identity: claims.sub, room };
   }
 
-  /** Verifies a webhook on its exact raw body and returns the event. */
-  async verifyWebhook(rawBody: string, authorization: string | undefined): Promise<WebhookEvent> {
+  /**
+   * Verifies a webhook on its exact raw body and returns the event. LiveKit's own tokens (canonical HS256 JWTs) are
+   * checked here with node:crypto in microseconds; anything else goes to livekit-server-sdk's WebhookReceiver, whose
+   * answer is final. The fast path accepts only a strict subset of what WebhookReceiver accepts, so the two agree
+   * (test/unit/webhook-verifier.test.ts), except that a token signed with another HMAC algorithm is refused.
+   */
+  async verifyWebhook(rawBody: string, authorization: string | undefined, rawBytes?: Buffer): Promise<WebhookEvent> {
     if (!authorization) throw new LiveKitAuthError('missing Authorization header');
+    const fast = this.fastVerify(rawBody, authorization, rawBytes);
+    if (fast) {
+      this.webhookPaths.fast++;
+      return fast;
+    }
+    this.webhookPaths.sdk++;
     const iss = issuerOf(authorization);
     const receiver = iss === null ? undefined : this.receivers.get(iss);
     if (!receiver) throw new LiveKitAuthError('webhook signed with an unknown API key');
+    let event: WebhookEvent;
     try {
-      return await receiver.receive(rawBody, authorization, false, CLOCK_TOLERANCE_S);
+      event = await receiver.receive(rawBody, authorization, false, CLOCK_TOLERANCE_S);
     } catch (err) {
       throw new LiveKitAuthError(`webhook verification failed (${err instanceof Error ? err.message.slice(0, 80) : 'error'})`);
     }
+    if (headerAlg(authorization) !== 'HS256') throw new LiveKitAuthError('webhook verification failed (only HS256 is accepted)');
+    return event;
   }
+
+  /** The event when the token is a canonical, valid HS256 JWT over this body; null to let WebhookReceiver decide. */
+  private fastVerify(rawBody: string, jwt: string, rawBytes?: Buffer): WebhookEvent | null {
+    const parts = jwt.split('.');
+    if (parts.length !== 3 || !parts.every((p) => CANONICAL_B64URL.test(p))) return null;
+    const [h, p, sig] = parts as [string, string, string];
+    const header = parseObject(Buffer.from(h, 'base64url').toString('utf8'));
+    if (!header || header.alg !== 'HS256' || Object.keys(header).some((k) => k !== 'alg' && k !== 'typ') || (header.typ !== undefined && typeof header.typ !== 'string')) return null;
+    const claims = parseObject(Buffer.from(p, 'base64url').toString('utf8'));
+    if (!claims || typeof claims.iss !== 'string' || typeof claims.sha256 !== 'string') return null;
+    const secret = this.secrets.get(claims.iss);
+    if (!secret) return null;
+    const expected = createHmac('sha256', secret).update(`${h}.${p}`).digest();
+    const given = Buffer.from(sig, 'base64url');
+    if (given.length !== expected.length || !timingSafeEqual(given, expected) || given.toString('base64url') !== sig) return null;
+    const now = Math.floor(Date.now() / 1000);
+    if (typeof claims.exp !== 'number' || claims.exp <= now - CLOCK_TOLERANCE_S) return null;
+    if (claims.nbf !== undefined && (typeof claims.nbf !== 'number' || claims.nbf > now + CLOCK_TOLERANCE_S)) return null;
+    if (claims.iat !== undefined && typeof claims.iat !== 'number') return null;
+    const digest = createHash('sha256').update(rawBytes ?? Buffer.from(rawBody, 'utf8')).digest('base64');
+    if (claims.sha256 !== digest) return null;
+    try {
+      return WebhookEvent.fromJson(JSON.parse(rawBody), { ignoreUnknownFields: true }) as WebhookEvent;
+    } catch {
+      return null;
+    }
+  }
+}
+
+const CANONICAL_B64URL = /^[A-Za-z0-9_-]+$/;
+
+function parseObject(text: string): Record<string, unknown> | null {
+  try {
+    const v = JSON.parse(text) as unknown;
+    return v !== null && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>) : null;
+  } catch {
+    return null;
+  }
+}
+
+function headerAlg(jwt: string): unknown {
+  return parseObject(Buffer.from(jwt.split('.')[0] ?? '', 'base64url').toString('utf8'))?.alg;
 }
