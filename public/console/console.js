@@ -28,6 +28,8 @@ const DETAIL_RATE_PER_S = 4;
 const DETAIL_BURST = 8;
 const DETAIL_BACKLOG_RELOAD = 200;
 const THIN_SECONDS = 60;
+/** A refresh normally shows up here within a second of being due; later than this, it is running late or failing. */
+const OVERDUE_MS = 3_000;
 
 const $ = (id) => /** @type {HTMLElement} */ (document.getElementById(id));
 const el = {
@@ -190,11 +192,16 @@ function newSession(token) {
     filter: { state: 'open', room: '', identity: '', search: '' },
     sort: { key: 'room', dir: 1 },
     view: [],
+    /** The view must be filtered and sorted again / only redrawn. */
     dirty: true,
+    stale: false,
+    /** Ended rows still shown for a moment in the "open" view. */
+    lingering: new Set(),
     detailQueue: new Set(),
     detailTokens: DETAIL_BURST,
     detailLast: performance.now(),
     lastBacklogReload: 0,
+    lastEventAt: 0,
     drawerId: null,
     drawerTimer: null,
     statsTimer: null,
@@ -202,6 +209,7 @@ function newSession(token) {
     reloadTimer: null,
     readyFallback: null,
     wsRetryTimer: null,
+    retryTimer: null,
   };
 }
 
@@ -214,6 +222,7 @@ function signOut(message) {
     clearTimeout(s.statsTimer);
     clearTimeout(s.readyFallback);
     clearTimeout(s.wsRetryTimer);
+    clearTimeout(s.retryTimer);
     clearTimeout(s.drawerTimer);
     if (s.ws) s.ws.close(1000, 'signed out');
     s.rows.clear();
@@ -345,10 +354,14 @@ async function reload(s) {
     s.loading = false;
     if (isAuthError(err)) return signOut(explain(err));
     showNotice(`Loading the list failed: ${explain(err)}`);
+    const wait = err instanceof ApiError && err.retryAfterMs ? err.retryAfterMs : 5_000;
+    clearTimeout(s.retryTimer);
+    s.retryTimer = setTimeout(() => session === s && gen === s.loadGen && reload(s), Math.max(1_000, wait));
     return;
   }
   if (gen !== s.loadGen || session !== s) return;
   s.rows = loaded;
+  s.lingering.clear();
   s.truncated = truncated;
   s.loading = false;
   s.loadedOnce = true;
@@ -365,6 +378,9 @@ function toRow(d, before) {
     dialect: d.dialect,
     room: d.room,
     identity: d.identity,
+    // Compared often when sorting and searching tens of thousands of rows: computed once.
+    roomKey: d.room.toLowerCase(),
+    identityKey: d.identity.toLowerCase(),
     created_at: d.created_at,
     expires_at: d.expires_at,
     next_refresh_at: d.next_refresh_at,
@@ -400,20 +416,33 @@ function flush(s) {
     const events = s.pending;
     s.pending = [];
     for (const e of events) applyEvent(s, e, now);
-    s.dirty = true;
+    s.lastEventAt = performance.now();
   }
-  for (const [id, row] of s.rows) {
-    if (row.leaveAt && row.leaveAt <= now) {
+  for (const id of s.lingering) {
+    const row = s.rows.get(id);
+    if (row && row.leaveAt > now) continue;
+    s.lingering.delete(id);
+    if (row && row.leaveAt) {
       s.rows.delete(id);
       s.dirty = true;
     }
   }
   pumpDetails(s);
+  // Re-filtering and re-sorting only when rows came, went or moved; otherwise the visible rows are just redrawn.
   if (s.dirty) {
     s.dirty = false;
+    s.stale = false;
     rebuildView(s);
     render();
+  } else if (s.stale) {
+    s.stale = false;
+    render();
   }
+}
+
+/** Whether a change of these fields can move a row in the current order. */
+function movesRow(s, fields) {
+  return fields.includes(s.sort.key);
 }
 
 function applyEvent(s, e, now) {
@@ -431,9 +460,16 @@ function applyEvent(s, e, now) {
   row.changedAt = now;
   if (TERMINAL.has(e.state)) row.next_refresh_at = null;
   if (e.type === 'refreshed') s.detailQueue.add(id); // new expires_at / next_refresh_at
+  if (movesRow(s, ['state', 'expires_at', 'next_refresh_at'])) s.dirty = true;
+  else s.stale = true;
   if (!inScope(s.filter, e.state)) {
-    if (s.filter.state === 'open' && TERMINAL.has(e.state)) row.leaveAt = now + LINGER_MS;
-    else s.rows.delete(id);
+    if (s.filter.state === 'open' && TERMINAL.has(e.state)) {
+      row.leaveAt = now + LINGER_MS;
+      s.lingering.add(id);
+    } else {
+      s.rows.delete(id);
+      s.dirty = true;
+    }
   } else {
     row.leaveAt = 0;
   }
@@ -445,10 +481,14 @@ function pumpDetails(s) {
   const t = performance.now();
   s.detailTokens = Math.min(DETAIL_BURST, s.detailTokens + ((t - s.detailLast) / 1000) * DETAIL_RATE_PER_S);
   s.detailLast = t;
-  if (s.detailQueue.size > DETAIL_BACKLOG_RELOAD && t - s.lastBacklogReload > 10_000) {
-    s.lastBacklogReload = t;
-    s.detailQueue.clear();
-    reload(s);
+  const quiet = t - s.lastEventAt > 1_000;
+  if (s.detailQueue.size > DETAIL_BACKLOG_RELOAD || (quiet && s.detailQueue.size > 2 * DETAIL_BURST)) {
+    // Reload once the burst is over, or every few seconds while it lasts; look-ups meanwhile would be wasted.
+    if (quiet || t - s.lastBacklogReload > 10_000) {
+      s.lastBacklogReload = t;
+      s.detailQueue.clear();
+      reload(s);
+    }
     return;
   }
   while (s.detailTokens >= 1 && s.detailQueue.size) {
@@ -483,12 +523,20 @@ async function fetchDetail(s, id) {
   const before = s.rows.get(id);
   if (inScope(s.filter, d.state) && matchesServerFilter(s.filter, d)) {
     const row = toRow(d, before);
-    row.changedAt = before ? before.changedAt : Date.now();
-    s.rows.set(id, row);
+    if (before) {
+      // Updated in place: the current view holds this object.
+      Object.assign(before, row, { changedAt: before.changedAt, leaveAt: before.leaveAt });
+      if (movesRow(s, ['state', 'expires_at', 'next_refresh_at'])) s.dirty = true;
+      else s.stale = true;
+    } else {
+      row.changedAt = Date.now();
+      s.rows.set(id, row);
+      s.dirty = true;
+    }
   } else if (before && !before.leaveAt) {
     s.rows.delete(id);
+    s.dirty = true;
   }
-  s.dirty = true;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -508,10 +556,11 @@ function applyServerFilters() {
   if (!s) return;
   readFilters(s);
   s.rows = new Map();
+  s.lingering.clear();
   s.dirty = true;
   el.scroller.scrollTop = 0;
+  void reload(s);
   flush(s);
-  reload(s);
 }
 
 el.filters.addEventListener('submit', (ev) => {
@@ -545,24 +594,30 @@ for (const th of document.querySelectorAll('th[data-sort]')) {
   });
 }
 
-const collator = new Intl.Collator(undefined, { numeric: true, sensitivity: 'base' });
+/** Plain comparison: Intl.Collator is several times slower, which shows with tens of thousands of rows. */
+function cmp(a, b) {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+const SORT_FIELD = { room: 'roomKey', identity: 'identityKey' };
 
 function rebuildView(s) {
   const q = s.filter.search;
   const view = [];
   for (const row of s.rows.values()) {
-    if (q && !row.room.toLowerCase().includes(q) && !row.identity.toLowerCase().includes(q) && !row.delegation_id.toLowerCase().includes(q)) continue;
+    if (q && !row.roomKey.includes(q) && !row.identityKey.includes(q) && !row.delegation_id.toLowerCase().includes(q)) continue;
     view.push(row);
   }
   const { key, dir } = s.sort;
   const numeric = key === 'expires_at' || key === 'next_refresh_at';
   // An ended delegation has no expiry to worry about: it sorts after every open one.
   const when = (r) => (TERMINAL.has(r.state) ? Infinity : r[key] ?? Infinity);
+  const field = SORT_FIELD[key] ?? key;
   view.sort((a, b) => {
     let c;
     if (numeric) c = when(a) - when(b) || 0;
-    else c = collator.compare(a[key] ?? '', b[key] ?? '');
-    if (c === 0) c = collator.compare(a.identity, b.identity) || (a.delegation_id < b.delegation_id ? -1 : 1);
+    else c = cmp(a[field] ?? '', b[field] ?? '');
+    if (c === 0) c = cmp(a.roomKey, b.roomKey) || cmp(a.identityKey, b.identityKey) || cmp(a.delegation_id, b.delegation_id);
     return c * dir;
   });
   s.view = view;
@@ -573,7 +628,7 @@ function rebuildView(s) {
   const loaded = s.rows.size;
   let text = q ? `${fmtInt(view.length)} of ${fmtInt(loaded)} shown` : `${fmtInt(loaded)} shown`;
   if (s.truncated) text += ` (first ${fmtInt(MAX_ROWS)} only: narrow the filters)`;
-  el.count.textContent = s.loadedOnce ? text : 'loading…';
+  el.count.textContent = !s.loadedOnce || (s.loading && loaded === 0) ? 'loading…' : text;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -689,7 +744,7 @@ function marginOf(row, now) {
   const fraction = row.span > 0 ? left / row.span : 1;
   if (left < THIN_SECONDS * 1000 || fraction < 0.25) return { text, level: 'danger', title: `${title}: thin margin` };
   // A refresh that is late (or keeps being retried) shows before the margin gets thin.
-  const overdue = row.next_refresh_at !== null && now - row.next_refresh_at > 5_000;
+  const overdue = row.next_refresh_at !== null && now - row.next_refresh_at > OVERDUE_MS;
   if (fraction < 0.4 || overdue) return { text, level: 'warn', title: `${title}: refresh late` };
   return { text, level: 'ok', title };
 }

@@ -32,6 +32,7 @@ export function publicView(d: Delegation) {
     delegation_id: d.id,
     state: d.state,
     dialect: d.dialect,
+    timeout_ms: d.timeoutMs,
     room: d.room,
     identity: d.identity,
     created_at: d.createdAt,

@@ -115,4 +115,35 @@ describe('restarts', () => {
     second.kill('SIGTERM');
     expect(await second.exited).toBe(0);
   });
+
+  it('refuses to start with a bad setting, naming it, and exits 2', async () => {
+    const { spawnSync } = await import('node:child_process');
+    const res = spawnSync(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+      env: { ...process.env, LIVEKIT_KEYS: 'k: s', SIDECAR_HOMESERVERS: '*', SIDECAR_REFRESH_AT: '2', SIDECAR_PORT: 'eighty' },
+      encoding: 'utf8',
+    });
+    expect(res.status).toBe(2);
+    expect(res.stderr).toMatch(/SIDECAR_REFRESH_AT/);
+    expect(res.stderr).toMatch(/SIDECAR_PORT/);
+  });
+
+  it('exits at once on a second signal while the first is still draining', async () => {
+    const env = { SIDECAR_STORE: `sqlite:${tempDbPath('twice')}`, SIDECAR_SHUTDOWN_TIMEOUT_MS: '30000' };
+    const d = await spawn(env, await freePort());
+    const lk = webhookSender(d.url);
+    const p = await delegate(d.url, hs, 'futures', { timeoutMs: 4000 });
+    await lk.participantJoined(p.room, p);
+    await waitFor('first refresh', () => refreshCalls(hs, p.token) >= 1);
+    hs.setLatency(20_000);
+    await waitFor('a refresh held in flight', () => hs.inFlight > 0, 5000, 5);
+    const t0 = Date.now();
+    d.kill('SIGTERM');
+    await sleep(300);
+    expect(d.proc.exitCode).toBeNull();
+    d.kill('SIGTERM');
+    await d.exited;
+    hs.setLatency(0);
+    expect(Date.now() - t0).toBeLessThan(5000);
+    expect(actionsFired(hs, p.token)).toEqual([]);
+  });
 });
