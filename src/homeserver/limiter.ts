@@ -107,8 +107,10 @@ export class OriginLimiter {
     }
   }
 
+  /** Stops the timer and lets every waiting call go, so nothing waits forever on a closed limiter. */
   close(): void {
     if (this.timer) this.clock.clearTimeout(this.timer);
     this.timer = null;
+    for (let w = this.queue.pop(); w; w = this.queue.pop()) w.start();
   }
 }

@@ -16,7 +16,7 @@ const POLL_FACTOR = 1.5;
 const POLL_MAX_MS = 60_000;
 const POLL_TICK_MS = 1_000;
 /** Calls per second to LiveKit's API, burst 5x: reconciliation must never load the SFU. */
-const LIVEKIT_API_RATE = 20;
+const LIVEKIT_API_RATE = 50;
 const MISSES_FOR_LOST = 2;
 
 interface Poll {

@@ -89,3 +89,17 @@ describe('OriginLimiter', () => {
     expect(l.currentRate).toBe(4);
   });
 });
+
+describe('OriginLimiter.close', () => {
+  it('releases every waiting call so that nothing waits forever after a shutdown', async () => {
+    const clock = new ManualClock(0);
+    const l = new OriginLimiter(1, clock);
+    let started = 0;
+    const all = Array.from({ length: 9 }, () => l.acquire({ rank: 1, deadline: 0 }).then(() => started++));
+    await Promise.resolve();
+    expect(started).toBe(5);
+    l.close();
+    await Promise.all(all);
+    expect(started).toBe(9);
+  });
+});
