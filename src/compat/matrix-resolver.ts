@@ -10,6 +10,7 @@ import { Agent, request, type Dispatcher } from 'undici';
 import { systemClock, type Clock } from '../clock.js';
 import { normaliseBaseUrl } from '../config.js';
 import { guardedLookup, isPrivateAddress, type GuardPolicy } from '../homeserver/address-guard.js';
+import { readLimited } from '../lib/read-limited.js';
 
 const REQUEST_TIMEOUT_MS = 30_000;
 const CONNECT_TIMEOUT_MS = 5_000;
@@ -265,7 +266,9 @@ export class MatrixResolver {
     }
     let text: string;
     try {
-      text = await readLimited(res.body, MAX_RESPONSE_BYTES);
+      const body = await readLimited(res.body, MAX_RESPONSE_BYTES);
+      if (body.truncated) throw new MatrixLookupError('response too large');
+      text = body.text;
     } catch (err) {
       throw new MatrixLookupError(err instanceof MatrixLookupError ? err.reason : networkReason(err));
     }
@@ -312,16 +315,3 @@ function networkReason(err: unknown): string {
   return typeof e.code === 'string' && /^[A-Z_]{1,40}$/.test(e.code) ? `network error ${e.code}` : 'network error';
 }
 
-async function readLimited(body: Dispatcher.ResponseData['body'], limit: number): Promise<string> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of body) {
-    size += (chunk as Buffer).length;
-    if (size > limit) {
-      body.destroy();
-      throw new MatrixLookupError('response too large');
-    }
-    chunks.push(chunk as Buffer);
-  }
-  return Buffer.concat(chunks).toString('utf8');
-}

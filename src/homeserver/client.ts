@@ -4,6 +4,7 @@ import type { HomeserverOutcome } from '../delegations/machine.js';
 import type { DelegationSource, Dialect } from '../delegations/model.js';
 import type { Metrics } from '../metrics.js';
 import { checkHomeserverUrl, guardedLookup, type GuardPolicy } from './address-guard.js';
+import { readLimited } from '../lib/read-limited.js';
 import { OriginLimiter, type CallPriority } from './limiter.js';
 
 export interface HomeserverCall {
@@ -147,7 +148,7 @@ export class HomeserverClient {
     }
     let text: string;
     try {
-      text = await readLimited(res.body, MAX_RESPONSE_BYTES);
+      text = (await readLimited(res.body, MAX_RESPONSE_BYTES)).text;
     } catch (err) {
       return { network: networkReason(err) };
     }
@@ -193,18 +194,4 @@ function networkReason(err: unknown): string {
   if (code === 'E_ADDRESS_REFUSED') return 'address_refused';
   if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT' || code === 'UND_ERR_CONNECT_TIMEOUT') return 'timeout';
   return 'network_error';
-}
-
-async function readLimited(body: Dispatcher.ResponseData['body'], limit: number): Promise<string> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of body) {
-    size += (chunk as Buffer).length;
-    if (size > limit) {
-      body.destroy();
-      break;
-    }
-    chunks.push(chunk as Buffer);
-  }
-  return Buffer.concat(chunks).toString('utf8');
 }

@@ -1,7 +1,7 @@
 import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
-import type { Delegation, DelegationSecrets } from '../delegations/model.js';
+import { isTerminal, type Delegation, type DelegationSecrets } from '../delegations/model.js';
 import { SecretBox } from './secret-box.js';
 import { DuplicateTokenError, type DelegationFilter, type Store, type WebhookRecord } from './store.js';
 
@@ -235,7 +235,7 @@ function toRow(d: Delegation): Row {
     id: d.id,
     sid: d.sid,
     state: d.state,
-    open: isOpen(d) ? 1 : 0,
+    open: isTerminal(d.state) ? 0 : 1,
     updated_at: d.updatedAt,
     expires_at: d.expiresAt,
     last_refresh_at: d.lastRefreshAt,
@@ -251,9 +251,6 @@ function toRow(d: Delegation): Row {
   };
 }
 
-function isOpen(d: Delegation): boolean {
-  return d.state === 'awaiting_join' || d.state === 'connected' || d.state === 'grace' || d.state === 'firing';
-}
 
 function fromRow(r: Row): Delegation {
   return {
