@@ -45,7 +45,10 @@ const DELAYED_EVENTS_PATH = '/_matrix/client/unstable/org.matrix.msc4140/delayed
  * the method / endpoint fallbacks (remembered per origin), and the classification of every answer.
  */
 export class HomeserverClient {
+  /** For every origin not listed explicitly: resolved addresses must be public (unless allowed). */
   private readonly agent: Agent;
+  /** For origins listed in SIDECAR_HOMESERVERS or the compat overrides, which may be private. */
+  private readonly listedAgent: Agent;
   private readonly limiters = new Map<string, OriginLimiter>();
   /** Origins that only speak the later futures draft (POST). */
   private readonly futuresPost = new Set<string>();
@@ -55,13 +58,18 @@ export class HomeserverClient {
   constructor(
     private readonly opts: { rate: number; clock: Clock; metrics: Metrics; policy: GuardPolicy; timeoutMs?: number },
   ) {
-    this.agent = new Agent({
-      keepAliveTimeout: 30_000,
-      connections: 16,
-      headersTimeout: opts.timeoutMs ?? REQUEST_TIMEOUT_MS,
-      bodyTimeout: opts.timeoutMs ?? REQUEST_TIMEOUT_MS,
-      connect: { timeout: 5_000, lookup: guardedLookup(opts.policy) as never },
-    });
+    const pool = (lookup?: unknown) =>
+      new Agent({
+        keepAliveTimeout: 30_000,
+        connections: 16,
+        headersTimeout: opts.timeoutMs ?? REQUEST_TIMEOUT_MS,
+        bodyTimeout: opts.timeoutMs ?? REQUEST_TIMEOUT_MS,
+        connect: { timeout: 5_000, ...(lookup ? { lookup: lookup as never } : {}) },
+      });
+    // The exemption for listed origins is decided per origin (scheme, host and port), not per host name: otherwise a
+    // listed private host would open its every port to participants' URLs under '*'.
+    this.agent = pool(guardedLookup({ ...opts.policy, allow: { ...opts.policy.allow, origins: new Set() } }));
+    this.listedAgent = pool(opts.policy.allowPrivateAddresses ? undefined : guardedLookup({ ...opts.policy, allowPrivateAddresses: true }));
   }
 
   limiterBacklog(): number {
@@ -142,7 +150,8 @@ export class HomeserverClient {
     await limiter.acquire(priority);
     let res: Dispatcher.ResponseData;
     try {
-      res = await request(req.url, { method: req.method, headers: req.headers, body: req.body, dispatcher: this.agent });
+      const dispatcher = this.opts.policy.allow.origins.has(origin) ? this.listedAgent : this.agent;
+      res = await request(req.url, { method: req.method, headers: req.headers, body: req.body, dispatcher });
     } catch (err) {
       return { network: networkReason(err) };
     }
@@ -174,7 +183,7 @@ export class HomeserverClient {
 
   async close(): Promise<void> {
     for (const l of this.limiters.values()) l.close();
-    await this.agent.close();
+    await Promise.all([this.agent.close(), this.listedAgent.close()]);
   }
 }
 

@@ -56,21 +56,28 @@ export function watchRoutes(app: FastifyInstance, deps: { adminToken: string; hu
     deps.hub.add(socket);
   };
 
-  app.get('/v1/watch', { websocket: true }, (socket, req) => {
-    if (isAdminToken(bearerToken(req), deps.adminToken)) return subscribe(socket);
-    const timer = setTimeout(() => socket.close(CLOSE_UNAUTHORIZED, 'authenticate within 5 s'), AUTH_TIMEOUT_MS);
-    socket.once('close', () => clearTimeout(timer));
-    socket.once('message', (data) => {
-      clearTimeout(timer);
-      let token: unknown;
-      try {
-        token = (JSON.parse(String(data)) as { token?: unknown }).token;
-      } catch {
-        token = undefined;
-      }
-      if (typeof token === 'string' && isAdminToken(token, deps.adminToken)) subscribe(socket);
-      else socket.close(CLOSE_UNAUTHORIZED, 'wrong admin token');
-    });
+  app.route({
+    method: 'GET',
+    url: '/v1/watch',
+    // A plain GET (no upgrade) gets a Matrix-style answer like every other route.
+    handler: async (_req, reply) =>
+      reply.status(426).header('upgrade', 'websocket').send({ errcode: 'M_UNRECOGNIZED', error: 'This endpoint speaks WebSocket only' }),
+    wsHandler: (socket, req) => {
+      if (isAdminToken(bearerToken(req), deps.adminToken)) return subscribe(socket);
+      const timer = setTimeout(() => socket.close(CLOSE_UNAUTHORIZED, 'authenticate within 5 s'), AUTH_TIMEOUT_MS);
+      socket.once('close', () => clearTimeout(timer));
+      socket.once('message', (data) => {
+        clearTimeout(timer);
+        let token: unknown;
+        try {
+          token = (JSON.parse(String(data)) as { token?: unknown }).token;
+        } catch {
+          token = undefined;
+        }
+        if (typeof token === 'string' && isAdminToken(token, deps.adminToken)) subscribe(socket);
+        else socket.close(CLOSE_UNAUTHORIZED, 'wrong admin token');
+      });
+    },
   });
 
   app.addHook('onClose', async () => deps.hub.closeAll());

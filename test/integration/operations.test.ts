@@ -165,6 +165,10 @@ describe('operations', () => {
       w.ws.close();
     });
 
+    it('answers a plain GET without an upgrade in Matrix style', async () => {
+      expect(await api(d.url, 'GET', '/v1/watch', { token: ADMIN_TOKEN })).toMatchObject({ status: 426, body: { errcode: 'M_UNRECOGNIZED' } });
+    });
+
     it('accepts the admin token in the first message, and refuses a wrong one', async () => {
       const good = openWatcher(d.url);
       good.ws.on('open', () => good.ws.send(JSON.stringify({ type: 'auth', token: ADMIN_TOKEN })));
