@@ -30,7 +30,8 @@ describe('restarts', () => {
     const ps: Participant[] = [];
     for (const dialect of ['futures', 'delayed_events'] as const) {
       for (let i = 0; i < 3; i++) {
-        const p = await delegate(first.url, hs, dialect, { timeoutMs: 2000 });
+        // Long enough that a restart on a loaded machine still lands before the futures expire.
+        const p = await delegate(first.url, hs, dialect, { timeoutMs: 8000 });
         await lk.participantJoined(p.room, p);
         ps.push(p);
       }
@@ -41,7 +42,7 @@ describe('restarts', () => {
     const refreshedBefore = ps.map((p) => refreshCalls(hs, p.token));
 
     const second = await spawn(env, port);
-    await waitFor('refreshes after the restart', () => ps.every((p, i) => refreshCalls(hs, p.token) > refreshedBefore[i]!), 5000);
+    await waitFor('refreshes after the restart', () => ps.every((p, i) => refreshCalls(hs, p.token) > refreshedBefore[i]!), 10_000);
     await sleep(2500);
     for (const p of ps) expect(hs.status(p.token)).toBe('pending');
 
