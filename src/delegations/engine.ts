@@ -83,8 +83,9 @@ export function tokenKeyOf(dialect: Dialect, homeserver: string, token: string):
  */
 export class DelegationEngine {
   private readonly open = new Map<string, Delegation>();
-  private readonly byParticipant = new Map<string, Set<string>>();
-  private readonly byRoom = new Map<string, Set<string>>();
+  /** room -> identity -> delegation ids; nested so that no key string is built per delegation. */
+  private readonly byParticipant = new Map<string, IdIndex>();
+  private readonly byRoom: IdIndex = new Map();
   private readonly awaiting = new Set<string>();
   /** Steady-state refresh calls per second each homeserver origin needs for its open delegations. */
   private readonly originLoad = new Map<string, number>();
@@ -92,6 +93,10 @@ export class DelegationEngine {
   private readonly inflight = new Set<Promise<unknown>>();
   private readonly listeners = new Set<(e: LifecycleEvent) => void>();
   private readonly histories = new Map<string, HistoryEntry[]>();
+  /** Shared copies of strings that repeat across delegations (see `compact`). */
+  private readonly interned = new Map<string, string>();
+  private readonly internedActions = new Map<string, Readonly<Delegation['actions']>>();
+  private readonly origins = new Map<string, string>();
   readonly presence = new PresenceTracker();
   private readonly refreshesLastMinute = new RollingCount();
   private readonly actionsLastMinute = new RollingCount();
@@ -166,19 +171,18 @@ export class DelegationEngine {
       this.deps.metrics.registered.inc({ dialect: req.dialect, outcome: 'existing' });
       return { delegation: this.open.get(existing.id) ?? existing, created: false };
     }
-    const key = presenceKey(req.room, req.identity);
-    const sameParticipant = [...(this.byParticipant.get(key) ?? [])].map((id) => this.open.get(id)!).filter((d) => d.room === req.room && d.identity === req.identity);
+    const sameParticipant = this.participantDelegations(req.room, req.identity).map((id) => this.open.get(id)!).filter((d) => d.room === req.room && d.identity === req.identity);
     if (req.replaceSameParticipant) {
       for (const old of sameParticipant) await this.apply(old.id, { type: 'revoke' }, 'replaced by a new delegation for the same participant');
     } else if (sameParticipant.length >= this.deps.limits.maxPerIdentity) {
       this.deps.metrics.registered.inc({ dialect: req.dialect, outcome: 'limited' });
       throw limitExceeded('Too many open delegations for this participant', 60_000);
     }
-    if ((this.byRoom.get(req.room)?.size ?? 0) >= this.deps.limits.maxPerRoom) {
+    if (countOf(this.byRoom, req.room) >= this.deps.limits.maxPerRoom) {
       this.deps.metrics.registered.inc({ dialect: req.dialect, outcome: 'limited' });
       throw limitExceeded('Too many open delegations in this room', 60_000);
     }
-    const origin = new URL(req.homeserver).origin;
+    const origin = this.originOf(req.homeserver);
     const projected = (this.originLoad.get(origin) ?? 0) + this.refreshRate(req.timeoutMs);
     if (projected > this.deps.limits.homeserverRate * REFRESH_CAPACITY_SHARE) {
       this.deps.metrics.registered.inc({ dialect: req.dialect, outcome: 'overloaded' });
@@ -262,7 +266,7 @@ export class DelegationEngine {
 
   /** After a failed attempt to apply a webhook: bring the delegations it concerns up to date from presence. */
   async catchUpFor(rec: WebhookRecord): Promise<void> {
-    const ids = rec.event === 'room_finished' ? [...(rec.room ? this.byRoom.get(rec.room) ?? [] : [])] : rec.room && rec.identity ? this.participantDelegations(rec.room, rec.identity) : [];
+    const ids = rec.event === 'room_finished' ? (rec.room ? idsOf(this.byRoom, rec.room) : []) : rec.room && rec.identity ? this.participantDelegations(rec.room, rec.identity) : [];
     for (const id of ids) await this.catchUp(id);
   }
 
@@ -322,7 +326,7 @@ export class DelegationEngine {
     if (rec.event === 'room_finished') {
       if (!room) return;
       this.presence.roomFinished(room, rec.receivedAt);
-      for (const id of [...(this.byRoom.get(room) ?? [])]) await this.apply(id, { type: 'room_finished', at: rec.receivedAt }, 'room finished');
+      for (const id of idsOf(this.byRoom, room)) await this.apply(id, { type: 'room_finished', at: rec.receivedAt }, 'room finished');
       return;
     }
     if (!room || !identity || !sid) return;
@@ -368,7 +372,7 @@ export class DelegationEngine {
   }
 
   delegationsInRoom(room: string): Delegation[] {
-    return [...(this.byRoom.get(room) ?? [])].map((id) => this.open.get(id)!).filter(Boolean);
+    return idsOf(this.byRoom, room).map((id) => this.open.get(id)!).filter(Boolean);
   }
 
   /** Ids of delegations still waiting for their participant's session. */
@@ -423,7 +427,8 @@ export class DelegationEngine {
   }
 
   private participantDelegations(room: string, identity: string): string[] {
-    return [...(this.byParticipant.get(presenceKey(room, identity)) ?? [])];
+    const identities = this.byParticipant.get(room);
+    return identities ? idsOf(identities, identity) : [];
   }
 
   private ctx() {
@@ -435,21 +440,67 @@ export class DelegationEngine {
     return 1000 / (Math.max(0.05, this.deps.settings.refreshAt - 0.05) * timeoutMs);
   }
 
+  /**
+   * The in-memory form: strings many delegations share (homeserver, room, action names, enum values) are shared
+   * instead of one copy per row, and the token key, needed only by the store's index, is dropped.
+   */
+  private compact(d: Delegation): Delegation {
+    const i = this.interned;
+    const intern = (v: string): string => {
+      const have = i.get(v);
+      if (have !== undefined) return have;
+      i.set(v, v);
+      return v;
+    };
+    const actionsKey = `${d.actions.leave}\u0000${d.actions.connection_lost}`;
+    let actions = this.internedActions.get(actionsKey);
+    if (!actions) this.internedActions.set(actionsKey, (actions = Object.freeze({ ...d.actions })));
+    // Loaded and registered objects are fresh, so they are compacted in place rather than copied.
+    d.tokenKey = '';
+    d.homeserver = intern(d.homeserver);
+    d.room = intern(d.room);
+    if (d.altRoom !== null) d.altRoom = intern(d.altRoom);
+    d.state = intern(d.state) as Delegation['state'];
+    d.dialect = intern(d.dialect) as Delegation['dialect'];
+    d.source = intern(d.source) as Delegation['source'];
+    if (d.pendingAction !== null) d.pendingAction = intern(d.pendingAction) as Delegation['pendingAction'];
+    d.actions = actions;
+    return d;
+  }
+
+  private originOf(homeserver: string): string {
+    let origin = this.origins.get(homeserver);
+    if (origin === undefined) this.origins.set(homeserver, (origin = new URL(homeserver).origin));
+    return origin;
+  }
+
   private addLoad(d: Delegation, sign: 1 | -1): void {
-    const origin = new URL(d.homeserver).origin;
+    const origin = this.originOf(d.homeserver);
     const next = (this.originLoad.get(origin) ?? 0) + sign * this.refreshRate(d.timeoutMs);
     if (next <= 1e-9) this.originLoad.delete(origin);
     else this.originLoad.set(origin, next);
   }
 
-  private track(d: Delegation): void {
+  private track(loaded: Delegation): void {
+    const d = this.compact(loaded);
     if (!this.open.has(d.id)) this.addLoad(d, 1);
     this.open.set(d.id, d);
-    addTo(this.byParticipant, presenceKey(d.room, d.identity), d.id);
+    this.indexParticipant(d.room, d.identity, d.id, true);
     addTo(this.byRoom, d.room, d.id);
-    if (d.altIdentity) addTo(this.byParticipant, presenceKey(d.altRoom ?? d.room, d.altIdentity), d.id);
+    if (d.altIdentity) this.indexParticipant(d.altRoom ?? d.room, d.altIdentity, d.id, true);
     if (d.altRoom) addTo(this.byRoom, d.altRoom, d.id);
     this.reschedule(d);
+  }
+
+  private indexParticipant(room: string, identity: string, id: string, add: boolean): void {
+    let identities = this.byParticipant.get(room);
+    if (add) {
+      if (!identities) this.byParticipant.set(room, (identities = new Map()));
+      addTo(identities, identity, id);
+    } else if (identities) {
+      removeFrom(identities, identity, id);
+      if (identities.size === 0) this.byParticipant.delete(room);
+    }
   }
 
   private untrack(d: Delegation): void {
@@ -457,9 +508,9 @@ export class DelegationEngine {
     this.open.delete(d.id);
     this.busy.delete(d.id);
     this.awaiting.delete(d.id);
-    removeFrom(this.byParticipant, presenceKey(d.room, d.identity), d.id);
+    this.indexParticipant(d.room, d.identity, d.id, false);
     removeFrom(this.byRoom, d.room, d.id);
-    if (d.altIdentity) removeFrom(this.byParticipant, presenceKey(d.altRoom ?? d.room, d.altIdentity), d.id);
+    if (d.altIdentity) this.indexParticipant(d.altRoom ?? d.room, d.altIdentity, d.id, false);
     if (d.altRoom) removeFrom(this.byRoom, d.altRoom, d.id);
     this.schedule.set(d.id, null);
   }
@@ -614,16 +665,39 @@ function outcomeLabel(kind: 'ok' | 'finalised' | 'retry' | 'permanent'): string 
   return { ok: 'ok', finalised: 'finalised', retry: 'retry', permanent: 'failed' }[kind];
 }
 
-function addTo(index: Map<string, Set<string>>, key: string, id: string): void {
-  let s = index.get(key);
-  if (!s) index.set(key, (s = new Set()));
-  s.add(id);
+/**
+ * Indexes from a key to delegation ids. Most keys (a participant) have one delegation, so a lone id is stored as the
+ * string itself and only several ids get a Set: at a million delegations a Set each would cost hundreds of MiB.
+ */
+type IdIndex = Map<string, string | Set<string>>;
+
+function addTo(index: IdIndex, key: string, id: string): void {
+  const cur = index.get(key);
+  if (cur === undefined) index.set(key, id);
+  else if (typeof cur === 'string') {
+    if (cur !== id) index.set(key, new Set([cur, id]));
+  } else cur.add(id);
 }
 
-function removeFrom(index: Map<string, Set<string>>, key: string, id: string): void {
-  const s = index.get(key);
-  if (!s) return;
-  s.delete(id);
-  if (s.size === 0) index.delete(key);
+function idsOf(index: IdIndex, key: string): string[] {
+  const cur = index.get(key);
+  return cur === undefined ? [] : typeof cur === 'string' ? [cur] : [...cur];
+}
+
+function countOf(index: IdIndex, key: string): number {
+  const cur = index.get(key);
+  return cur === undefined ? 0 : typeof cur === 'string' ? 1 : cur.size;
+}
+
+function removeFrom(index: IdIndex, key: string, id: string): void {
+  const cur = index.get(key);
+  if (cur === undefined) return;
+  if (typeof cur === 'string') {
+    if (cur === id) index.delete(key);
+    return;
+  }
+  cur.delete(id);
+  if (cur.size === 1) index.set(key, cur.values().next().value!);
+  else if (cur.size === 0) index.delete(key);
 }
 

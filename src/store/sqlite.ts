@@ -76,6 +76,19 @@ const MUTABLE_COLUMNS = [
 
 type Row = Record<string, string | number | null>;
 
+/**
+ * What a read returns, in this order. The token columns are not read (secrets stay on disk until a call needs them)
+ * and neither is the token key, which only the uniqueness index uses.
+ */
+const READ_COLUMNS = [
+  'id', 'dialect', 'homeserver', 'room', 'identity', 'alt_identity', 'alt_room', 'sid', 'action_leave', 'action_lost',
+  'timeout_ms', 'state', 'source', 'created_at', 'updated_at', 'expires_at', 'last_refresh_at', 'next_refresh_at',
+  'refresh_failures', 'join_deadline', 'grace_deadline', 'disconnected_at', 'pending_action', 'next_action_at',
+  'action_failures', 'outcome',
+] as const;
+const READ = READ_COLUMNS.join(', ');
+type Values = Array<string | number | null>;
+
 export class StoreLockedError extends Error {
   constructor(path: string) {
     super(`the SQLite store ${path} is in use by another futures-sidecar process (one process owns a SQLite file)`);
@@ -114,11 +127,12 @@ export class SqliteStore implements Store {
     this.stmts = {
       insert: this.db.prepare(`INSERT INTO delegations (${cols.join(',')}) VALUES (${cols.map((c) => '@' + c).join(',')})`),
       update: this.db.prepare(`UPDATE delegations SET ${MUTABLE_COLUMNS.map((c) => `${c} = @${c}`).join(', ')} WHERE id = @id`),
-      get: this.db.prepare('SELECT * FROM delegations WHERE id = ?'),
-      byTokenKey: this.db.prepare('SELECT * FROM delegations WHERE token_key = ?'),
+      get: this.db.prepare(`SELECT ${READ} FROM delegations WHERE id = ?`).raw(true),
+      byTokenKey: this.db.prepare(`SELECT ${READ} FROM delegations WHERE token_key = ?`).raw(true),
       secrets: this.db.prepare('SELECT token, access_token FROM delegations WHERE id = ?'),
       saveSecrets: this.db.prepare('UPDATE delegations SET token = ?, access_token = ? WHERE id = ?'),
-      open: this.db.prepare('SELECT * FROM delegations WHERE open = 1'),
+      // Raw arrays: about twice as fast as row objects when a million are read at start-up.
+      open: this.db.prepare(`SELECT ${READ} FROM delegations WHERE open = 1`).raw(true),
       insertWebhook: this.db.prepare(
         'INSERT OR IGNORE INTO webhooks (id, event, room, identity, sid, reason, created_at, received_at) VALUES (@id, @event, @room, @identity, @sid, @reason, @createdAt, @receivedAt)',
       ),
@@ -158,13 +172,13 @@ export class SqliteStore implements Store {
   }
 
   async getDelegation(id: string): Promise<Delegation | undefined> {
-    const row = this.stmts.get.get(id) as Row | undefined;
-    return row ? fromRow(row) : undefined;
+    const row = this.stmts.get.get(id) as Values | undefined;
+    return row ? fromValues(row) : undefined;
   }
 
   async findByTokenKey(tokenKey: string): Promise<Delegation | undefined> {
-    const row = this.stmts.byTokenKey.get(tokenKey) as Row | undefined;
-    return row ? fromRow(row) : undefined;
+    const row = this.stmts.byTokenKey.get(tokenKey) as Values | undefined;
+    return row ? fromValues(row) : undefined;
   }
 
   async getSecrets(id: string): Promise<DelegationSecrets | undefined> {
@@ -178,7 +192,10 @@ export class SqliteStore implements Store {
   }
 
   async loadOpen(): Promise<Delegation[]> {
-    return (this.stmts.open.all() as Row[]).map(fromRow);
+    // Row by row: materialising every row first would double the peak memory of a large reload.
+    const out: Delegation[] = [];
+    for (const row of this.stmts.open.iterate() as IterableIterator<Values>) out.push(fromValues(row));
+    return out;
   }
 
   async listDelegations(filter: DelegationFilter): Promise<{ items: Delegation[]; nextCursor: string | null }> {
@@ -188,9 +205,9 @@ export class SqliteStore implements Store {
     if (filter.identity !== undefined) (where.push('identity = ?'), params.push(filter.identity));
     if (filter.state !== undefined) (where.push('state = ?'), params.push(filter.state));
     if (filter.cursor !== undefined) (where.push('id > ?'), params.push(filter.cursor));
-    const sql = `SELECT * FROM delegations ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY id LIMIT ?`;
-    const rows = this.db.prepare(sql).all(...params, filter.limit + 1) as Row[];
-    const items = rows.slice(0, filter.limit).map(fromRow);
+    const sql = `SELECT ${READ} FROM delegations ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY id LIMIT ?`;
+    const rows = this.db.prepare(sql).raw(true).all(...params, filter.limit + 1) as Values[];
+    const items = rows.slice(0, filter.limit).map(fromValues);
     return { items, nextCursor: rows.length > filter.limit ? items[items.length - 1]!.id : null };
   }
 
@@ -252,33 +269,34 @@ function toRow(d: Delegation): Row {
 }
 
 
-function fromRow(r: Row): Delegation {
+function fromValues(v: Values): Delegation {
+  const [id, dialect, homeserver, room, identity, altIdentity, altRoom, sid, leave, lost, timeoutMs, state, source, createdAt, updatedAt, expiresAt, lastRefreshAt, nextRefreshAt, refreshFailures, joinDeadline, graceDeadline, disconnectedAt, pendingAction, nextActionAt, actionFailures, outcome] = v;
   return {
-    id: r.id as string,
-    tokenKey: r.token_key as string,
-    dialect: r.dialect as Delegation['dialect'],
-    homeserver: r.homeserver as string,
-    room: r.room as string,
-    identity: r.identity as string,
-    altIdentity: r.alt_identity as string | null,
-    altRoom: r.alt_room as string | null,
-    sid: r.sid as string | null,
-    actions: { leave: r.action_leave as string, connection_lost: r.action_lost as string },
-    timeoutMs: r.timeout_ms as number,
-    state: r.state as Delegation['state'],
-    source: r.source as Delegation['source'],
-    createdAt: r.created_at as number,
-    updatedAt: r.updated_at as number,
-    expiresAt: r.expires_at as number,
-    lastRefreshAt: r.last_refresh_at as number | null,
-    nextRefreshAt: r.next_refresh_at as number | null,
-    refreshFailures: r.refresh_failures as number,
-    joinDeadline: r.join_deadline as number | null,
-    graceDeadline: r.grace_deadline as number | null,
-    disconnectedAt: r.disconnected_at as number | null,
-    pendingAction: r.pending_action as Delegation['pendingAction'],
-    nextActionAt: r.next_action_at as number | null,
-    actionFailures: r.action_failures as number,
-    outcome: r.outcome as string | null,
+    id: id as string,
+    tokenKey: '',
+    dialect: dialect as Delegation['dialect'],
+    homeserver: homeserver as string,
+    room: room as string,
+    identity: identity as string,
+    altIdentity: altIdentity as string | null,
+    altRoom: altRoom as string | null,
+    sid: sid as string | null,
+    actions: { leave: leave as string, connection_lost: lost as string },
+    timeoutMs: timeoutMs as number,
+    state: state as Delegation['state'],
+    source: source as Delegation['source'],
+    createdAt: createdAt as number,
+    updatedAt: updatedAt as number,
+    expiresAt: expiresAt as number,
+    lastRefreshAt: lastRefreshAt as number | null,
+    nextRefreshAt: nextRefreshAt as number | null,
+    refreshFailures: refreshFailures as number,
+    joinDeadline: joinDeadline as number | null,
+    graceDeadline: graceDeadline as number | null,
+    disconnectedAt: disconnectedAt as number | null,
+    pendingAction: pendingAction as Delegation['pendingAction'],
+    nextActionAt: nextActionAt as number | null,
+    actionFailures: actionFailures as number,
+    outcome: outcome as string | null,
   };
 }
