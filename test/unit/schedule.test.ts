@@ -103,3 +103,31 @@ describe('OriginLimiter.close', () => {
     expect(started).toBe(9);
   });
 });
+
+describe('Schedule under churn', () => {
+  it('fires every id once at its last due time, in due order, however often ids are rescheduled', () => {
+    const clock = new ManualClock(0);
+    const fired: Array<[string, number]> = [];
+    const s = new Schedule(clock, (id) => fired.push([id, clock.now()]));
+    const expected = new Map<string, number>();
+    let seed = 7;
+    const rnd = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+    for (let round = 0; round < 20; round++) {
+      for (let i = 0; i < 500; i++) {
+        const id = `d${i}`;
+        const at = 1000 + Math.floor(rnd() * 100_000);
+        s.set(id, at);
+        expected.set(id, at);
+      }
+    }
+    for (let i = 0; i < 500; i += 7) {
+      s.set(`d${i}`, null);
+      expected.delete(`d${i}`);
+    }
+    clock.advance(200_000);
+    expect(fired.length).toBe(expected.size);
+    for (const [id, at] of fired) expect(at).toBe(expected.get(id));
+    for (let i = 1; i < fired.length; i++) expect(fired[i]![1]).toBeGreaterThanOrEqual(fired[i - 1]![1]);
+    expect(s.size).toBe(0);
+  });
+});
