@@ -54,6 +54,13 @@ export interface Coordination {
   announce(message: Exclude<FeedMessage, { kind: 'webhook' }>): Promise<void>;
 }
 
+/**
+ * After a start or a takeover, deadlines that ran out (or are about to) while nobody was listening wait this long:
+ * LiveKit retries a webhook that failed for about 15 s (1, 2, 4 and 8 s), so a rejoin within the grace that it
+ * could not deliver during our restart still arrives, and is not answered with connection_lost.
+ */
+const SETTLE_AFTER_START_MS = 15_000;
+
 /** How long an API revoke waits for the owning replica to apply it. */
 const REMOTE_REVOKE_WAIT_MS = 3_000;
 /** A state change the store could not take is retried after this long. */
@@ -133,7 +140,7 @@ export class DelegationEngine {
   async start(): Promise<void> {
     if (this.deps.coordination) return;
     const loaded = await this.deps.store.loadOpen();
-    for (const d of loaded) this.track(d);
+    for (const d of loaded) this.track(this.settle(d));
     this.deps.logger.info({ open: loaded.length }, 'open delegations loaded');
   }
 
@@ -270,10 +277,18 @@ export class DelegationEngine {
     for (const id of ids) await this.catchUp(id);
   }
 
+  /** Gives a just-loaded delegation's grace or join deadline time to hear what LiveKit retries after our restart. */
+  private settle(d: Delegation): Delegation {
+    const floor = this.deps.clock.now() + SETTLE_AFTER_START_MS;
+    if (d.state === 'grace' && d.graceDeadline !== null && d.graceDeadline < floor) d.graceDeadline = floor;
+    if (d.state === 'awaiting_join' && d.joinDeadline !== null && d.joinDeadline < floor) d.joinDeadline = floor;
+    return d;
+  }
+
   /** This replica now holds a shard's lease: take over its open delegations. */
   async gainShard(shard: number): Promise<void> {
     const loaded = await this.deps.store.loadOpen(shard);
-    for (const d of loaded) if (!this.open.has(d.id)) this.track(d);
+    for (const d of loaded) if (!this.open.has(d.id)) this.track(this.settle(d));
     for (const d of loaded) await this.catchUp(d.id);
     this.deps.logger.info({ shard, open: loaded.length }, 'took over a shard');
   }
@@ -331,7 +346,7 @@ export class DelegationEngine {
     }
     if (!room || !identity || !sid) return;
     if (rec.event === 'participant_joined') {
-      await this.observePresent(room, identity, sid, 'participant_joined');
+      await this.observePresent(room, identity, sid, 'participant_joined', rec.joinedAt ?? null);
       return;
     }
     if (rec.event === 'participant_left' || rec.event === 'participant_connection_aborted') {
@@ -347,8 +362,8 @@ export class DelegationEngine {
    * A session of (room, identity) is present, as a webhook or LiveKit's RoomService says. Delegations waiting for
    * it connect; a delegation bound to an older session rebinds.
    */
-  async observePresent(room: string, identity: string, sid: string, source: 'participant_joined' | 'reconcile' | 'join_poll'): Promise<void> {
-    if (this.presence.joined(room, identity, sid) === 'stale') return;
+  async observePresent(room: string, identity: string, sid: string, source: 'participant_joined' | 'reconcile' | 'join_poll', joinedAt: number | null = null): Promise<void> {
+    if (this.presence.joined(room, identity, sid, joinedAt) === 'stale') return;
     for (const id of this.participantDelegations(room, identity)) {
       const d = this.open.get(id);
       if (!d) continue;

@@ -15,6 +15,7 @@ interface Waiting {
 
 const QUIET_PERIOD_MS = 60_000;
 const MIN_RATE_FRACTION = 1 / 64;
+const THROTTLE_SETTLE_MS = 1_000;
 
 /**
  * One homeserver origin's adaptive token bucket (contract section 2): `rate` calls/s with a burst of 5x, halved on a
@@ -66,11 +67,14 @@ export class OriginLimiter {
     });
   }
 
-  /** The homeserver said 429: slow down. */
+  /**
+   * The homeserver said 429: slow down. Calls already in flight when the first 429 came back are answered the same
+   * way, so the rate is halved at most once per second: one burst is one signal, not one halving per answer.
+   */
   throttle(): void {
     const now = this.clock.now();
     this.refill(now);
-    this.rate = Math.max(this.configuredRate * MIN_RATE_FRACTION, this.rate / 2);
+    if (now - this.lastThrottle >= THROTTLE_SETTLE_MS) this.rate = Math.max(this.configuredRate * MIN_RATE_FRACTION, this.rate / 2);
     this.tokens = Math.min(this.tokens, 1);
     this.lastThrottle = now;
     this.lastRecover = now;

@@ -4,12 +4,13 @@ import type { FastifyInstance } from 'fastify';
 import type { Clock } from '../clock.js';
 import { MatrixError } from '../errors.js';
 import { LiveKitAuthError, type LiveKitAuth } from '../livekit/auth.js';
-import { PARTICIPANT_EVENTS, webhookEventLabel } from '../livekit/classify.js';
+import { PARTICIPANT_EVENTS, joinedAtMs, webhookEventLabel } from '../livekit/classify.js';
 import { DEDUPE_WINDOW_MS, type WebhookIntake } from '../livekit/webhook-intake.js';
 import type { Metrics } from '../metrics.js';
 import type { WebhookRecord } from '../store/store.js';
 
 const WEBHOOK_BODY_LIMIT = 1024 * 1024;
+
 // ignoreBOM keeps a leading BOM in the text, so the text hashes exactly like the raw bytes LiveKit signed.
 const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
@@ -62,6 +63,7 @@ export function webhookRoutes(app: FastifyInstance, deps: { auth: LiveKitAuth; i
       identity: p?.identity || null,
       sid: p?.sid || null,
       reason: p && p.disconnectReason ? (DisconnectReason[p.disconnectReason] ?? `REASON_${p.disconnectReason}`) : null,
+      joinedAt: p ? joinedAtMs(p) : null,
       createdAt: createdAt || now,
       receivedAt: now,
     };

@@ -24,3 +24,9 @@ export function classifyDeparture(event: 'participant_left' | 'participant_conne
   if (LEAVE_REASONS.has(r)) return 'leave';
   return 'connection_lost';
 }
+
+/** A session's join time in ms (LiveKit sends `joinedAtMs` and `joinedAt` in seconds; zero values are omitted). */
+export function joinedAtMs(p: { joinedAtMs?: bigint; joinedAt?: bigint }): number | null {
+  const ms = Number(p.joinedAtMs ?? 0n) || Number(p.joinedAt ?? 0n) * 1000;
+  return ms > 0 ? ms : null;
+}

@@ -17,6 +17,8 @@ export interface SessionEnd {
 interface Entry {
   sid: string;
   active: boolean;
+  /** When the current session joined LiveKit (ms, LiveKit's `joinedAtMs`), when known: orders sessions. */
+  joinedAt: number | null;
   /** When the current session ended (ms), for pruning. */
   endedAt: number | null;
   /** Recently ended sessions of this identity, newest last, so late events for them are ignored. */
@@ -36,12 +38,24 @@ export class PresenceTracker {
   private byRoom = new Map<string, Set<string>>();
 
   /** A session became active. Returns `stale` when this sid already ended (a late or replayed join). */
-  joined(room: string, identity: string, sid: string): PresenceVerdict {
+  joined(room: string, identity: string, sid: string, joinedAt: number | null = null): PresenceVerdict {
     const key = presenceKey(room, identity);
     const e = this.entries.get(key);
     if (e?.ended.includes(sid)) return 'stale';
-    if (e && e.sid !== sid) pushEnded(e, e.sid);
-    this.entries.set(key, { sid, active: true, endedAt: null, ended: e?.ended ?? [], ends: e?.ends ?? [] });
+    if (e && e.sid === sid) {
+      e.active = true;
+      e.endedAt = null;
+      e.joinedAt ??= joinedAt;
+      return 'current';
+    }
+    // A late webhook of an older session (its queue was held up while reconciliation already saw a newer one) must
+    // not displace the newer session: LiveKit's joinedAt orders them.
+    if (e && e.active && e.joinedAt !== null && joinedAt !== null && joinedAt < e.joinedAt) {
+      pushEnded(e, sid);
+      return 'stale';
+    }
+    if (e) pushEnded(e, e.sid);
+    this.entries.set(key, { sid, active: true, joinedAt, endedAt: null, ended: e?.ended ?? [], ends: e?.ends ?? [] });
     this.indexRoom(room, key);
     return 'current';
   }
@@ -54,7 +68,7 @@ export class PresenceTracker {
     const key = presenceKey(room, identity);
     const e = this.entries.get(key);
     if (!e) {
-      this.entries.set(key, { sid, active: false, endedAt: at, ended: [sid], ends: [{ sid, departure, at }] });
+      this.entries.set(key, { sid, active: false, joinedAt: null, endedAt: at, ended: [sid], ends: [{ sid, departure, at }] });
       this.indexRoom(room, key);
       return 'current';
     }

@@ -4,6 +4,7 @@ import type { Clock, TimerHandle } from '../clock.js';
 import type { DelegationEngine } from '../delegations/engine.js';
 import type { Delegation } from '../delegations/model.js';
 import { OriginLimiter } from '../homeserver/limiter.js';
+import { joinedAtMs } from './classify.js';
 
 /** The part of livekit-server-sdk's RoomServiceClient we use. */
 export interface RoomLister {
@@ -70,15 +71,15 @@ export class Reconciler {
   async cycle(): Promise<void> {
     const { engine } = this.deps;
     const rooms = engine.openRooms();
-    const listed = new Map<string, Map<string, string>>();
+    const listed = new Map<string, Map<string, { sid: string; joinedAt: number | null }>>();
     await Promise.all(
       rooms.map(async (room) => {
         await this.limiter.acquire({ rank: 1, deadline: 0 });
         if (this.stopped) return;
         try {
           const participants = await this.deps.rooms.listParticipants(room);
-          const present = new Map<string, string>();
-          for (const p of participants) if (p.state !== ParticipantInfo_State.DISCONNECTED && p.identity && p.sid) present.set(p.identity, p.sid);
+          const present = new Map<string, { sid: string; joinedAt: number | null }>();
+          for (const p of participants) if (p.state !== ParticipantInfo_State.DISCONNECTED && p.identity && p.sid) present.set(p.identity, { sid: p.sid, joinedAt: joinedAtMs(p) });
           listed.set(room, present);
         } catch (err) {
           this.logError('listParticipants failed', err);
@@ -87,7 +88,7 @@ export class Reconciler {
     );
     if (this.stopped) return;
     for (const [room, present] of listed) {
-      for (const [identity, sid] of present) await engine.observePresent(room, identity, sid, 'reconcile');
+      for (const [identity, p] of present) await engine.observePresent(room, identity, p.sid, 'reconcile', p.joinedAt);
     }
     const seen = new Set<string>();
     for (const room of listed.keys()) {
@@ -143,7 +144,7 @@ export class Reconciler {
         try {
           const p = await this.deps.rooms.getParticipant(room, identity);
           if (p.state !== ParticipantInfo_State.DISCONNECTED && p.sid) {
-            await this.deps.engine.observePresent(room, identity, p.sid, 'join_poll');
+            await this.deps.engine.observePresent(room, identity, p.sid, 'join_poll', joinedAtMs(p));
             this.polls.delete(d.id);
             return;
           }
@@ -188,7 +189,7 @@ export class Reconciler {
 }
 
 /** Whether a delegation's participant is in LiveKit's lists: unknown unless every room it may be in was listed. */
-function presenceIn(d: Delegation, listed: Map<string, Map<string, string>>): 'present' | 'absent' | 'unknown' {
+function presenceIn(d: Delegation, listed: Map<string, Map<string, unknown>>): 'present' | 'absent' | 'unknown' {
   const pairs: Array<[string, string]> = [[d.room, d.identity]];
   if (d.altIdentity) pairs.push([d.altRoom ?? d.room, d.altIdentity]);
   for (const [room, identity] of pairs) {

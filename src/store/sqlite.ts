@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS webhooks (
   identity TEXT,
   sid TEXT,
   reason TEXT,
+  joined_at INTEGER,
   created_at INTEGER NOT NULL,
   received_at INTEGER NOT NULL,
   processed INTEGER NOT NULL DEFAULT 0
@@ -117,6 +118,10 @@ export class SqliteStore implements Store {
       this.db.pragma('journal_mode = WAL');
       this.db.pragma(`synchronous = ${opts.synchronous ?? 'NORMAL'}`);
       this.db.exec(SCHEMA);
+      // Files written before webhooks recorded the session's join time.
+      if (!(this.db.pragma('table_info(webhooks)') as Array<{ name: string }>).some((c) => c.name === 'joined_at')) {
+        this.db.exec('ALTER TABLE webhooks ADD COLUMN joined_at INTEGER');
+      }
       this.db.exec('BEGIN IMMEDIATE; COMMIT;');
     } catch (err) {
       this.db.close();
@@ -134,7 +139,7 @@ export class SqliteStore implements Store {
       // Raw arrays: about twice as fast as row objects when a million are read at start-up.
       open: this.db.prepare(`SELECT ${READ} FROM delegations WHERE open = 1`).raw(true),
       insertWebhook: this.db.prepare(
-        'INSERT OR IGNORE INTO webhooks (id, event, room, identity, sid, reason, created_at, received_at) VALUES (@id, @event, @room, @identity, @sid, @reason, @createdAt, @receivedAt)',
+        'INSERT OR IGNORE INTO webhooks (id, event, room, identity, sid, reason, joined_at, created_at, received_at) VALUES (@id, @event, @room, @identity, @sid, @reason, @joinedAt, @createdAt, @receivedAt)',
       ),
       markProcessed: this.db.prepare('UPDATE webhooks SET processed = 1 WHERE id = ?'),
       pending: this.db.prepare('SELECT * FROM webhooks WHERE processed = 0 ORDER BY received_at, rowid'),
@@ -212,7 +217,7 @@ export class SqliteStore implements Store {
   }
 
   async recordWebhooks(records: WebhookRecord[]): Promise<boolean[]> {
-    return this.db.transaction((rs: WebhookRecord[]) => rs.map((r) => this.stmts.insertWebhook.run(r).changes === 1))(records);
+    return this.db.transaction((rs: WebhookRecord[]) => rs.map((r) => this.stmts.insertWebhook.run({ ...r, joinedAt: r.joinedAt ?? null }).changes === 1))(records);
   }
 
   async markWebhooksProcessed(ids: string[]): Promise<void> {
@@ -229,6 +234,7 @@ export class SqliteStore implements Store {
       identity: r.identity as string | null,
       sid: r.sid as string | null,
       reason: r.reason as string | null,
+      joinedAt: r.joined_at as number | null,
       createdAt: r.created_at as number,
       receivedAt: r.received_at as number,
     }));

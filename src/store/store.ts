@@ -9,6 +9,8 @@ export interface WebhookRecord {
   sid: string | null;
   /** DisconnectReason name, when the event carries one. */
   reason: string | null;
+  /** When the participant's session joined (ms, LiveKit's `joinedAtMs`), when the event carries it. */
+  joinedAt?: number | null;
   /** LiveKit's createdAt, ms. */
   createdAt: number;
   receivedAt: number;

@@ -147,4 +147,27 @@ describe('restarts', () => {
     expect(Date.now() - t0).toBeLessThan(5000);
     expect(actionsFired(hs, p.token)).toEqual([]);
   });
+
+  // Found by the soak: a rejoin within the grace that LiveKit could not deliver while we restarted came too late.
+  it('waits for LiveKit to retry webhooks after a restart before a grace that ran out meanwhile fires', async () => {
+    const env = { SIDECAR_STORE: `sqlite:${tempDbPath('grace-restart')}`, SIDECAR_RECONNECT_GRACE_MS: '3000' };
+    const port = await freePort();
+    const first = await spawn(env, port);
+    const lk = webhookSender(first.url);
+    const p = await delegate(first.url, hs, 'futures', { timeoutMs: 60_000 });
+    await lk.participantJoined(p.room, p);
+    await lk.participantLeft(p.room, p, 'CONNECTION_TIMEOUT');
+    await waitFor('grace', async () => ((await (await fetch(`${first.url}/v1/delegations/${p.delegationId}`, { headers: { authorization: `Bearer ${p.jwt}` } })).json()) as { state: string }).state === 'grace');
+    first.kill('SIGKILL');
+    await first.exited;
+    const rejoin = { ...p, sid: `${p.sid}-2` };
+    await expect(lk.participantJoined(p.room, rejoin)).rejects.toThrow();
+    await sleep(3500);
+    const second = await spawn(env, port);
+    expect((await webhookSender(second.url).participantJoined(p.room, rejoin)).status).toBe(200);
+    await sleep(1000);
+    expect(actionsFired(hs, p.token)).toEqual([]);
+    second.kill('SIGTERM');
+    await second.exited;
+  });
 });

@@ -37,4 +37,16 @@ describe('PresenceTracker', () => {
     p.prune(101);
     expect(p.size).toBe(1);
   });
+
+  // Found by the soak: a late participant_joined of an older session displaced the newer one reconciliation had seen.
+  it('keeps the newest session when an older one is reported late, ordered by joinedAt', () => {
+    const p = new PresenceTracker();
+    expect(p.joined('r', 'dan', 'C', 3000)).toBe('current');
+    expect(p.joined('r', 'dan', 'B', 2000)).toBe('stale');
+    expect(p.activeSid('r', 'dan')).toBe('C');
+    expect(p.departed('r', 'dan', 'B', 10, 'continues')).toBe('stale');
+    expect(p.joined('r', 'dan', 'C', 3000)).toBe('current');
+    expect(p.joined('r', 'dan', 'D', 4000)).toBe('current');
+    expect(p.activeSid('r', 'dan')).toBe('D');
+  });
 });

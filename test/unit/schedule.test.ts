@@ -79,6 +79,7 @@ describe('OriginLimiter', () => {
     const l = new OriginLimiter(4, clock);
     l.throttle();
     expect(l.currentRate).toBe(2);
+    clock.advance(1000);
     l.throttle();
     expect(l.currentRate).toBe(1);
     clock.advance(61_000);
@@ -87,6 +88,16 @@ describe('OriginLimiter', () => {
     clock.advance(61_000);
     void l.acquire({ rank: 1, deadline: 0 });
     expect(l.currentRate).toBe(4);
+  });
+});
+
+describe('OriginLimiter under a burst of 429s', () => {
+  // Found by the soak: every 429 answered to calls already in flight halved the rate again, down to 1/64.
+  it('halves once for a burst of 429s answered together, not once per answer', () => {
+    const clock = new ManualClock(0);
+    const l = new OriginLimiter(100, clock);
+    for (let i = 0; i < 40; i++) l.throttle();
+    expect(l.currentRate).toBe(50);
   });
 });
 
