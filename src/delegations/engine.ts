@@ -335,13 +335,17 @@ export class DelegationEngine {
     return this.open.get(id) ?? (await this.deps.store.getDelegation(id));
   }
 
-  /** Applies one recorded LiveKit webhook. Safe to run twice for the same record (transitions are idempotent). */
+  /**
+   * Applies one recorded LiveKit webhook. Safe to run twice for the same record (transitions are idempotent). Every
+   * in-memory change happens before the first await, so records started in arrival order take effect in that order
+   * while their writes are committed together.
+   */
   async processWebhook(rec: WebhookRecord): Promise<void> {
     const { room, identity, sid } = rec;
     if (rec.event === 'room_finished') {
       if (!room) return;
       this.presence.roomFinished(room, rec.receivedAt);
-      for (const id of idsOf(this.byRoom, room)) await this.apply(id, { type: 'room_finished', at: rec.receivedAt }, 'room finished');
+      await Promise.all(idsOf(this.byRoom, room).map((id) => this.apply(id, { type: 'room_finished', at: rec.receivedAt }, 'room finished')));
       return;
     }
     if (!room || !identity || !sid) return;
@@ -352,9 +356,8 @@ export class DelegationEngine {
     if (rec.event === 'participant_left' || rec.event === 'participant_connection_aborted') {
       const departure = classifyDeparture(rec.event, rec.reason ?? undefined);
       if (this.presence.departed(room, identity, sid, rec.receivedAt, departure) === 'stale') return;
-      for (const id of this.participantDelegations(room, identity)) {
-        await this.apply(id, { type: 'departed', sid, departure, at: rec.receivedAt }, `${rec.event} ${rec.reason ?? 'UNKNOWN_REASON'}`);
-      }
+      const cause = `${rec.event} ${rec.reason ?? 'UNKNOWN_REASON'}`;
+      await Promise.all(this.participantDelegations(room, identity).map((id) => this.apply(id, { type: 'departed', sid, departure, at: rec.receivedAt }, cause)));
     }
   }
 
@@ -364,13 +367,15 @@ export class DelegationEngine {
    */
   async observePresent(room: string, identity: string, sid: string, source: 'participant_joined' | 'reconcile' | 'join_poll', joinedAt: number | null = null): Promise<void> {
     if (this.presence.joined(room, identity, sid, joinedAt) === 'stale') return;
-    for (const id of this.participantDelegations(room, identity)) {
-      const d = this.open.get(id);
-      if (!d) continue;
-      const correction = source === 'participant_joined' ? null : d.state === 'awaiting_join' ? 'joined' : d.state === 'grace' ? 'rejoined' : d.state === 'connected' && d.sid !== sid ? 'rebound' : null;
-      const after = await this.apply(id, { type: 'joined', sid }, source);
-      if (correction && after && after !== d) this.deps.metrics.reconcileCorrections.inc({ kind: correction });
-    }
+    await Promise.all(
+      this.participantDelegations(room, identity).map(async (id) => {
+        const d = this.open.get(id);
+        if (!d) return;
+        const correction = source === 'participant_joined' ? null : d.state === 'awaiting_join' ? 'joined' : d.state === 'grace' ? 'rejoined' : d.state === 'connected' && d.sid !== sid ? 'rebound' : null;
+        const after = await this.apply(id, { type: 'joined', sid }, source);
+        if (correction && after && after !== d) this.deps.metrics.reconcileCorrections.inc({ kind: correction });
+      }),
+    );
   }
 
   /** LiveKit's RoomService no longer lists a connected delegation's participant (twice in a row): a lost connection. */

@@ -15,6 +15,7 @@ export class WebhookIntake {
   private batch: Array<{ rec: WebhookRecord; resolve: (isNew: boolean) => void; reject: (err: unknown) => void }> = [];
   private flushScheduled = false;
   private processing: Promise<void> = Promise.resolve();
+  private readonly started = new Set<Promise<void>>();
   private pruneAt = 0;
   private stopping = false;
 
@@ -40,10 +41,15 @@ export class WebhookIntake {
     });
   }
 
-  /** Applies a recorded event after its acknowledgement. */
+  /**
+   * Applies a recorded event after its acknowledgement. Started at once, in arrival order: the engine makes each
+   * record's in-memory changes before its first await, so order holds while the writes of many records share a
+   * commit.
+   */
   enqueue(rec: WebhookRecord): void {
     if (!this.deps.appliesLocally) return;
-    this.processing = this.processing.then(() => this.apply(rec));
+    const done: Promise<void> = this.apply(rec).finally(() => this.started.delete(done));
+    this.started.add(done);
   }
 
   /** Applies a message of the replicated store's stream, in stream order. */
@@ -61,13 +67,13 @@ export class WebhookIntake {
   async recover(): Promise<number> {
     const pending = await this.deps.store.pendingWebhooks();
     for (const rec of pending) this.enqueue(rec);
-    await this.processing;
+    await this.idle();
     return pending.length;
   }
 
   /** Resolves when every enqueued record has been applied. */
-  idle(): Promise<void> {
-    return this.processing;
+  async idle(): Promise<void> {
+    await Promise.all([this.processing, ...this.started]);
   }
 
   private async flush(): Promise<void> {

@@ -172,31 +172,70 @@ export class SqliteStore implements Store {
     }
   }
 
-  async saveDelegation(d: Delegation): Promise<void> {
-    this.stmts.update.run(toRow(d));
+  /**
+   * Group commit: updates made in the same event-loop turn share one transaction, and each caller's promise settles
+   * when that transaction has committed. Reads flush first, so a read always sees every write made before it.
+   */
+  private queued: Array<() => void> = [];
+  private waiting: Array<{ resolve: () => void; reject: (err: unknown) => void }> = [];
+
+  private write(apply: () => void): Promise<void> {
+    return new Promise((resolve, reject) => {
+      if (this.queued.length === 0) setImmediate(() => this.flush());
+      this.queued.push(apply);
+      this.waiting.push({ resolve, reject });
+    });
+  }
+
+  private flush(): void {
+    if (this.queued.length === 0) return;
+    const writes = this.queued;
+    const waiting = this.waiting;
+    this.queued = [];
+    this.waiting = [];
+    try {
+      this.db.transaction(() => {
+        for (const w of writes) w();
+      })();
+    } catch (err) {
+      for (const w of waiting) w.reject(err);
+      return;
+    }
+    for (const w of waiting) w.resolve();
+  }
+
+  saveDelegation(d: Delegation): Promise<void> {
+    const row = toRow(d);
+    return this.write(() => this.stmts.update.run(row));
   }
 
   async getDelegation(id: string): Promise<Delegation | undefined> {
+    this.flush();
     const row = this.stmts.get.get(id) as Values | undefined;
     return row ? fromValues(row) : undefined;
   }
 
   async findByTokenKey(tokenKey: string): Promise<Delegation | undefined> {
+    this.flush();
     const row = this.stmts.byTokenKey.get(tokenKey) as Values | undefined;
     return row ? fromValues(row) : undefined;
   }
 
   async getSecrets(id: string): Promise<DelegationSecrets | undefined> {
+    this.flush();
     const row = this.stmts.secrets.get(id) as { token: string; access_token: string | null } | undefined;
     if (!row) return undefined;
     return { token: this.box.open(row.token), accessToken: row.access_token === null ? null : this.box.open(row.access_token) };
   }
 
-  async saveSecrets(id: string, secrets: DelegationSecrets): Promise<void> {
-    this.stmts.saveSecrets.run(this.box.seal(secrets.token), secrets.accessToken === null ? null : this.box.seal(secrets.accessToken), id);
+  saveSecrets(id: string, secrets: DelegationSecrets): Promise<void> {
+    const token = this.box.seal(secrets.token);
+    const accessToken = secrets.accessToken === null ? null : this.box.seal(secrets.accessToken);
+    return this.write(() => this.stmts.saveSecrets.run(token, accessToken, id));
   }
 
   async loadOpen(): Promise<Delegation[]> {
+    this.flush();
     // Row by row: materialising every row first would double the peak memory of a large reload.
     const out: Delegation[] = [];
     for (const row of this.stmts.open.iterate() as IterableIterator<Values>) out.push(fromValues(row));
@@ -204,6 +243,7 @@ export class SqliteStore implements Store {
   }
 
   async listDelegations(filter: DelegationFilter): Promise<{ items: Delegation[]; nextCursor: string | null }> {
+    this.flush();
     const where: string[] = [];
     const params: Array<string | number> = [];
     if (filter.room !== undefined) (where.push('room = ?'), params.push(filter.room));
@@ -220,13 +260,14 @@ export class SqliteStore implements Store {
     return this.db.transaction((rs: WebhookRecord[]) => rs.map((r) => this.stmts.insertWebhook.run({ ...r, joinedAt: r.joinedAt ?? null }).changes === 1))(records);
   }
 
-  async markWebhooksProcessed(ids: string[]): Promise<void> {
-    this.db.transaction((xs: string[]) => {
-      for (const id of xs) this.stmts.markProcessed.run(id);
-    })(ids);
+  markWebhooksProcessed(ids: string[]): Promise<void> {
+    return this.write(() => {
+      for (const id of ids) this.stmts.markProcessed.run(id);
+    });
   }
 
   async pendingWebhooks(): Promise<WebhookRecord[]> {
+    this.flush();
     return (this.stmts.pending.all() as Row[]).map((r) => ({
       id: r.id as string,
       event: r.event as string,
@@ -249,6 +290,7 @@ export class SqliteStore implements Store {
   }
 
   async close(): Promise<void> {
+    this.flush();
     if (this.db.open) this.db.close();
   }
 }
