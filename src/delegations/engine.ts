@@ -395,7 +395,10 @@ export class DelegationEngine {
     return idsOf(this.byRoom, room).map((id) => this.open.get(id)!).filter(Boolean);
   }
 
-  /** Ids of delegations still waiting for their participant's session. */
+  /**
+   * Delegations waiting for their participant's session: before the first join, and in the grace after a lost
+   * connection (a rejoin whose webhook was lost would otherwise be seen only by the next reconcile cycle).
+   */
   awaitingJoin(): Delegation[] {
     return [...this.awaiting].map((id) => this.open.get(id)!).filter(Boolean);
   }
@@ -536,7 +539,7 @@ export class DelegationEngine {
   }
 
   private reschedule(d: Delegation): void {
-    if (d.state === 'awaiting_join') this.awaiting.add(d.id);
+    if (d.state === 'awaiting_join' || d.state === 'grace') this.awaiting.add(d.id);
     else this.awaiting.delete(d.id);
     this.schedule.set(d.id, this.stopping ? null : nextDueAt(d, this.busy.get(d.id)));
   }

@@ -116,7 +116,7 @@ export class Reconciler {
     for (const id of this.misses.keys()) if (!engine.getOpen(id)) this.misses.delete(id);
   }
 
-  /** Looks up delegations still waiting for their first join whose poll is due. */
+  /** Looks up delegations waiting for a session (first join, or a rejoin within the grace) whose poll is due. */
   async pollAwaiting(): Promise<void> {
     const now = this.deps.clock.now();
     const awaiting = this.deps.engine.awaitingJoin();
@@ -143,7 +143,8 @@ export class Reconciler {
         if (this.stopped) return;
         try {
           const p = await this.deps.rooms.getParticipant(room, identity);
-          if (p.state !== ParticipantInfo_State.DISCONNECTED && p.sid) {
+          // In the grace, LiveKit may still list the session that just dropped: only a new session is a rejoin.
+          if (p.state !== ParticipantInfo_State.DISCONNECTED && p.sid && !(d.state === 'grace' && p.sid === d.sid)) {
             await this.deps.engine.observePresent(room, identity, p.sid, 'join_poll', joinedAtMs(p));
             this.polls.delete(d.id);
             return;

@@ -95,4 +95,33 @@ describe('reconciliation with LiveKit', () => {
     expect(actionsFired(hs, p.token)).toEqual([]);
     rs.setDown(false);
   });
+
+  // Found by the soak: a rejoin within the grace whose webhook was lost was seen only by the next reconcile cycle.
+  it('looks the participant up during the grace, so a rejoin whose webhook was lost fires nothing', async () => {
+    await d.stop();
+    d = await startDaemon({ LIVEKIT_URL: rs.url, SIDECAR_RECONCILE_INTERVAL_MS: '600000', SIDECAR_RECONNECT_GRACE_MS: '5000' });
+    lk = webhookSender(d.url);
+    const p = await delegate(d.url, hs, 'futures');
+    rs.join(p.room, { sid: p.sid, identity: p.identity, state: 'ACTIVE' });
+    await lk.participantJoined(p.room, p);
+    await lk.participantLeft(p.room, p, 'CONNECTION_TIMEOUT');
+    await waitFor('grace', async () => (await delegationState(d.url, p)).state === 'grace');
+    rs.leave(p.room, p.identity);
+    rs.join(p.room, { sid: `${p.sid}-back`, identity: p.identity, state: 'ACTIVE' });
+    await waitFor('connected again by the poll', async () => (await delegationState(d.url, p)).state === 'connected', 4500);
+    await sleep(5500);
+    expect(actionsFired(hs, p.token)).toEqual([]);
+    expect(await corrections(d.url, 'rejoined')).toBe(1);
+  });
+
+  it('does not take the session that just dropped, still listed by LiveKit, for a rejoin', async () => {
+    await d.stop();
+    d = await startDaemon({ LIVEKIT_URL: rs.url, SIDECAR_RECONCILE_INTERVAL_MS: '600000', SIDECAR_RECONNECT_GRACE_MS: '3000' });
+    lk = webhookSender(d.url);
+    const p = await delegate(d.url, hs, 'futures');
+    rs.join(p.room, { sid: p.sid, identity: p.identity, state: 'ACTIVE' });
+    await lk.participantJoined(p.room, p);
+    await lk.participantLeft(p.room, p, 'CONNECTION_TIMEOUT');
+    await waitFor('connection_lost fired', () => actionsFired(hs, p.token).length === 1, 6000);
+  });
 });
