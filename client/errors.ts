@@ -11,13 +11,13 @@ export class FuturesKitError extends Error {
   }
 }
 
-/** The homeserver answered with a non-2xx status. */
-export class MatrixApiError extends FuturesKitError {
+/** An HTTP answer with a Matrix-style error body: what the homeserver and the sidecar errors have in common. */
+export abstract class HttpAnswerError extends FuturesKitError {
   /** HTTP status of the answer. */
   readonly status: number;
-  /** Matrix `errcode` (e.g. `M_NOT_FOUND`), or null when the body was not a Matrix error. */
+  /** Matrix-style `errcode` (e.g. `M_NOT_FOUND`), or null when the body was not a Matrix error. */
   readonly errcode: string | null;
-  /** What the homeserver asked us to wait (429), from `retry_after_ms` or `Retry-After`. */
+  /** How long the server asked us to wait (429), from `retry_after_ms` or `Retry-After`. */
   readonly retryAfterMs: number | undefined;
   /** The parsed body (or the raw text when it was not JSON), for diagnostics. */
   readonly body: unknown;
@@ -29,7 +29,10 @@ export class MatrixApiError extends FuturesKitError {
     this.retryAfterMs = retryAfterMs;
     this.body = body;
   }
+}
 
+/** The homeserver answered with a non-2xx status. */
+export class MatrixApiError extends HttpAnswerError {
   /** The homeserver no longer knows the future / delayed event: it fired, was sent, cancelled or replaced. */
   get isFinalised(): boolean {
     return (this.status === 404 && this.errcode === 'M_NOT_FOUND') || this.status === 409;
@@ -44,21 +47,7 @@ export class HomeserverUnreachableError extends FuturesKitError {
 }
 
 /** The sidecar answered with an error the caller has to act on (a refusal, not an outage). */
-export class SidecarApiError extends FuturesKitError {
-  readonly status: number;
-  /** Matrix-style `errcode` of the sidecar's answer (`M_FORBIDDEN`, `M_INVALID_PARAM`, ...), or null. */
-  readonly errcode: string | null;
-  readonly retryAfterMs: number | undefined;
-  readonly body: unknown;
-
-  constructor(what: string, status: number, errcode: string | null, error: string | null, body: unknown, retryAfterMs?: number) {
-    super(`${what}: ${status}${errcode ? ` ${errcode}` : ''}${error ? ` (${error})` : ''}`);
-    this.status = status;
-    this.errcode = errcode;
-    this.retryAfterMs = retryAfterMs;
-    this.body = body;
-  }
-
+export class SidecarApiError extends HttpAnswerError {
   /** Worth trying again later (rate limited); anything else is a refusal that a retry will not change. */
   get isTransient(): boolean {
     return this.status === 429;

@@ -23,6 +23,7 @@
 export {
   FuturesKitError,
   HomeserverUnreachableError,
+  HttpAnswerError,
   MatrixApiError,
   SidecarApiError,
   SidecarUnreachableError,

@@ -2,6 +2,10 @@ import type Database from 'better-sqlite3';
 import { tokenKeyOf } from '../../src/delegations/engine.js';
 import type { Delegation, Dialect } from '../../src/delegations/model.js';
 import { SqliteStore } from '../../src/store/sqlite.js';
+import { refreshDelay } from '../../src/delegations/machine.js';
+
+/** The daemon's defaults: the seeded schedule is the one it would have drawn. */
+const DEFAULT_SETTINGS = { reconnectGraceMs: 10_000, joinTimeoutMs: 300_000, refreshAt: 0.5 };
 
 const B64URL = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
 
@@ -83,7 +87,7 @@ export async function seedDelegations(path: string, opts: SeedOptions): Promise<
           updatedAt: lastRefreshAt,
           expiresAt: lastRefreshAt + timeoutMs,
           lastRefreshAt,
-          nextRefreshAt: lastRefreshAt + Math.round(timeoutMs * (0.4 + 0.1 * Math.random())),
+          nextRefreshAt: lastRefreshAt + refreshDelay(timeoutMs, { now, settings: DEFAULT_SETTINGS, random: Math.random }),
           refreshFailures: 0,
           joinDeadline: null,
           graceDeadline: null,

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { listenOnLoopback } from './listen.js';
 
 /** One event a future (or a plain send) carries: `{type, content, state_key?}` as in the futures draft. */
 export interface EventSpec {
@@ -395,15 +395,7 @@ export class FakeHomeserver {
 
   /** @internal use startFakeHomeserver */
   async listen(): Promise<void> {
-    await new Promise<void>((resolve, reject) => {
-      this.server.once('error', reject);
-      this.server.listen(0, '127.0.0.1', () => {
-        this.server.off('error', reject);
-        resolve();
-      });
-    });
-    const { port } = this.server.address() as AddressInfo;
-    this.baseUrl = `http://127.0.0.1:${port}`;
+    this.baseUrl = await listenOnLoopback(this.server);
   }
 
   get url(): string {

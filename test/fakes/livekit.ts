@@ -1,6 +1,5 @@
 import { createHash, createHmac, randomBytes } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import {
   DisconnectReason,
   ListParticipantsResponse,
@@ -10,6 +9,7 @@ import {
   WebhookEvent,
 } from '@livekit/protocol';
 import { AccessToken, TokenVerifier } from 'livekit-server-sdk';
+import { listenOnLoopback } from './listen.js';
 
 export type DisconnectReasonName = keyof typeof DisconnectReason;
 export type ParticipantStateName = keyof typeof ParticipantInfo_State;
@@ -325,15 +325,7 @@ export class FakeRoomService {
 
   /** @internal use startFakeRoomService */
   async listen(): Promise<void> {
-    await new Promise<void>((resolve, reject) => {
-      this.server.once('error', reject);
-      this.server.listen(0, '127.0.0.1', () => {
-        this.server.off('error', reject);
-        resolve();
-      });
-    });
-    const { port } = this.server.address() as AddressInfo;
-    this.baseUrl = `http://127.0.0.1:${port}`;
+    this.baseUrl = await listenOnLoopback(this.server);
   }
 
   get url(): string {

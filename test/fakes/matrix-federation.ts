@@ -1,5 +1,5 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { listenOnLoopback } from './listen.js';
 
 /**
  * The parts of a homeserver that Element Call's delegation request makes us talk to: the federation OpenID
@@ -63,14 +63,7 @@ export class FakeMatrixFederation {
 
   /** @internal use startFakeMatrixFederation */
   async listen(): Promise<void> {
-    await new Promise<void>((resolve, reject) => {
-      this.server.once('error', reject);
-      this.server.listen(0, '127.0.0.1', () => {
-        this.server.off('error', reject);
-        resolve();
-      });
-    });
-    this.baseUrl = `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
+    this.baseUrl = await listenOnLoopback(this.server);
   }
 
   get url(): string {
