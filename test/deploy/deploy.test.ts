@@ -61,7 +61,7 @@ const errorText = (errors: ErrorObject[] | null | undefined): string =>
 // ---------------------------------------------------------------------------------------------------------------
 
 describe('YAML files', () => {
-  const files = walk(ROOT, (rel) => /^(node_modules|\.git|dist|data|coverage)$/.test(rel) || /(^|\/)templates$/.test(rel) || /(^|\/)charts$/.test(rel))
+  const files = walk(ROOT, (rel) => /^(node_modules|\.git|\.peers|dist|data|coverage)$/.test(rel) || /(^|\/)templates$/.test(rel) || /(^|\/)charts$/.test(rel))
     .filter((f) => /\.ya?ml$/.test(f))
     .sort();
 
