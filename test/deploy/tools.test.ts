@@ -279,17 +279,19 @@ describe.runIf(deployToolsEnabled('kustomize build', 'kustomize'))('kustomize: L
   ])('post-render.sh applies %s to a rendered LiveKit chart (%s)', (patch, variant) => {
     const out = spawnPostRender(patch, read(fixture));
     expect(out.status, out.output).toBe(0);
-    const { pod } = patchedPod(out.stdout);
+    const { deployment, pod } = patchedPod(out.stdout);
     if (variant === 'native') {
       expect(pod.initContainers![0]!.restartPolicy).toBe('Always');
       expectSidecar(pod.initContainers![0]);
       expect(pod.containers.map((c) => c.name)).toEqual(['livekit-server']);
     } else {
       expect(pod.initContainers ?? []).toEqual([]);
-      expect(pod.containers.map((c) => c.name)).toEqual(['livekit-server', 'futures-sidecar']);
-      const c = pod.containers[1]!;
+      // A strategic merge puts the patch's container first; kubectl still defaults to LiveKit's (annotation).
+      expect(pod.containers.map((c) => c.name).sort()).toEqual(['futures-sidecar', 'livekit-server']);
+      expect(deployment.spec.template.metadata.annotations?.['kubectl.kubernetes.io/default-container']).toBe('livekit-server');
+      const c = pod.containers.find((x) => x.name === 'futures-sidecar');
       expectSidecar(c);
-      expect(c.lifecycle).toHaveProperty('preStop');
+      expect(c?.lifecycle).toHaveProperty('preStop');
     }
   });
 });
