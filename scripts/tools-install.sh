@@ -8,12 +8,14 @@ peers="${SIDECAR_PEERS_DIR:-$root/.peers}"
 bin="$peers/bin"
 mkdir -p "$bin"
 
-# name | package | module whose version the binary must carry | version
-# promtool v0.316.0 is Prometheus 3.16; kustomize v5.8.1 is the newest that builds with Go 1.26.
+# name | package | module whose version the binary must carry | version | build tags
+# promtool v0.316.0 is Prometheus 3.16; remove_all_sd leaves out the cloud service-discovery plugins (only
+# `promtool check config` of such scrape configs needs them), which take most of its build time.
+# kustomize v5.8.1 is the newest that builds with Go 1.26.
 tools=(
-  "helm|helm.sh/helm/v4/cmd/helm|helm.sh/helm/v4|v4.3.2"
-  "promtool|github.com/prometheus/prometheus/cmd/promtool|github.com/prometheus/prometheus|v0.316.0"
-  "kustomize|sigs.k8s.io/kustomize/kustomize/v5|sigs.k8s.io/kustomize/kustomize/v5|v5.8.1"
+  "helm|helm.sh/helm/v4/cmd/helm|helm.sh/helm/v4|v4.3.2|"
+  "promtool|github.com/prometheus/prometheus/cmd/promtool|github.com/prometheus/prometheus|v0.316.0|remove_all_sd"
+  "kustomize|sigs.k8s.io/kustomize/kustomize/v5|sigs.k8s.io/kustomize/kustomize/v5|v5.8.1|"
 )
 
 command -v go >/dev/null || { echo "tools:install: go is not installed; it builds helm, promtool and kustomize" >&2; exit 1; }
@@ -25,7 +27,7 @@ built_version() {
 }
 
 for entry in "${tools[@]}"; do
-  IFS='|' read -r name pkg module version <<<"$entry"
+  IFS='|' read -r name pkg module version tags <<<"$entry"
   have="$(built_version "$bin/$name" "$module")"
   if [ "$have" = "$version" ]; then
     echo "tools:install: $name $version already in $bin"
@@ -35,7 +37,7 @@ for entry in "${tools[@]}"; do
   start=$SECONDS
   # A private GOBIN so a failed build never leaves a half-written binary under the pinned name.
   tmp="$(mktemp -d)"
-  GOBIN="$tmp" CGO_ENABLED=0 go install -trimpath "$pkg@$version"
+  GOBIN="$tmp" CGO_ENABLED=0 go install -trimpath -tags "$tags" "$pkg@$version"
   mv -f "$tmp/$name" "$bin/$name"
   rmdir "$tmp"
   echo "tools:install: $name $version built in $((SECONDS - start))s"
