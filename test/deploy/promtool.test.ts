@@ -119,7 +119,8 @@ function dashboardTestFile(queries: { what: string; expr: string }[], series: { 
       name: q.what,
       interval: '1m',
       input_series: series,
-      promql_expr_test: [{ expr: `absent(${substituteVariables(q.expr)})`, eval_time: '10m', exp_samples: [] }],
+      // The panel's name rides on the failing sample, so promtool's report says which query selected nothing.
+      promql_expr_test: [{ expr: `label_replace(absent(${substituteVariables(q.expr)}), "query", ${JSON.stringify(q.what)}, "", "")`, eval_time: '10m', exp_samples: [] }],
     })),
   });
 }
