@@ -20,20 +20,24 @@ tools=(
 
 command -v go >/dev/null || { echo "tools:install: go is not installed; it builds helm, promtool and kustomize" >&2; exit 1; }
 
-# The main module's version as the Go linker recorded it, or nothing when the binary is missing or not a Go build.
-built_version() {
+# "version tags" of the main module as the Go linker recorded them, or nothing when the binary is missing or not a
+# Go build.
+built_as() {
   [ -x "$1" ] || return 0
-  { go version -m "$1" 2>/dev/null || true; } | awk -v m="$2" '$1 == "mod" && $2 == m { print $3 }'
+  { go version -m "$1" 2>/dev/null || true; } | awk -v m="$2" '
+    $1 == "mod" && $2 == m { version = $3 }
+    $1 == "build" && $2 ~ /^-tags=/ { tags = substr($2, 7) }
+    END { if (version != "") print version " " tags }'
 }
 
 for entry in "${tools[@]}"; do
   IFS='|' read -r name pkg module version tags <<<"$entry"
-  have="$(built_version "$bin/$name" "$module")"
-  if [ "$have" = "$version" ]; then
-    echo "tools:install: $name $version already in $bin"
+  have="$(built_as "$bin/$name" "$module")"
+  if [ "$have" = "$version $tags" ]; then
+    echo "tools:install: $name $version${tags:+ ($tags)} already in $bin"
     continue
   fi
-  echo "tools:install: building $name $version (${have:+replacing $have, }$pkg@$version)"
+  echo "tools:install: building $name $version${tags:+ ($tags)} (${have:+replacing $have, }$pkg@$version)"
   start=$SECONDS
   # A private GOBIN so a failed build never leaves a half-written binary under the pinned name.
   tmp="$(mktemp -d)"
