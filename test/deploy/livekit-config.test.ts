@@ -58,7 +58,7 @@ async function startLiveKit(config: Record<string, unknown>, dir: string): Promi
   const url = `http://127.0.0.1:${config.port as number}`;
   // A config LiveKit refuses (strict: unknown keys too) ends the process; that is the answer, no need to wait on.
   const refused = exited.then(() => {
-    throw new Error(`livekit-server stopped (exit code ${proc.exitCode}) with this config:\n${output.join('')}`);
+    throw new Error(`livekit-server stopped (exit code ${proc.exitCode}) with this config`);
   });
   try {
     await Promise.race([waitFor('livekit-server to answer', async () => (await fetch(url)).ok, 30_000, 100), refused]);
