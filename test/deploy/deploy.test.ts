@@ -1,8 +1,9 @@
 /**
  * Deployment files (issue 7): the Helm chart, its values and schema, the Grafana dashboard, the alert rules, the
- * kustomize patch for the LiveKit pod and the Dockerfile. There is no helm binary or Docker engine on these
- * machines, so these checks are static, plus one live one: every metric the dashboard and the alerts use must be
- * served by the daemon's own /metrics.
+ * kustomize patch for the LiveKit pod and the Dockerfile, checked statically here, plus one live check: every
+ * metric the dashboard and the alerts use must be served by the daemon's own /metrics. The real tools (helm,
+ * kustomize, promtool, livekit-server) check the same files in tools.test.ts, promtool.test.ts and
+ * livekit-config.test.ts; there is no Docker engine, so the Dockerfile stays checked only here.
  */
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
