@@ -334,8 +334,8 @@ describe('POST /delegate_delayed_leave: CORS and methods', () => {
     const res = await call(h.url, 'OPTIONS', undefined, { origin: 'https://call.example', 'access-control-request-method': 'POST' });
     expect(res.status).toBe(200);
     expect(res.headers.get('access-control-allow-origin')).toBe('*');
-    expect(res.headers.get('access-control-allow-methods')).toBe('POST, OPTIONS');
-    expect(res.headers.get('access-control-allow-headers')).toBe('Content-Type, Authorization');
+    expect(res.headers.get('access-control-allow-methods')).toBe('POST');
+    expect(res.headers.get('access-control-allow-headers')).toBe('Accept, Content-Type, Content-Length, Accept-Encoding, X-CSRF-Token');
   });
 
   it.each(['GET', 'HEAD', 'PUT', 'DELETE', 'PATCH'])('answers %s with 405 and CORS', async (method) => {
@@ -648,13 +648,21 @@ describe('MatrixResolver discovery (against the fake, with http in place of http
 
 describe('compat rules without I/O', () => {
   it('admits an overridden client-server API URL like an explicitly listed origin, and a discovered one only as https and public', () => {
-    const strict = { allowPrivateAddresses: false };
+    const strict = { allowPrivateAddresses: false, allowHttp: false };
     expect(csApiUrlRefusal({ url: 'http://10.0.0.5:8008', how: 'override' }, strict)).toBeNull();
     expect(csApiUrlRefusal({ url: 'https://matrix.example.com', how: 'discovered' }, strict)).toBeNull();
     expect(csApiUrlRefusal({ url: 'http://matrix.example.com', how: 'discovered' }, strict)).toMatch(/https/);
     expect(csApiUrlRefusal({ url: 'https://10.0.0.5', how: 'discovered' }, strict)).toMatch(/private/);
-    expect(csApiUrlRefusal({ url: 'https://10.0.0.5', how: 'discovered' }, { allowPrivateAddresses: true })).toBeNull();
-    expect(csApiUrlRefusal({ url: 'http://10.0.0.5', how: 'discovered' }, { allowPrivateAddresses: true })).toMatch(/https/);
+    expect(csApiUrlRefusal({ url: 'https://10.0.0.5', how: 'discovered' }, { allowPrivateAddresses: true, allowHttp: false })).toBeNull();
+    expect(csApiUrlRefusal({ url: 'http://10.0.0.5', how: 'discovered' }, { allowPrivateAddresses: true, allowHttp: false })).toMatch(/https/);
+  });
+
+  it('admits a discovered plain-http, private client-server API URL under --dev, which allows both (contract section 4)', () => {
+    const dev = loadConfig({}, { dev: true });
+    expect(dev.allowHttp && dev.allowPrivateAddresses).toBe(true);
+    expect(csApiUrlRefusal({ url: 'http://127.0.0.1:8008', how: 'discovered' }, dev)).toBeNull();
+    const prod = loadConfig({ LIVEKIT_KEYS: 'k: s', SIDECAR_HOMESERVERS: '*' }, { dev: false });
+    expect(csApiUrlRefusal({ url: 'http://matrix.example.com', how: 'discovered' }, prod)).toMatch(/https/);
   });
 
   it('allows a listed server name exactly, or any valid one with *', () => {
