@@ -397,3 +397,24 @@ describe('/healthz', () => {
     expect((await fetch(`${w.daemon.url}/healthz`, { method: 'POST' })).status).toBe(405);
   });
 });
+
+describe('LIVEKIT_INSECURE_SKIP_VERIFY_TLS', () => {
+  let strict: BareDaemon;
+  beforeAll(async () => {
+    const bind = await loopbackBind();
+    strict = await spawnBareDaemon({ ...lkJwtEnv({ LIVEKIT_JWT_BIND: bind.bind, LIVEKIT_INSECURE_SKIP_VERIFY_TLS: 'yes' }), SIDECAR_STORE: `sqlite:${join(w.dir, 'strict.db')}` }, bind.url);
+  }, 40_000);
+  afterAll(async () => {
+    await strict?.stop();
+  });
+  beforeEach(resetCalls);
+
+  it('verifies certificates unless set to the exact magic value: the self-signed homeserver is refused (401) and never answers a request', async () => {
+    const res = await post(strict.url, '/get_token', getTokenBody());
+    expect([res.status, res.json?.errcode]).toEqual([401, 'M_UNAUTHORIZED']);
+    expect(w.fed.callsTo('userinfo')).toHaveLength(0);
+    expect(strict.output.join('\n')).toMatch(/LIVEKIT_INSECURE_SKIP_VERIFY_TLS is ignored/);
+    // The daemons of the other tests, started with the magic value, reached the same homeserver.
+    expect((await post(w.daemon.url, '/get_token', getTokenBody())).status).toBe(200);
+  });
+});
