@@ -13,7 +13,7 @@ import { LEGACY_SLOT_ID, legacyIdentity, legacyRoomName, liveKitIdentity, liveKi
 import { CREATE_ROOM_OPTIONS, mintLiveKitToken, type RoomCreator } from '../compat/livekit-token.js';
 import type { MatrixResolver } from '../compat/matrix-resolver.js';
 import { isServerNameAllowed, openIdUser, usableCsApi } from '../compat/matrix-user.js';
-import { GET_TOKEN_REQUEST, SFU_GET_REQUEST, decodeLkJwtBody, type GetTokenRequest, type SfuGetRequest } from '../compat/request.js';
+import { GET_TOKEN_REQUEST, SFU_GET_REQUEST, decodeLkJwtBody, type FieldType, type GetTokenRequest, type SfuGetRequest } from '../compat/request.js';
 import type { Config } from '../config.js';
 import type { DelegationEngine } from '../delegations/engine.js';
 import type { DelegationSource } from '../delegations/model.js';
@@ -65,8 +65,8 @@ const unauthorised = () => new MatrixError(401, 'M_UNAUTHORIZED', 'The request c
 
 /** What the two routes differ in, once their bodies are checked. */
 interface TokenRequest {
-  route: TokenRoute;
-  source: DelegationSource;
+  /** Also the delegation's `source`. */
+  route: TokenRoute & DelegationSource;
   serverName: string;
   accessToken: string;
   /** The user the token must belong to (`/get_token`), or null (`/sfu/get` does not compare). */
@@ -74,6 +74,16 @@ interface TokenRequest {
   delayId: string;
   delayTimeout: number;
   names(sub: string): { room: string; identity: string; altRoom: string | null; altIdentity: string | null };
+}
+
+/**
+ * Step 1, before schema validation: the raw body decoded as lk-jwt-service decodes it, so the schema sees (and the
+ * handler's types describe) a complete body with zero values for what was absent.
+ */
+function decodedAs<T>(fields: Record<string, FieldType>) {
+  return async (req: FastifyRequest): Promise<void> => {
+    req.body = decodeLkJwtBody<T>(req.body, fields, NOT_JSON);
+  };
 }
 
 /** Step 5 of both routes: the delay fields come both or neither. */
@@ -102,9 +112,7 @@ export async function tokenRoutes(app: FastifyInstance, deps: TokenDeps): Promis
       GET_TOKEN_PATH,
       {
         schema: { body: GetTokenBody, response: responses },
-        preValidation: async (req) => {
-          req.body = decodeLkJwtBody<GetTokenRequest>(req.body, GET_TOKEN_REQUEST, NOT_JSON);
-        },
+        preValidation: decodedAs<GetTokenRequest>(GET_TOKEN_REQUEST),
       },
       async (req) => {
         const b = req.body;
@@ -118,7 +126,6 @@ export async function tokenRoutes(app: FastifyInstance, deps: TokenDeps): Promis
         checkDelayPair(b.delay_id, b.delay_timeout);
         return issue(req, {
           route: 'get_token',
-          source: 'get_token',
           serverName: b.openid_token.matrix_server_name,
           accessToken: b.openid_token.access_token,
           claimedUserId: b.member.claimed_user_id,
@@ -139,9 +146,7 @@ export async function tokenRoutes(app: FastifyInstance, deps: TokenDeps): Promis
       SFU_GET_PATH,
       {
         schema: { body: SfuGetBody, response: responses },
-        preValidation: async (req) => {
-          req.body = decodeLkJwtBody<SfuGetRequest>(req.body, SFU_GET_REQUEST, NOT_JSON);
-        },
+        preValidation: decodedAs<SfuGetRequest>(SFU_GET_REQUEST),
       },
       async (req) => {
         const b = req.body;
@@ -150,7 +155,6 @@ export async function tokenRoutes(app: FastifyInstance, deps: TokenDeps): Promis
         checkDelayPair(b.delay_id, b.delay_timeout);
         return issue(req, {
           route: 'sfu_get',
-          source: 'sfu_get',
           serverName: b.openid_token.matrix_server_name,
           accessToken: b.openid_token.access_token,
           claimedUserId: null,
@@ -213,7 +217,7 @@ export async function tokenRoutes(app: FastifyInstance, deps: TokenDeps): Promis
             timeoutMs: r.delayTimeout,
             actions: { leave: 'leave', connection_lost: 'connection_lost' },
             ...names,
-            source: r.source,
+            source: r.route,
             replaceSameParticipant: true,
           });
           log.debug({ delegation_id: delegation.id, created, route: r.route }, 'delegation accepted with a token request');
