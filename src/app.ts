@@ -9,6 +9,7 @@ import { HomeserverClient } from './homeserver/client.js';
 import { compatRoutes } from './http/compat.js';
 import { tokenRoutes } from './http/token.js';
 import { matrixResolverFor } from './compat/matrix-user.js';
+import type { MatrixResolver } from './compat/matrix-resolver.js';
 import type { RoomCreator } from './compat/livekit-token.js';
 import { consoleRoutes } from './http/console.js';
 import { delegationRoutes } from './http/delegations.js';
@@ -41,6 +42,8 @@ export interface AppDeps {
   watchMaxBufferedBytes?: number;
   /** LiveKit's RoomService; by default livekit-server-sdk's client for LIVEKIT_URL. */
   rooms?: RoomLister;
+  /** Matrix discovery for lk-jwt-service's routes; by default built from the config (tests point it at fakes). */
+  resolver?: MatrixResolver;
   /** RoomService `CreateRoom` for the token routes; by default the same SDK client. */
   roomCreator?: RoomCreator;
 }
@@ -179,8 +182,8 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
     await app.register(async (scope) => watchRoutes(scope, { adminToken, hub: watch }));
   }
   await app.register(async (scope) => webhookRoutes(scope, { auth, intake, metrics, clock, isShuttingDown: () => shuttingDown }));
-  const resolver = matrixResolverFor(config, clock);
-  app.addHook('onClose', async () => resolver.close());
+  const resolver = deps.resolver ?? matrixResolverFor(config, clock);
+  if (!deps.resolver) app.addHook('onClose', async () => resolver.close());
   await compatRoutes(app, { config, engine, logger, clock, resolver, isShuttingDown: () => shuttingDown });
   await tokenRoutes(app, { config, engine, resolver, rooms: deps.roomCreator ?? roomService, metrics, logger, isShuttingDown: () => shuttingDown });
 

@@ -50,6 +50,8 @@ interface Harness {
 interface HarnessOptions {
   env?: Record<string, string>;
   captureLogs?: boolean;
+  dev?: boolean;
+  resolver?: (fed: FakeMatrixFederation) => MatrixResolver;
 }
 
 async function startHarness(opts: HarnessOptions = {}): Promise<Harness> {
@@ -85,7 +87,8 @@ async function startHarness(opts: HarnessOptions = {}): Promise<Harness> {
         }),
       })
     : undefined;
-  const daemon = await buildApp(loadConfig(env, { dev: true }), logger ? { logger } : {});
+  const resolver = opts.resolver?.(fed);
+  const daemon = await buildApp(loadConfig(env, { dev: opts.dev ?? true }), { ...(logger ? { logger } : {}), ...(resolver ? { resolver } : {}) });
   const events: LifecycleEvent[] = [];
   daemon.engine.onLifecycle((e) => events.push(e));
   await daemon.start();
@@ -104,6 +107,7 @@ async function startHarness(opts: HarnessOptions = {}): Promise<Harness> {
       if (stopped) return;
       stopped = true;
       await daemon.shutdown();
+      await resolver?.close();
       await hs.close();
       await fed.close();
       rmSync(dir, { recursive: true, force: true });
@@ -317,6 +321,51 @@ describe('POST /delegate_delayed_leave: refusals', () => {
   it('never puts the OpenID access token in an answer', async () => {
     for (const body of [withField('openid_token.access_token', 'secret-token-zz9'), withField('delay_timeout', 1.5, withField('openid_token.access_token', 'secret-token-zz9'))]) {
       expect((await call(h.url, 'POST', body)).text).not.toContain('secret-token-zz9');
+    }
+  });
+});
+
+describe('POST /delegate_delayed_leave: a client-server API found through .well-known', () => {
+  // The homeserver's .well-known/matrix/client names the plain-http fake homeserver on loopback; federation goes to
+  // the federation fake. No client-server API override, so the URL is a discovered one.
+  const discovering = (fed: FakeMatrixFederation) =>
+    new MatrixResolver({
+      federationOverrides: new Map([[SERVER, fed.url]]),
+      csApiOverrides: new Map(),
+      allowPrivateAddresses: true,
+      wellKnownOrigin: () => fed.url,
+    });
+  const start = (dev: boolean) =>
+    startHarness({
+      dev,
+      resolver: discovering,
+      env: { SIDECAR_CS_API_URL_OVERRIDES: '', LIVEKIT_KEYS: 'devkey: secret', ...(dev ? {} : { SIDECAR_HOMESERVERS: SERVER }) },
+    });
+
+  it('is used under --dev even as plain http on a private address, which --dev allows (contract section 4)', async () => {
+    const h = await start(true);
+    try {
+      h.fed.setWellKnownClient(h.hs.url);
+      const delayId = await newDelayedLeave(h.hs, 8000);
+      const res = await call(h.url, 'POST', delegationBody({ delay_id: delayId }));
+      expect([res.status, res.json]).toEqual([200, {}]);
+      expect(h.fed.callsTo('well_known_client')).toHaveLength(1);
+      await waitFor('the first restart at the discovered URL', () => callsFor(h.hs, delayId).some((c) => c.op === 'restart' && c.status === 200));
+    } finally {
+      await h.stop();
+    }
+  });
+
+  it('is refused as plain http without --dev: 400 M_BAD_JSON and no delegation', async () => {
+    const h = await start(false);
+    try {
+      h.fed.setWellKnownClient(h.hs.url);
+      const res = await call(h.url, 'POST', delegationBody({ delay_id: await newDelayedLeave(h.hs, 8000) }));
+      expect([res.status, res.json?.errcode]).toEqual([400, 'M_BAD_JSON']);
+      expect(h.fed.callsTo('well_known_client')).toHaveLength(1);
+      expect(h.daemon.engine.openCount).toBe(0);
+    } finally {
+      await h.stop();
     }
   });
 });
