@@ -204,7 +204,9 @@ export async function tokenRoutes(app: FastifyInstance, deps: TokenDeps): Promis
         try {
           await deps.rooms.createRoom({ name: names.room, ...CREATE_ROOM_OPTIONS });
         } catch (err) {
-          log.warn({ reason: err instanceof Error ? err.message : 'unknown' }, 'CreateRoom failed');
+          // Only status and code: LiveKit's error messages can quote the bearer token they refused.
+          const { status, code } = err as { status?: number; code?: string };
+          log.warn({ status, code }, 'CreateRoom failed');
           throw new MatrixError(500, 'M_UNKNOWN', 'Unable to create room on SFU');
         }
         if (csApi) {
