@@ -14,7 +14,9 @@ import { WebhookSender, startFakeRoomService, type FakeRoomService } from '../fa
 import { startFakeMatrixFederation, type FakeMatrixFederation } from '../fakes/matrix-federation.js';
 import { ADMIN_TOKEN, waitFor } from '../helpers/daemon.js';
 import { loopbackBind, spawnBareDaemon, type BareDaemon } from '../helpers/lk-jwt.js';
+import { redisTestsEnabled, startRedis, type RedisServer } from '../helpers/redis.js';
 import { selfSignedLoopbackCert } from '../helpers/tls.js';
+import { Redis } from 'ioredis';
 
 const KEY = 'lkkey';
 const SECRET = 'lk-secret-0123456789abcdef0123456789';
@@ -416,5 +418,42 @@ describe('LIVEKIT_INSECURE_SKIP_VERIFY_TLS', () => {
     expect(strict.output.join('\n')).toMatch(/LIVEKIT_INSECURE_SKIP_VERIFY_TLS is ignored/);
     // The daemons of the other tests, started with the magic value, reached the same homeserver.
     expect((await post(w.daemon.url, '/get_token', getTokenBody())).status).toBe(200);
+  });
+});
+
+describe.runIf(redisTestsEnabled('lk-jwt-service LIVEKIT_REDIS_URL'))('LIVEKIT_REDIS_URL and LIVEKIT_REDIS_PASSWORD', () => {
+  let redis: RedisServer;
+  let daemon: BareDaemon;
+  const PASSWORD = 'redis-pw-0d9c';
+  beforeAll(async () => {
+    redis = await startRedis();
+    const admin = new Redis(redis.url);
+    await admin.config('SET', 'requirepass', PASSWORD);
+    admin.disconnect();
+    const bind = await loopbackBind();
+    // No store setting of ours at all: lk-jwt-service's Redis variables choose the store.
+    daemon = await spawnBareDaemon({ ...lkJwtEnv({ LIVEKIT_JWT_BIND: bind.bind, LIVEKIT_REDIS_URL: redis.url, LIVEKIT_REDIS_PASSWORD: PASSWORD }) }, bind.url);
+  }, 40_000);
+  afterAll(async () => {
+    await daemon?.stop();
+    await redis?.stop();
+  });
+  beforeEach(resetCalls);
+
+  it('keeps a delegation made through /get_token in that Redis, reached with the password', async () => {
+    await waitFor('ready', async () => (await fetch(`${daemon.url}/readyz`)).status === 200, 15_000);
+    const delayId = await newDelayedLeave();
+    expect((await post(daemon.url, '/get_token', getTokenBody({ delay_id: delayId, delay_timeout: DELAY_MS }))).status).toBe(200);
+    const client = new Redis(redis.url, { password: PASSWORD });
+    try {
+      const keys = await client.keys('futures-sidecar:d:*');
+      const stored = await Promise.all(keys.map(async (k) => JSON.parse((await client.get(k)) ?? '{}') as Json));
+      expect(stored.filter((d) => d.source === 'get_token' && d.identity === liveKitIdentity(w.alice, DEVICE, MEMBER))).toHaveLength(1);
+      // The delay id itself is kept apart from the delegation and never in it.
+      expect(JSON.stringify(stored)).not.toContain(delayId);
+    } finally {
+      client.disconnect();
+    }
+    expect(daemon.output.join('\n')).not.toContain(PASSWORD);
   });
 });
