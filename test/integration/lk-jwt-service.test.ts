@@ -391,6 +391,14 @@ describe('the admin API shows the route of origin', () => {
   });
 });
 
+describe("Element Call's delegation probe", () => {
+  it('reads a non-404 with CORS from an empty POST to /delegate_delayed_leave, so it knows delegation is supported', async () => {
+    const res = await fetch(`${w.daemon.url}/delegate_delayed_leave`, { method: 'POST' });
+    expect(res.status).toBe(400);
+    for (const [h, v] of Object.entries(CORS)) expect(res.headers.get(h)).toBe(v);
+  });
+});
+
 describe('/healthz', () => {
   it('answers GET and HEAD with an empty 200 and other methods with 405', async () => {
     const get = await fetch(`${w.daemon.url}/healthz`);
