@@ -52,3 +52,25 @@ export async function loopbackBind(): Promise<{ bind: string; url: string }> {
   const port = await freePort();
   return { bind: `127.0.0.1:${port}`, url: `http://127.0.0.1:${port}` };
 }
+
+export interface JsonAnswer {
+  status: number;
+  headers: Headers;
+  text: string;
+  json: Record<string, any> | undefined;
+}
+
+/** One request with a JSON (or raw string) body, as Element Call sends it; the answer parsed when it is JSON. */
+export async function requestJson(url: string, method: string, body?: unknown, headers: Record<string, string> = {}): Promise<JsonAnswer> {
+  const init: RequestInit = { method, headers: { ...(body !== undefined ? { 'content-type': 'application/json' } : {}), ...headers } };
+  if (body !== undefined) init.body = typeof body === 'string' ? body : JSON.stringify(body);
+  const res = await fetch(url, init);
+  const text = await res.text();
+  let json: Record<string, any> | undefined;
+  try {
+    json = JSON.parse(text) as Record<string, any>;
+  } catch {
+    json = undefined;
+  }
+  return { status: res.status, headers: res.headers, text, json };
+}

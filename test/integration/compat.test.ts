@@ -14,6 +14,7 @@ import { createLogger } from '../../src/log.js';
 import { startFakeHomeserver, type FakeHomeserver } from '../fakes/homeserver.js';
 import { WebhookSender } from '../fakes/livekit.js';
 import { startFakeMatrixFederation, type FakeMatrixFederation } from '../fakes/matrix-federation.js';
+import { requestJson, type JsonAnswer } from '../helpers/lk-jwt.js';
 
 const SERVER = 'example.com';
 const ALICE = '@alice:example.com';
@@ -28,13 +29,6 @@ const PORT_ONE_SERVER = '127.0.0.1:1';
 const MEMBERSHIP_TYPE = 'org.matrix.msc3401.call.member';
 
 type Json = Record<string, unknown>;
-
-interface Answer {
-  status: number;
-  headers: Headers;
-  text: string;
-  json: Json | undefined;
-}
 
 interface Harness {
   daemon: Daemon;
@@ -140,18 +134,8 @@ function withField(path: string, value: unknown, base: Json = delegationBody()):
   return copy;
 }
 
-async function call(url: string, method: string, body?: Json | string, headers: Record<string, string> = {}): Promise<Answer> {
-  const init: RequestInit = { method, headers: { ...(body !== undefined ? { 'content-type': 'application/json' } : {}), ...headers } };
-  if (body !== undefined) init.body = typeof body === 'string' ? body : JSON.stringify(body);
-  const res = await fetch(`${url}/delegate_delayed_leave`, init);
-  const text = await res.text();
-  let json: Json | undefined;
-  try {
-    json = JSON.parse(text) as Json;
-  } catch {
-    json = undefined;
-  }
-  return { status: res.status, headers: res.headers, text, json };
+function call(url: string, method: string, body?: Json | string, headers: Record<string, string> = {}): Promise<JsonAnswer> {
+  return requestJson(`${url}/delegate_delayed_leave`, method, body, headers);
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

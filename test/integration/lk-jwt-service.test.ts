@@ -13,7 +13,7 @@ import { startFakeHomeserver, type FakeHomeserver } from '../fakes/homeserver.js
 import { WebhookSender, startFakeRoomService, type FakeRoomService } from '../fakes/livekit.js';
 import { startFakeMatrixFederation, type FakeMatrixFederation } from '../fakes/matrix-federation.js';
 import { ADMIN_TOKEN, waitFor } from '../helpers/daemon.js';
-import { loopbackBind, spawnBareDaemon, type BareDaemon } from '../helpers/lk-jwt.js';
+import { loopbackBind, requestJson, spawnBareDaemon, type BareDaemon } from '../helpers/lk-jwt.js';
 import { redisTestsEnabled, startRedis, type RedisServer } from '../helpers/redis.js';
 import { selfSignedLoopbackCert } from '../helpers/tls.js';
 import { Redis } from 'ioredis';
@@ -125,21 +125,7 @@ function sfuGetBody(over: Json = {}): Json {
   return { room: ROOM_ID, openid_token: { access_token: 'tok-alice', token_type: 'Bearer', matrix_server_name: w.server, expires_in: 3600 }, device_id: DEVICE, ...over };
 }
 
-async function post(base: string, path: string, body: Json | string | undefined, headers: Record<string, string> = {}): Promise<{ status: number; json: Json | undefined; headers: Headers; text: string }> {
-  const res = await fetch(base + path, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', ...headers },
-    ...(body === undefined ? {} : { body: typeof body === 'string' ? body : JSON.stringify(body) }),
-  });
-  const text = await res.text();
-  let json: Json | undefined;
-  try {
-    json = JSON.parse(text) as Json;
-  } catch {
-    json = undefined;
-  }
-  return { status: res.status, json, headers: res.headers, text };
-}
+const post = (base: string, path: string, body: Json | string | undefined) => requestJson(base + path, 'POST', body);
 
 const userinfoCalls = () => w.fed.callsTo('userinfo').length + w.fedNoCs.callsTo('userinfo').length + w.fedRestricted.callsTo('userinfo').length;
 const createRoomCalls = () => w.lk.calls.filter((c) => c.method === 'CreateRoom');
