@@ -54,6 +54,12 @@ export const SFU_GET_REQUEST: Record<string, FieldType> = {
 };
 export const GET_TOKEN_REQUEST = REQUEST;
 
+/**
+ * An integer field written with a fraction or an exponent (`8000.0`, `8e3`): Go and Rust refuse it, JSON.parse would
+ * turn it into the integer. Outside a string a quote is never escaped, so `"name":` here can only be a key.
+ */
+const INT_WRITTEN_AS_FRACTION = /"(delay_timeout|expires_in)"\s*:\s*-?\d+(?:\.\d*|[eE])/;
+
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
 const notJson = (message: string) => new MatrixError(400, 'M_NOT_JSON', message);
@@ -112,12 +118,16 @@ export function decodeDelayedLeaveRequest(raw: unknown): DelayedLeaveRequest {
 export function decodeLkJwtBody<T>(raw: unknown, fields: Record<string, FieldType>, message?: string): T {
   try {
     if (!Buffer.isBuffer(raw) || raw.length === 0) throw notJson('The body must be a JSON object');
+    let text: string;
     let parsed: unknown;
     try {
-      parsed = JSON.parse(utf8.decode(raw));
+      text = utf8.decode(raw);
+      parsed = JSON.parse(text);
     } catch {
       throw notJson('The body is not valid JSON');
     }
+    const fraction = INT_WRITTEN_AS_FRACTION.exec(text);
+    if (fraction) throw notJson(`${fraction[1]} must be an integer`);
     return decodeStruct(parsed, fields, '') as unknown as T;
   } catch (err) {
     if (message !== undefined && err instanceof MatrixError) throw notJson(message);

@@ -144,6 +144,8 @@ type Step = { name: string; body: () => Json | string; status: number; errcode: 
 const GET_TOKEN_REFUSALS: Step[] = [
   { name: 'malformed JSON', body: () => '{"room_id":', status: 400, errcode: 'M_NOT_JSON', error: 'Error reading request', userinfo: 0 },
   { name: 'an unknown field', body: () => getTokenBody({ extra: 1 }), status: 400, errcode: 'M_NOT_JSON', error: 'Error reading request', userinfo: 0 },
+  { name: 'delay_timeout written as 8000.0', body: () => JSON.stringify(getTokenBody({ delay_id: 'x', delay_timeout: 8000 })).replace('"delay_timeout":8000', '"delay_timeout":8000.0'), status: 400, errcode: 'M_NOT_JSON', error: 'Error reading request', userinfo: 0 },
+  { name: 'expires_in written as 36e2', body: () => JSON.stringify(getTokenBody()).replace('"expires_in":3600', '"expires_in" : 36e2'), status: 400, errcode: 'M_NOT_JSON', error: 'Error reading request', userinfo: 0 },
   { name: 'a string delay_timeout', body: () => getTokenBody({ delay_id: 'x', delay_timeout: '10000' }), status: 400, errcode: 'M_NOT_JSON', error: 'Error reading request', userinfo: 0 },
   { name: 'room_id missing (and member empty)', body: () => getTokenBody({ room_id: '', member: {} }), status: 400, errcode: 'M_BAD_JSON', error: 'The request body is missing `room_id` or `slot_id`', userinfo: 0 },
   { name: 'member incomplete (and openid_token empty)', body: () => getTokenBody({ member: { id: MEMBER, claimed_user_id: '@a:b' }, openid_token: {} }), status: 400, errcode: 'M_BAD_JSON', error: 'The request body `member` is missing a `id`, `claimed_user_id` or `claimed_device_id`', userinfo: 0 },
