@@ -7,6 +7,10 @@ import type { Config } from './config.js';
 import { DelegationEngine, type Coordination } from './delegations/engine.js';
 import { HomeserverClient } from './homeserver/client.js';
 import { compatRoutes } from './http/compat.js';
+import { tokenRoutes } from './http/token.js';
+import { matrixResolverFor } from './compat/matrix-user.js';
+import type { MatrixResolver } from './compat/matrix-resolver.js';
+import type { RoomCreator } from './compat/livekit-token.js';
 import { consoleRoutes } from './http/console.js';
 import { delegationRoutes } from './http/delegations.js';
 import { installErrorHandlers } from './http/errors.js';
@@ -28,7 +32,7 @@ import { SqliteStore } from './store/sqlite.js';
 import type { Store } from './store/store.js';
 
 const API_BODY_LIMIT = 64 * 1024;
-const RATE_LIMIT_EXEMPT = new Set(['/livekit/webhook', '/sfu_webhook', '/livez', '/readyz', '/metrics']);
+const RATE_LIMIT_EXEMPT = new Set(['/livekit/webhook', '/sfu_webhook', '/livez', '/readyz', '/healthz', '/metrics']);
 
 export interface AppDeps {
   clock?: Clock;
@@ -38,6 +42,10 @@ export interface AppDeps {
   watchMaxBufferedBytes?: number;
   /** LiveKit's RoomService; by default livekit-server-sdk's client for LIVEKIT_URL. */
   rooms?: RoomLister;
+  /** Matrix discovery for lk-jwt-service's routes; by default built from the config (tests point it at fakes). */
+  resolver?: MatrixResolver;
+  /** RoomService `CreateRoom` for the token routes; by default the same SDK client. */
+  roomCreator?: RoomCreator;
 }
 
 export interface Daemon {
@@ -108,10 +116,11 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
   const intake = new WebhookIntake({ store, engine, clock, logger, appliesLocally: !(store instanceof RedisStore) });
   const auth = new LiveKitAuth(config.livekitKeys);
   const watch = new WatchHub(deps.watchMaxBufferedBytes);
-  const [apiKey, apiSecret] = [...config.livekitKeys][0]!;
+  // The SDK turns a ws(s) LIVEKIT_URL (lk-jwt-service's form, handed to clients) into its http(s) form.
+  const roomService = new RoomServiceClient(config.livekitUrl, config.livekitSigningKey, config.livekitKeys.get(config.livekitSigningKey)!, { requestTimeout: 10 });
   const reconciler = new Reconciler({
     engine,
-    rooms: deps.rooms ?? new RoomServiceClient(config.livekitUrl, apiKey, apiSecret, { requestTimeout: 10 }),
+    rooms: deps.rooms ?? roomService,
     clock,
     logger: logger.child({ component: 'reconcile' }),
     intervalMs: config.reconcileIntervalMs,
@@ -173,7 +182,10 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
     await app.register(async (scope) => watchRoutes(scope, { adminToken, hub: watch }));
   }
   await app.register(async (scope) => webhookRoutes(scope, { auth, intake, metrics, clock, isShuttingDown: () => shuttingDown }));
-  await compatRoutes(app, { config, engine, logger, clock, isShuttingDown: () => shuttingDown });
+  const resolver = deps.resolver ?? matrixResolverFor(config, clock);
+  if (!deps.resolver) app.addHook('onClose', async () => resolver.close());
+  await compatRoutes(app, { config, engine, logger, clock, resolver, isShuttingDown: () => shuttingDown });
+  await tokenRoutes(app, { config, engine, resolver, rooms: deps.roomCreator ?? roomService, metrics, logger, isShuttingDown: () => shuttingDown });
 
   return {
     app,

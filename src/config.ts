@@ -2,6 +2,8 @@
  * Configuration from the environment (and a few flags), validated once at start-up. `--dev` only fills in
  * defaults; anything set explicitly still holds (contract section 4).
  */
+import { nameTheirs, translateLkJwtEnv } from './lk-jwt-env.js';
+
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 
 export interface HomeserverAllowList {
@@ -44,6 +46,16 @@ export interface Config {
   federationUrlOverrides: Map<string, string>;
   logLevel: LogLevel;
   sqliteSynchronous: 'NORMAL' | 'FULL';
+  /** The LiveKit API key that signs the tokens we issue and our RoomService calls. */
+  livekitSigningKey: string;
+  /** Tokens grant `canUpdateOwnMetadata` (lk-jwt-service's LIVEKIT_CAN_UPDATE_OWN_METADATA). */
+  canUpdateOwnMetadata: boolean;
+  /** Restricted users' tokens may publish too (legacy federated calls); off as in lk-jwt-service and MSC4195. */
+  restrictedUsersCanPublish: boolean;
+  /** No certificate checks on outgoing HTTPS (LIVEKIT_INSECURE_SKIP_VERIFY_TLS). */
+  tlsSkipVerify: boolean;
+  /** Start-up warnings about settings that were ignored or are deprecated. */
+  notices: string[];
   /** Key prefix in Redis, so several deployments can share one Redis. */
   redisPrefix: string;
   /** Shard lease time: a dead replica's delegations are taken over within about this long. */
@@ -105,7 +117,10 @@ export function parseArgs(argv: readonly string[], env: Record<string, string | 
   return { dev, help, env: merged };
 }
 
-export function loadConfig(env: Record<string, string | undefined>, opts: { dev: boolean }): Config {
+export function loadConfig(input: Record<string, string | undefined>, opts: { dev: boolean; readFile?: (path: string) => string }): Config {
+  // lk-jwt-service's environment works unchanged: it is translated into ours first (contract section 7).
+  const lk = translateLkJwtEnv(input, opts.readFile);
+  const env = lk.env;
   const problems: string[] = [];
   const dev = opts.dev;
   const get = (name: string): string | undefined => {
@@ -274,7 +289,10 @@ export function loadConfig(env: Record<string, string | undefined>, opts: { dev:
   const syncRaw = (get('SIDECAR_SQLITE_SYNCHRONOUS') ?? 'NORMAL').toUpperCase();
   if (syncRaw !== 'NORMAL' && syncRaw !== 'FULL') problems.push(`SIDECAR_SQLITE_SYNCHRONOUS must be NORMAL or FULL, got ${JSON.stringify(syncRaw)}`);
 
-  if (problems.length) throw new ConfigError(problems);
+  const restrictedUsersCanPublish = bool('SIDECAR_RESTRICTED_USERS_CAN_PUBLISH', false);
+
+  problems.push(...lk.problems);
+  if (problems.length) throw new ConfigError(problems.map((p) => nameTheirs(p, lk.aliases)));
   return {
     dev,
     host,
@@ -307,6 +325,11 @@ export function loadConfig(env: Record<string, string | undefined>, opts: { dev:
     sqliteSynchronous: syncRaw as 'NORMAL' | 'FULL',
     redisPrefix,
     redisLeaseMs,
+    livekitSigningKey: lk.settings.signingKey ?? [...livekitKeys.keys()][0]!,
+    canUpdateOwnMetadata: lk.settings.canUpdateOwnMetadata,
+    restrictedUsersCanPublish,
+    tlsSkipVerify: lk.settings.tlsSkipVerify,
+    notices: lk.notices,
   };
 }
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import closeWithGrace from 'close-with-grace';
-import { buildApp } from './app.js';
+import { buildApp, type Daemon } from './app.js';
 import { ConfigError, USAGE, loadConfig, parseArgs } from './config.js';
 
 async function main(): Promise<void> {
@@ -20,8 +20,12 @@ async function main(): Promise<void> {
     throw err;
   }
 
+  // lk-jwt-service's LIVEKIT_INSECURE_SKIP_VERIFY_TLS covers every outgoing HTTPS connection; Node's own switch
+  // does exactly that, read at each TLS connect.
+  if (config.tlsSkipVerify) process.env.NODE_TLS_REJECT_UNAUTHORIZED = '0';
   const daemon = await buildApp(config);
   const { logger } = daemon;
+  for (const notice of config.notices) logger.warn(notice);
   if (!config.tokenKey) logger.warn('SIDECAR_TOKEN_KEY is not set: future tokens and delay ids are stored unencrypted');
   if (config.dev) logger.warn('--dev: development defaults (devkey: secret, any homeserver, private addresses allowed); not for production');
 
@@ -33,8 +37,19 @@ async function main(): Promise<void> {
   });
 
   await daemon.start();
-  const address = await daemon.app.listen({ host: config.host, port: config.port });
+  const address = await listen(daemon.app, config.host, config.port);
   logger.info({ address, store: config.store.kind }, 'futures-sidecar listening');
+}
+
+/** `::` (lk-jwt-service's `:port`) falls back to 0.0.0.0 where IPv6 is off, as lk-jwt-service does. */
+async function listen(app: Daemon['app'], host: string, port: number): Promise<string> {
+  try {
+    return await app.listen({ host, port });
+  } catch (err) {
+    const code = (err as { code?: string }).code;
+    if (host !== '::' || (code !== 'EAFNOSUPPORT' && code !== 'EADDRNOTAVAIL')) throw err;
+    return app.listen({ host: '0.0.0.0', port });
+  }
 }
 
 main().catch((err: unknown) => {

@@ -20,6 +20,7 @@ export interface MetricsSources {
 export class Metrics {
   readonly registry = new Registry();
   readonly registered: Counter<'dialect' | 'outcome'>;
+  readonly tokensIssued: Counter<'route' | 'outcome'>;
   readonly refreshes: Counter<'outcome'>;
   readonly actions: Counter<'action' | 'outcome'>;
   readonly webhooks: Counter<'event' | 'outcome'>;
@@ -66,6 +67,12 @@ export class Metrics {
       name: `${PREFIX}delegations_registered_total`,
       help: 'Delegation requests by dialect and outcome (created, existing, rejected)',
       labelNames: ['dialect', 'outcome'],
+      registers: register,
+    });
+    this.tokensIssued = new Counter({
+      name: `${PREFIX}tokens_issued_total`,
+      help: 'Answers of /get_token and /sfu/get: tokens issued to full_access or restricted users, requests refused (4xx) or failed (5xx)',
+      labelNames: ['route', 'outcome'],
       registers: register,
     });
     this.refreshes = new Counter({ name: `${PREFIX}refreshes_total`, help: 'Refresh calls by outcome', labelNames: ['outcome'], registers: register });

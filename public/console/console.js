@@ -866,6 +866,8 @@ async function loadDrawer(s, id) {
     ['delegation', d.delegation_id],
     ['state', d.state],
     ['dialect', d.dialect],
+    // The route it arrived through: /v1/delegations, or lk-jwt-service's /delegate_delayed_leave, /get_token, /sfu/get.
+    ['route', d.route ?? '–'],
     ['room', d.room],
     ['identity', d.identity],
     ['created', fmtDate(d.created_at)],

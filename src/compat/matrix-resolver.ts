@@ -87,6 +87,11 @@ export interface MatrixResolverOptions {
   federationOverrides: ReadonlyMap<string, string>;
   csApiOverrides: ReadonlyMap<string, string>;
   allowPrivateAddresses: boolean;
+  /**
+   * Server names the operator listed (SIDECAR_HOMESERVERS / LIVEKIT_FULL_ACCESS_HOMESERVERS): their federation
+   * lookups may reach private addresses, as the operator named them (contract section 7). Default: none.
+   */
+  listedServerNames?: ReadonlySet<string>;
   clock?: Clock;
   /** SRV lookups; injectable so discovery is testable without DNS. */
   resolveSrv?: (name: string) => Promise<SrvRecord[]>;
@@ -108,6 +113,8 @@ interface JsonAnswer {
 
 export class MatrixResolver {
   private readonly agent: Agent;
+  /** For the federation lookups of listed server names, which may resolve to private addresses. */
+  private readonly listedAgent: Agent;
   private readonly trustedOrigins: Set<string>;
   private readonly csApiCache = new Map<string, { url: string; expiresAt: number }>();
   private readonly clock: Clock;
@@ -127,12 +134,15 @@ export class MatrixResolver {
       allowHttp: false,
     };
     const timeout = this.requestTimeoutMs;
-    this.agent = new Agent({
-      headersTimeout: timeout,
-      bodyTimeout: timeout,
-      keepAliveTimeout: 10_000,
-      connect: { timeout: opts.connectTimeoutMs ?? CONNECT_TIMEOUT_MS, lookup: guardedLookup(policy) as never },
-    });
+    const agentFor = (p: GuardPolicy) =>
+      new Agent({
+        headersTimeout: timeout,
+        bodyTimeout: timeout,
+        keepAliveTimeout: 10_000,
+        connect: { timeout: opts.connectTimeoutMs ?? CONNECT_TIMEOUT_MS, lookup: guardedLookup(p) as never },
+      });
+    this.agent = agentFor(policy);
+    this.listedAgent = agentFor({ ...policy, allowPrivateAddresses: true });
     const dns = new Resolver({ timeout: CONNECT_TIMEOUT_MS, tries: 2 });
     this.resolveSrv = opts.resolveSrv ?? ((name) => dns.resolveSrv(name));
     this.lookupAll = opts.lookupAll ?? (async (host) => (await dnsLookup(host, { all: true })).map((a) => a.address));
@@ -143,9 +153,10 @@ export class MatrixResolver {
    * on `serverName`.
    */
   async verifyOpenId(serverName: string, accessToken: string): Promise<string> {
-    const target = await this.federationTarget(serverName);
+    const listed = this.isListed(serverName);
+    const target = await this.federationTarget(serverName, listed);
     const url = `${target.base}/_matrix/federation/v1/openid/userinfo?access_token=${encodeURIComponent(accessToken)}`;
-    const answer = await this.get(url, target.hostHeader);
+    const answer = await this.get(url, target.hostHeader, listed);
     if (answer.status !== 200) throw new MatrixLookupError(`userinfo answered ${answer.status}`);
     const sub = isObject(answer.json) ? answer.json['sub'] : undefined;
     if (typeof sub !== 'string' || !sub.startsWith('@') || !sub.includes(':')) throw new MatrixLookupError('userinfo answered without a user id');
@@ -154,7 +165,7 @@ export class MatrixResolver {
   }
 
   /** Server discovery as in the Matrix server-server spec, section "Resolving server names". */
-  async federationTarget(serverName: string): Promise<FederationTarget> {
+  async federationTarget(serverName: string, listed = this.isListed(serverName)): Promise<FederationTarget> {
     const override = this.opts.federationOverrides.get(serverName.toLowerCase());
     if (override) return { base: override, hostHeader: null, how: 'override' };
     const name = parseServerName(serverName);
@@ -162,7 +173,7 @@ export class MatrixResolver {
     if (name.ip || name.port !== null) {
       return { base: this.federationBase(name.host, name.port ?? DEFAULT_FEDERATION_PORT), hostHeader: serverName, how: 'ip_or_port' };
     }
-    const delegated = await this.wellKnownServer(serverName);
+    const delegated = await this.wellKnownServer(serverName, listed);
     if (delegated) {
       const d = parseServerName(delegated);
       if (d) {
@@ -196,7 +207,11 @@ export class MatrixResolver {
   }
 
   async close(): Promise<void> {
-    await this.agent.close();
+    await Promise.all([this.agent.close(), this.listedAgent.close()]);
+  }
+
+  private isListed(serverName: string): boolean {
+    return this.opts.listedServerNames?.has(serverName.toLowerCase()) ?? false;
   }
 
   private federationBase(host: string, port: number): string {
@@ -207,10 +222,10 @@ export class MatrixResolver {
     return this.opts.wellKnownOrigin ? this.opts.wellKnownOrigin(serverAuthority) : `https://${serverAuthority}`;
   }
 
-  private async wellKnownServer(serverName: string): Promise<string | null> {
+  private async wellKnownServer(serverName: string, listed: boolean): Promise<string | null> {
     let answer: JsonAnswer;
     try {
-      answer = await this.get(`${this.wellKnownOrigin(serverName)}/.well-known/matrix/server`, null);
+      answer = await this.get(`${this.wellKnownOrigin(serverName)}/.well-known/matrix/server`, null, listed);
     } catch {
       return null;
     }
@@ -247,10 +262,10 @@ export class MatrixResolver {
     if (addresses.length === 0 || addresses.some((a) => isPrivateAddress(a))) throw new MatrixLookupError('the client-server API host resolves to a private address');
   }
 
-  private async get(url: string, hostHeader: string | null): Promise<JsonAnswer> {
+  private async get(url: string, hostHeader: string | null, listed = false): Promise<JsonAnswer> {
     const u = new URL(url);
     const host = u.hostname.replace(/^\[|\]$/g, '');
-    if (isIP(host) && isPrivateAddress(host) && !this.opts.allowPrivateAddresses && !this.trustedOrigins.has(u.origin)) {
+    if (isIP(host) && isPrivateAddress(host) && !listed && !this.opts.allowPrivateAddresses && !this.trustedOrigins.has(u.origin)) {
       throw new MatrixLookupError('private and loopback addresses are refused');
     }
     let res: Dispatcher.ResponseData;
@@ -258,7 +273,7 @@ export class MatrixResolver {
       res = await request(url, {
         method: 'GET',
         headers: { accept: 'application/json', 'user-agent': 'futures-sidecar', ...(hostHeader ? { host: hostHeader } : {}) },
-        dispatcher: this.agent,
+        dispatcher: listed ? this.listedAgent : this.agent,
         signal: AbortSignal.timeout(this.requestTimeoutMs),
       });
     } catch (err) {

@@ -17,7 +17,20 @@ export interface DelayedLeaveRequest {
   delay_cs_api_url: string;
 }
 
-type FieldType = 'string' | 'int' | { [field: string]: FieldType };
+/** `/get_token` is `/delegate_delayed_leave`'s shape with the delay fields optional (facts section 1.2). */
+export type GetTokenRequest = DelayedLeaveRequest;
+
+/** The legacy `/sfu/get` body (facts section 1.3). */
+export interface SfuGetRequest {
+  room: string;
+  openid_token: DelayedLeaveRequest['openid_token'];
+  device_id: string;
+  delay_id: string;
+  delay_timeout: number;
+  delay_cs_api_url: string;
+}
+
+export type FieldType = 'string' | 'int' | { [field: string]: FieldType };
 
 const OPENID_TOKEN: Record<string, FieldType> = { access_token: 'string', token_type: 'string', matrix_server_name: 'string', expires_in: 'int' };
 const MEMBER: Record<string, FieldType> = { id: 'string', claimed_user_id: 'string', claimed_device_id: 'string' };
@@ -30,6 +43,22 @@ const REQUEST: Record<string, FieldType> = {
   delay_timeout: 'int',
   delay_cs_api_url: 'string',
 };
+
+export const SFU_GET_REQUEST: Record<string, FieldType> = {
+  room: 'string',
+  openid_token: OPENID_TOKEN,
+  device_id: 'string',
+  delay_id: 'string',
+  delay_timeout: 'int',
+  delay_cs_api_url: 'string',
+};
+export const GET_TOKEN_REQUEST = REQUEST;
+
+/**
+ * An integer field written with a fraction or an exponent (`8000.0`, `8e3`): Go and Rust refuse it, JSON.parse would
+ * turn it into the integer. Outside a string a quote is never escaped, so `"name":` here can only be a key.
+ */
+const INT_WRITTEN_AS_FRACTION = /"(delay_timeout|expires_in)"\s*:\s*-?\d+(?:\.\d*|[eE])/;
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
@@ -67,14 +96,7 @@ function decodeStruct(value: unknown, fields: Record<string, FieldType>, path: s
  * LiveKit name derived from them could match.
  */
 export function decodeDelayedLeaveRequest(raw: unknown): DelayedLeaveRequest {
-  if (!Buffer.isBuffer(raw) || raw.length === 0) throw notJson('The body must be a JSON object');
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(utf8.decode(raw));
-  } catch {
-    throw notJson('The body is not valid JSON');
-  }
-  const req = decodeStruct(parsed, REQUEST, '') as unknown as DelayedLeaveRequest;
+  const req = decodeLkJwtBody<DelayedLeaveRequest>(raw, REQUEST);
   const missing: string[] = [];
   if (!req.room_id) missing.push('room_id');
   if (!req.slot_id) missing.push('slot_id');
@@ -87,4 +109,28 @@ export function decodeDelayedLeaveRequest(raw: unknown): DelayedLeaveRequest {
   if (missing.length) throw badJson(`Missing ${missing.join(', ')}`);
   if (req.delay_timeout <= 0) throw badJson('delay_timeout must be a positive number of milliseconds');
   return req;
+}
+
+/**
+ * Step 1 of every lk-jwt-service route: the body decoded into `fields` with absent and null values as zero values.
+ * `message` replaces the detailed reason (lk-jwt-service's token routes say only "Error reading request").
+ */
+export function decodeLkJwtBody<T>(raw: unknown, fields: Record<string, FieldType>, message?: string): T {
+  try {
+    if (!Buffer.isBuffer(raw) || raw.length === 0) throw notJson('The body must be a JSON object');
+    let text: string;
+    let parsed: unknown;
+    try {
+      text = utf8.decode(raw);
+      parsed = JSON.parse(text);
+    } catch {
+      throw notJson('The body is not valid JSON');
+    }
+    const fraction = INT_WRITTEN_AS_FRACTION.exec(text);
+    if (fraction) throw notJson(`${fraction[1]} must be an integer`);
+    return decodeStruct(parsed, fields, '') as unknown as T;
+  } catch (err) {
+    if (message !== undefined && err instanceof MatrixError) throw notJson(message);
+    throw err;
+  }
 }

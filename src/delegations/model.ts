@@ -35,8 +35,19 @@ export function isTerminal(state: DelegationState): boolean {
 export type ActionKind = 'leave' | 'connection_lost';
 export const ACTION_KINDS: readonly ActionKind[] = ['leave', 'connection_lost'];
 
-/** How the delegation arrived: our own API, or Element Call's `/delegate_delayed_leave`. */
-export type DelegationSource = 'api' | 'compat';
+/**
+ * The route a delegation arrived through: our own API (`/v1/delegations`), or one of lk-jwt-service's:
+ * `compat` = `/delegate_delayed_leave`, `get_token` = `/get_token`, `sfu_get` = `/sfu/get` (delay fields).
+ */
+export type DelegationSource = 'api' | 'compat' | 'get_token' | 'sfu_get';
+
+/** The path each source names, as the admin API and the console show it. */
+export const SOURCE_ROUTES: Readonly<Record<DelegationSource, string>> = {
+  api: '/v1/delegations',
+  compat: '/delegate_delayed_leave',
+  get_token: '/get_token',
+  sfu_get: '/sfu/get',
+};
 
 /**
  * A delegation as the scheduler holds it. Secrets (the future token / delay id, an access token) are deliberately

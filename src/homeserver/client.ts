@@ -94,7 +94,7 @@ export class HomeserverClient {
   }
 
   private async callOnce(c: HomeserverCall): Promise<CallResult> {
-    const policy = c.source === 'compat' ? { ...this.opts.policy, allow: { ...this.opts.policy.allow, any: true } } : this.opts.policy;
+    const policy = c.source !== 'api' ? { ...this.opts.policy, allow: { ...this.opts.policy.allow, any: true } } : this.opts.policy;
     const refused = checkHomeserverUrl(c.baseUrl, policy);
     if (refused) return { outcome: { kind: 'permanent', detail: 'homeserver_refused' }, accessTokenRejected: false };
     const origin = new URL(c.baseUrl).origin;

@@ -4,7 +4,7 @@ import type { Config } from '../config.js';
 import { normaliseBaseUrl } from '../config.js';
 import { badJson, forbidden, invalidParam, missingToken, notFound, unknownToken } from '../errors.js';
 import type { DelegationEngine } from '../delegations/engine.js';
-import type { Delegation } from '../delegations/model.js';
+import { SOURCE_ROUTES, type Delegation } from '../delegations/model.js';
 import { checkHomeserverUrl } from '../homeserver/address-guard.js';
 import { LiveKitAuthError, type LiveKitAuth, type Participant } from '../livekit/auth.js';
 import { bearerToken, isAdminToken } from './auth.js';
@@ -32,6 +32,7 @@ export function publicView(d: Delegation) {
     delegation_id: d.id,
     state: d.state,
     dialect: d.dialect,
+    route: SOURCE_ROUTES[d.source] ?? d.source,
     timeout_ms: d.timeoutMs,
     room: d.room,
     identity: d.identity,

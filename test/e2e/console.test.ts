@@ -203,6 +203,8 @@ describe.skipIf(!haveBrowser && !requireBrowser)('operator console in Chromium',
     const history = await page.$$eval('#d-history li .what', (lis) => lis.map((li) => li.textContent));
     expect(history[0]).toMatch(/^registered/);
     expect(await page.textContent('#d-title')).toBe(a.delegationId);
+    const fields = await page.$$eval('#d-fields dt, #d-fields dd', (nodes) => nodes.map((n) => n.textContent));
+    expect(fields[fields.indexOf('route') + 1]).toBe('/v1/delegations');
     await page.keyboard.press('Escape');
     await page.waitForSelector('#drawer', { state: 'hidden' });
 

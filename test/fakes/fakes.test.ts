@@ -690,6 +690,21 @@ describe('fake LiveKit: RoomService and tokens', () => {
     await expect(withJoinToken.listParticipants('room-a')).rejects.toMatchObject({ status: 401, code: 'unauthenticated' });
   });
 
+  it('creates rooms for a roomCreate grant, records the settings asked for, and answers an existing room again', async () => {
+    const client = new RoomServiceClient(service.url, API_KEY, API_SECRET);
+    const first = await client.createRoom({ name: 'room-c', emptyTimeout: 300, departureTimeout: 20, maxParticipants: 0 });
+    const again = await client.createRoom({ name: 'room-c', emptyTimeout: 300, departureTimeout: 20 });
+    expect(first.name).toBe('room-c');
+    expect(again.sid).toBe(first.sid);
+    expect(service.calls.map((c) => [c.method, c.room, c.params, c.status])).toEqual([
+      ['CreateRoom', 'room-c', { emptyTimeout: 300, departureTimeout: 20, maxParticipants: 0 }, 200],
+      ['CreateRoom', 'room-c', { emptyTimeout: 300, departureTimeout: 20, maxParticipants: 0 }, 200],
+    ]);
+    const participantToken = await mintParticipantToken({ apiKey: API_KEY, apiSecret: API_SECRET, identity: 'alice', room: 'room-c' });
+    const joinOnly = new RoomServiceClient(service.url, undefined, undefined, { token: participantToken });
+    await expect(joinOnly.createRoom({ name: 'room-d' })).rejects.toMatchObject({ status: 401, code: 'unauthenticated' });
+  });
+
   it('can fail every call or be unreachable', async () => {
     const client = new RoomServiceClient(service.url, API_KEY, API_SECRET, { requestTimeout: 2 });
     service.join('room-a', { sid: 'PA_1', identity: 'alice' });

@@ -1,7 +1,7 @@
-import type { Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Server } from 'node:net';
+import { Server as TlsServer } from 'node:tls';
 
-/** Listens on a free loopback port and returns the server's base URL. */
+/** Listens on a free loopback port and returns the server's base URL (https for a TLS server). */
 export async function listenOnLoopback(server: Server): Promise<string> {
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
@@ -10,5 +10,5 @@ export async function listenOnLoopback(server: Server): Promise<string> {
       resolve();
     });
   });
-  return `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  return `${server instanceof TlsServer ? 'https' : 'http'}://127.0.0.1:${(server.address() as AddressInfo).port}`;
 }

@@ -254,12 +254,21 @@ export async function mintParticipantToken(opts: {
   return token.toJwt();
 }
 
-export type RoomServiceMethod = 'ListParticipants' | 'GetParticipant';
+export type RoomServiceMethod = 'ListParticipants' | 'GetParticipant' | 'CreateRoom';
+
+/** The settings a `CreateRoom` call asked for (proto3 JSON leaves zeros out; they are 0 here). */
+export interface CreateRoomParams {
+  emptyTimeout: number;
+  departureTimeout: number;
+  maxParticipants: number;
+}
 
 export interface RoomServiceCall {
   method: RoomServiceMethod;
   room: string;
   identity?: string;
+  /** CreateRoom only. */
+  params?: CreateRoomParams;
   /** 0 when the service was down and the socket was destroyed. */
   status: number;
   at: number;
@@ -305,6 +314,8 @@ export class FakeRoomService {
   private readonly server: Server;
   private readonly verifier: TokenVerifier;
   private readonly rooms = new Map<string, Map<string, ParticipantInfo>>();
+  /** Rooms made by CreateRoom: name -> sid and creation time. */
+  private readonly created = new Map<string, { sid: string; at: number }>();
   private failingStatus: number | null = null;
   private down = false;
   private baseUrl = '';
@@ -359,6 +370,7 @@ export class FakeRoomService {
 
   clear(): void {
     this.rooms.clear();
+    this.created.clear();
   }
 
   setFailing(status: number | null): void {
@@ -379,7 +391,7 @@ export class FakeRoomService {
     const raw = await readRawBody(req);
     const match = /^\/twirp\/livekit\.RoomService\/([A-Za-z]+)$/.exec(new URL(req.url ?? '/', 'http://fake-livekit').pathname);
     const method = match?.[1];
-    if (req.method !== 'POST' || (method !== 'ListParticipants' && method !== 'GetParticipant')) {
+    if (req.method !== 'POST' || (method !== 'ListParticipants' && method !== 'GetParticipant' && method !== 'CreateRoom')) {
       writeJson(res, twirpError(404, `no handler for path ${req.url ?? ''}`, 'bad_route'));
       return;
     }
@@ -393,9 +405,11 @@ export class FakeRoomService {
     } catch (err) {
       bodyError = `malformed JSON: ${err instanceof Error ? err.message : String(err)}`;
     }
-    const room = typeof request['room'] === 'string' ? request['room'] : '';
+    const room = typeof request[method === 'CreateRoom' ? 'name' : 'room'] === 'string' ? (request[method === 'CreateRoom' ? 'name' : 'room'] as string) : '';
     const identity = typeof request['identity'] === 'string' ? request['identity'] : undefined;
-    const call: RoomServiceCall = { method, room, ...(identity !== undefined ? { identity } : {}), status: 0, at };
+    const num = (k: string) => (typeof request[k] === 'number' ? (request[k] as number) : 0);
+    const params = method === 'CreateRoom' ? { emptyTimeout: num('emptyTimeout'), departureTimeout: num('departureTimeout'), maxParticipants: num('maxParticipants') } : undefined;
+    const call: RoomServiceCall = { method, room, ...(identity !== undefined ? { identity } : {}), ...(params ? { params } : {}), status: 0, at };
 
     if (this.down) {
       this.calls.push(call);
@@ -417,9 +431,15 @@ export class FakeRoomService {
   ): Promise<TwirpReply> {
     if (this.failingStatus !== null) return twirpError(this.failingStatus, `injected failure (${this.failingStatus})`);
     if (bodyError !== undefined) return twirpError(400, bodyError, 'malformed');
-    const denied = await this.authorize(authorization, room);
+    const denied = await this.authorize(authorization, room, method === 'CreateRoom');
     if (denied) return denied;
     if (room === '') return twirpError(400, 'room is required', 'invalid_argument');
+    if (method === 'CreateRoom') {
+      // Creating an existing room answers that room, as LiveKit does.
+      let created = this.created.get(room);
+      if (!created) this.created.set(room, (created = { sid: `RM_${randomBytes(6).toString('hex')}`, at: nowSeconds() }));
+      return { status: 200, body: new Room({ name: room, sid: created.sid, creationTime: BigInt(created.at) }).toJson() };
+    }
 
     const members = this.rooms.get(room);
     if (method === 'ListParticipants') {
@@ -431,12 +451,12 @@ export class FakeRoomService {
     return { status: 200, body: participant.toJson() };
   }
 
-  private async authorize(authorization: string | undefined, room: string): Promise<TwirpReply | undefined> {
+  private async authorize(authorization: string | undefined, room: string, create = false): Promise<TwirpReply | undefined> {
     const token = /^Bearer\s+(\S+)$/i.exec(authorization ?? '')?.[1];
     if (token === undefined) return twirpError(401, 'authorization header required', 'unauthenticated');
     try {
       const claims = await this.verifier.verify(token);
-      if (claims.video?.roomAdmin !== true || claims.video.room !== room) {
+      if (create ? claims.video?.roomCreate !== true : claims.video?.roomAdmin !== true || claims.video.room !== room) {
         return twirpError(401, 'permissions denied', 'unauthenticated');
       }
       return undefined;

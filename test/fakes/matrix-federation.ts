@@ -1,4 +1,5 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createTlsServer } from 'node:https';
 import { listenOnLoopback } from './listen.js';
 
 /**
@@ -33,6 +34,8 @@ export interface FakeMatrixFederationOptions {
   wellKnownClient?: string | null;
   /** access token -> `sub` */
   tokens?: Record<string, string>;
+  /** Serve https with this certificate (federation is https-only for a daemon without overrides). */
+  tls?: { key: string; cert: string };
 }
 
 const USERINFO_PATH = '/_matrix/federation/v1/openid/userinfo';
@@ -53,12 +56,13 @@ export class FakeMatrixFederation {
     this.wellKnownServer = opts.wellKnownServer ?? null;
     this.wellKnownClient = opts.wellKnownClient ?? null;
     for (const [token, sub] of Object.entries(opts.tokens ?? {})) this.tokens.set(token, sub);
-    this.server = createServer((req, res) => {
+    const listener = (req: IncomingMessage, res: ServerResponse) => {
       this.handle(req, res).catch((err: unknown) => {
         if (res.headersSent) res.destroy();
         else writeJson(res, { status: 500, body: { errcode: 'M_UNKNOWN', error: String(err) } });
       });
-    });
+    };
+    this.server = opts.tls ? createTlsServer(opts.tls, listener) : createServer(listener);
   }
 
   /** @internal use startFakeMatrixFederation */
@@ -72,7 +76,7 @@ export class FakeMatrixFederation {
 
   /** `host:port` of the listener, usable as a Matrix server name or an `m.server` value. */
   get authority(): string {
-    return this.baseUrl.slice('http://'.length);
+    return this.baseUrl.replace(/^https?:\/\//, '');
   }
 
   addToken(accessToken: string, sub: string): void {

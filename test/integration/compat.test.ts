@@ -14,6 +14,7 @@ import { createLogger } from '../../src/log.js';
 import { startFakeHomeserver, type FakeHomeserver } from '../fakes/homeserver.js';
 import { WebhookSender } from '../fakes/livekit.js';
 import { startFakeMatrixFederation, type FakeMatrixFederation } from '../fakes/matrix-federation.js';
+import { requestJson, type JsonAnswer } from '../helpers/lk-jwt.js';
 
 const SERVER = 'example.com';
 const ALICE = '@alice:example.com';
@@ -29,13 +30,6 @@ const MEMBERSHIP_TYPE = 'org.matrix.msc3401.call.member';
 
 type Json = Record<string, unknown>;
 
-interface Answer {
-  status: number;
-  headers: Headers;
-  text: string;
-  json: Json | undefined;
-}
-
 interface Harness {
   daemon: Daemon;
   url: string;
@@ -50,6 +44,8 @@ interface Harness {
 interface HarnessOptions {
   env?: Record<string, string>;
   captureLogs?: boolean;
+  dev?: boolean;
+  resolver?: (fed: FakeMatrixFederation) => MatrixResolver;
 }
 
 async function startHarness(opts: HarnessOptions = {}): Promise<Harness> {
@@ -85,7 +81,8 @@ async function startHarness(opts: HarnessOptions = {}): Promise<Harness> {
         }),
       })
     : undefined;
-  const daemon = await buildApp(loadConfig(env, { dev: true }), logger ? { logger } : {});
+  const resolver = opts.resolver?.(fed);
+  const daemon = await buildApp(loadConfig(env, { dev: opts.dev ?? true }), { ...(logger ? { logger } : {}), ...(resolver ? { resolver } : {}) });
   const events: LifecycleEvent[] = [];
   daemon.engine.onLifecycle((e) => events.push(e));
   await daemon.start();
@@ -104,6 +101,7 @@ async function startHarness(opts: HarnessOptions = {}): Promise<Harness> {
       if (stopped) return;
       stopped = true;
       await daemon.shutdown();
+      await resolver?.close();
       await hs.close();
       await fed.close();
       rmSync(dir, { recursive: true, force: true });
@@ -136,18 +134,8 @@ function withField(path: string, value: unknown, base: Json = delegationBody()):
   return copy;
 }
 
-async function call(url: string, method: string, body?: Json | string, headers: Record<string, string> = {}): Promise<Answer> {
-  const init: RequestInit = { method, headers: { ...(body !== undefined ? { 'content-type': 'application/json' } : {}), ...headers } };
-  if (body !== undefined) init.body = typeof body === 'string' ? body : JSON.stringify(body);
-  const res = await fetch(`${url}/delegate_delayed_leave`, init);
-  const text = await res.text();
-  let json: Json | undefined;
-  try {
-    json = JSON.parse(text) as Json;
-  } catch {
-    json = undefined;
-  }
-  return { status: res.status, headers: res.headers, text, json };
+function call(url: string, method: string, body?: Json | string, headers: Record<string, string> = {}): Promise<JsonAnswer> {
+  return requestJson(`${url}/delegate_delayed_leave`, method, body, headers);
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -321,6 +309,51 @@ describe('POST /delegate_delayed_leave: refusals', () => {
   });
 });
 
+describe('POST /delegate_delayed_leave: a client-server API found through .well-known', () => {
+  // The homeserver's .well-known/matrix/client names the plain-http fake homeserver on loopback; federation goes to
+  // the federation fake. No client-server API override, so the URL is a discovered one.
+  const discovering = (fed: FakeMatrixFederation) =>
+    new MatrixResolver({
+      federationOverrides: new Map([[SERVER, fed.url]]),
+      csApiOverrides: new Map(),
+      allowPrivateAddresses: true,
+      wellKnownOrigin: () => fed.url,
+    });
+  const start = (dev: boolean) =>
+    startHarness({
+      dev,
+      resolver: discovering,
+      env: { SIDECAR_CS_API_URL_OVERRIDES: '', LIVEKIT_KEYS: 'devkey: secret', ...(dev ? {} : { SIDECAR_HOMESERVERS: SERVER }) },
+    });
+
+  it('is used under --dev even as plain http on a private address, which --dev allows (contract section 4)', async () => {
+    const h = await start(true);
+    try {
+      h.fed.setWellKnownClient(h.hs.url);
+      const delayId = await newDelayedLeave(h.hs, 8000);
+      const res = await call(h.url, 'POST', delegationBody({ delay_id: delayId }));
+      expect([res.status, res.json]).toEqual([200, {}]);
+      expect(h.fed.callsTo('well_known_client')).toHaveLength(1);
+      await waitFor('the first restart at the discovered URL', () => callsFor(h.hs, delayId).some((c) => c.op === 'restart' && c.status === 200));
+    } finally {
+      await h.stop();
+    }
+  });
+
+  it('is refused as plain http without --dev: 400 M_BAD_JSON and no delegation', async () => {
+    const h = await start(false);
+    try {
+      h.fed.setWellKnownClient(h.hs.url);
+      const res = await call(h.url, 'POST', delegationBody({ delay_id: await newDelayedLeave(h.hs, 8000) }));
+      expect([res.status, res.json?.errcode]).toEqual([400, 'M_BAD_JSON']);
+      expect(h.fed.callsTo('well_known_client')).toHaveLength(1);
+      expect(h.daemon.engine.openCount).toBe(0);
+    } finally {
+      await h.stop();
+    }
+  });
+});
+
 describe('POST /delegate_delayed_leave: CORS and methods', () => {
   let h: Harness;
   beforeAll(async () => {
@@ -334,8 +367,8 @@ describe('POST /delegate_delayed_leave: CORS and methods', () => {
     const res = await call(h.url, 'OPTIONS', undefined, { origin: 'https://call.example', 'access-control-request-method': 'POST' });
     expect(res.status).toBe(200);
     expect(res.headers.get('access-control-allow-origin')).toBe('*');
-    expect(res.headers.get('access-control-allow-methods')).toBe('POST, OPTIONS');
-    expect(res.headers.get('access-control-allow-headers')).toBe('Content-Type, Authorization');
+    expect(res.headers.get('access-control-allow-methods')).toBe('POST');
+    expect(res.headers.get('access-control-allow-headers')).toBe('Accept, Content-Type, Content-Length, Accept-Encoding, X-CSRF-Token');
   });
 
   it.each(['GET', 'HEAD', 'PUT', 'DELETE', 'PATCH'])('answers %s with 405 and CORS', async (method) => {
@@ -648,13 +681,21 @@ describe('MatrixResolver discovery (against the fake, with http in place of http
 
 describe('compat rules without I/O', () => {
   it('admits an overridden client-server API URL like an explicitly listed origin, and a discovered one only as https and public', () => {
-    const strict = { allowPrivateAddresses: false };
+    const strict = { allowPrivateAddresses: false, allowHttp: false };
     expect(csApiUrlRefusal({ url: 'http://10.0.0.5:8008', how: 'override' }, strict)).toBeNull();
     expect(csApiUrlRefusal({ url: 'https://matrix.example.com', how: 'discovered' }, strict)).toBeNull();
     expect(csApiUrlRefusal({ url: 'http://matrix.example.com', how: 'discovered' }, strict)).toMatch(/https/);
     expect(csApiUrlRefusal({ url: 'https://10.0.0.5', how: 'discovered' }, strict)).toMatch(/private/);
-    expect(csApiUrlRefusal({ url: 'https://10.0.0.5', how: 'discovered' }, { allowPrivateAddresses: true })).toBeNull();
-    expect(csApiUrlRefusal({ url: 'http://10.0.0.5', how: 'discovered' }, { allowPrivateAddresses: true })).toMatch(/https/);
+    expect(csApiUrlRefusal({ url: 'https://10.0.0.5', how: 'discovered' }, { allowPrivateAddresses: true, allowHttp: false })).toBeNull();
+    expect(csApiUrlRefusal({ url: 'http://10.0.0.5', how: 'discovered' }, { allowPrivateAddresses: true, allowHttp: false })).toMatch(/https/);
+  });
+
+  it('admits a discovered plain-http, private client-server API URL under --dev, which allows both (contract section 4)', () => {
+    const dev = loadConfig({}, { dev: true });
+    expect(dev.allowHttp && dev.allowPrivateAddresses).toBe(true);
+    expect(csApiUrlRefusal({ url: 'http://127.0.0.1:8008', how: 'discovered' }, dev)).toBeNull();
+    const prod = loadConfig({ LIVEKIT_KEYS: 'k: s', SIDECAR_HOMESERVERS: '*' }, { dev: false });
+    expect(csApiUrlRefusal({ url: 'http://matrix.example.com', how: 'discovered' }, prod)).toMatch(/https/);
   });
 
   it('allows a listed server name exactly, or any valid one with *', () => {
