@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the deployment tools the tests run (helm, promtool, kustomize) from the Go module proxy, pinned, into
-# ${SIDECAR_PEERS_DIR:-<repo>/.peers}/bin. A tool already there at the pinned version is left alone, so a second run
-# only reads the build info of three binaries.
+# ${SIDECAR_PEERS_DIR:-<repo>/.peers}/bin. A tool already there at the pinned version and build tags is left alone,
+# so a second run only reads the build info of three binaries.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 peers="${SIDECAR_PEERS_DIR:-$root/.peers}"
