@@ -135,7 +135,7 @@ describe('checkHomeserverUrl', () => {
       'https://[fd00:ec2::254]',
     ]) {
       const normalised = new URL(url).origin;
-      expect(checkHomeserverUrl(normalised, publicOnly), url).toBe('private and loopback addresses are refused');
+      expect(checkHomeserverUrl(normalised, publicOnly), url).toMatch(/^(private and loopback addresses are refused|cloud metadata addresses are refused unless listed explicitly)$/);
     }
   });
 
@@ -195,7 +195,9 @@ describe('guardedLookup with an injected resolver', () => {
     expect((await lookupOnce(listed, 'hs.internal', false)).address).toBe('10.0.0.8');
     expect((await lookupOnce(listed, 'metadata.attacker.test', false)).err).toBeInstanceOf(AddressRefusedError);
     const open = guardedLookup({ ...publicOnly, allowPrivateAddresses: true }, resolver);
-    expect((await lookupOnce(open, 'metadata.attacker.test', false)).address).toBe('169.254.169.254');
+    expect((await lookupOnce(open, 'loopback.attacker.test', false)).address).toBe('127.0.0.1');
+    // Cloud metadata stays refused with private addresses allowed (issue 21.6).
+    expect((await lookupOnce(open, 'metadata.attacker.test', false)).err).toBeInstanceOf(AddressRefusedError);
   });
 
   it('passes resolver errors on', async () => {
