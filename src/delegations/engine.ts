@@ -485,19 +485,24 @@ export class DelegationEngine {
 
   /** Forgets shared strings that no open delegation uses any more (ended delegations' rooms, homeservers, actions). */
   private sweepInterned(): void {
-    const open = [...this.open.values()];
-    this.interned.sweep(
-      open.flatMap((d) => (d.altRoom === null ? [d.homeserver, d.room, d.state, d.dialect, d.source] : [d.homeserver, d.room, d.altRoom, d.state, d.dialect, d.source])),
-      open.length,
-    );
-    this.internedActions.sweep(
-      open.map((d) => actionsKeyOf(d.actions)),
-      open.length,
-    );
-    this.origins.sweep(
-      open.map((d) => d.homeserver),
-      open.length,
-    );
+    const open = this.open;
+    if (this.interned.sweepDue) {
+      this.interned.sweep(
+        (function* () {
+          for (const d of open.values()) {
+            yield d.homeserver;
+            yield d.room;
+            if (d.altRoom !== null) yield d.altRoom;
+            yield d.state;
+            yield d.dialect;
+            yield d.source;
+          }
+        })(),
+        open.size,
+      );
+    }
+    if (this.internedActions.sweepDue) this.internedActions.sweep(mapIterable(open.values(), (d) => actionsKeyOf(d.actions)), open.size);
+    if (this.origins.sweepDue) this.origins.sweep(mapIterable(open.values(), (d) => d.homeserver), open.size);
   }
 
   private refuseAdmission(dialect: Dialect, refusal: AdmissionRefusal, origin: string): never {
@@ -702,6 +707,10 @@ const ADMISSION_MESSAGES: Record<AdmissionRefusal, string> = {
   client_share: 'This address holds its share of this homeserver with delegations not yet accepted by it',
   too_many_homeservers: 'Too many homeservers are in use; try again later',
 };
+
+function* mapIterable<T, U>(items: Iterable<T>, f: (item: T) => U): Iterable<U> {
+  for (const item of items) yield f(item);
+}
 
 function actionsKeyOf(actions: Delegation['actions']): string {
   return `${actions.leave}\u0000${actions.connection_lost}`;

@@ -139,6 +139,26 @@ describe('issue 21.1: admission under bogus delegations', () => {
     await waitFor('a new delegation from the same address to be admitted', async () => (await attempt()) === 201, 45_000, 500);
     for (const { id, jwt } of attack.admitted) expect(['awaiting_join', 'connected']).toContain((await delegationState(d.url, jwt, id)).state);
   }, 90_000);
+
+  it('lets one participant hold only a quarter of the budget with delegations not yet accepted, whatever address it uses', async () => {
+    const hs3 = await startUnrecognizingHomeserver();
+    try {
+      const p = await participant();
+      const statuses: number[] = [];
+      const errors: string[] = [];
+      for (let i = 0; i < 8; i++) {
+        const res = await register(d.url, p.jwt, { homeserver: hs3.url, dialect: 'futures', token: `bogus-${randomBytes(8).toString('hex')}`, timeout_ms: 60_000 }, `192.0.2.${i + 1}`);
+        statuses.push(res.status);
+        if (res.status !== 201) errors.push(res.body.error);
+      }
+      // 0.25 x 0.8 calls/s = 5 of 0.037 (unless first answers already released some: then more, never all 8 at once).
+      expect(statuses.filter((s) => s === 201).length).toBeGreaterThanOrEqual(5);
+      expect(errors.length).toBeGreaterThan(0);
+      expect(errors[0]).toMatch(/participant holds its share/);
+    } finally {
+      await hs3.close();
+    }
+  });
 });
 
 describe('issue 21.3: request and body timeouts', () => {
@@ -342,6 +362,29 @@ describe('issue 21.5 and 21.6: participant tokens, transition prefixes and cloud
     const csp = res.headers.get('content-security-policy')!;
     expect(csp).toContain("connect-src 'self';");
     expect(csp).not.toMatch(/ws:|wss:/);
+  });
+});
+
+describe('issue 21.2: a bound on the homeserver origins in use', () => {
+  let d: RunningDaemon;
+  beforeAll(async () => {
+    d = await startDaemon({ SIDECAR_MAX_HOMESERVER_ORIGINS: '2' });
+  });
+  afterAll(async () => {
+    await d.stop();
+  });
+
+  it('refuses a delegation for a third homeserver origin with 429 while two are in use, and admits it once one is free', async () => {
+    const p = await participant();
+    const registerOn = (host: string) =>
+      api(d.url, 'POST', '/v1/delegations', { token: p.jwt, body: { homeserver: `http://${host}:1`, dialect: 'futures', token: `t-${randomBytes(6).toString('hex')}`, timeout_ms: 60_000 } });
+    const first = await registerOn('127.0.9.1');
+    const second = await registerOn('127.0.9.2');
+    expect([first.status, second.status]).toEqual([201, 201]);
+    expect(await registerOn('127.0.9.3')).toMatchObject({ status: 429, body: { errcode: 'M_LIMIT_EXCEEDED' } });
+    expect((await registerOn('127.0.9.1')).status).toBe(201);
+    await api(d.url, 'DELETE', `/v1/delegations/${second.body.delegation_id}`, { token: p.jwt });
+    expect((await registerOn('127.0.9.3')).status).toBe(201);
   });
 });
 
