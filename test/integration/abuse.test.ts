@@ -1,14 +1,14 @@
 import { createHmac, randomBytes } from 'node:crypto';
-import type { LookupAddress } from 'node:dns';
 import { createServer, type Server } from 'node:http';
 import { connect, type AddressInfo } from 'node:net';
 import v8 from 'node:v8';
 import vm from 'node:vm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { HomeserverAllowList } from '../../src/config.js';
-import { checkHomeserverUrl, guardedLookup, isMetadataAddress, isPrivateAddress, type AddressResolver } from '../../src/homeserver/address-guard.js';
+import { checkHomeserverUrl, guardedLookup, isMetadataAddress, isPrivateAddress } from '../../src/homeserver/address-guard.js';
 import { mintParticipantToken } from '../fakes/livekit.js';
 import { ADMIN_TOKEN, API_KEY, API_SECRET, api, spawnDaemon, startDaemon, waitFor, type ChildDaemon, type RunningDaemon } from '../helpers/daemon.js';
+import { fakeResolver } from '../helpers/resolver.js';
 import { uniqueName } from '../helpers/scenario.js';
 
 /**
@@ -48,19 +48,6 @@ async function startUnrecognizingHomeserver(): Promise<{ url: string; calls: () 
       await new Promise<void>((resolve) => server.close(() => resolve()));
     },
   };
-}
-
-function fakeResolver(table: Record<string, string[]>): AddressResolver & { asked: string[] } {
-  const asked: string[] = [];
-  const resolve = ((hostname, _options, callback) => {
-    asked.push(hostname);
-    const addresses = table[hostname];
-    if (!addresses) return setImmediate(() => callback(Object.assign(new Error(`getaddrinfo ENOTFOUND ${hostname}`), { code: 'ENOTFOUND' }), []));
-    const list: LookupAddress[] = addresses.map((address) => ({ address, family: address.includes(':') ? 6 : 4 }));
-    setImmediate(() => callback(null, list));
-  }) as AddressResolver & { asked: string[] };
-  resolve.asked = asked;
-  return resolve;
 }
 
 /** A LiveKit-shaped participant token signed with another HMAC than HS256. */
