@@ -57,6 +57,9 @@ export interface Coordination {
  */
 const SETTLE_AFTER_START_MS = 15_000;
 
+/** Interned strings are swept after at least this many delegations ended (see `sweepInternedWhenDue`). */
+const SWEEP_AFTER_ENDED = 256;
+
 /** How long an API revoke waits for the owning replica to apply it. */
 const REMOTE_REVOKE_WAIT_MS = 3_000;
 /** A state change the store could not take is retried after this long. */
@@ -101,6 +104,7 @@ export class DelegationEngine {
   private readonly interned = new InternTable<string>();
   private readonly internedActions = new InternTable<Readonly<Delegation['actions']>>();
   private readonly origins = new InternTable<string>();
+  private endedSinceSweep = 0;
   readonly presence = new PresenceTracker();
   private readonly refreshesLastMinute = new RollingCount();
   private readonly actionsLastMinute = new RollingCount();
@@ -483,26 +487,29 @@ export class DelegationEngine {
     return this.origins.get(homeserver, (h) => new URL(h).origin);
   }
 
-  /** Forgets shared strings that no open delegation uses any more (ended delegations' rooms, homeservers, actions). */
-  private sweepInterned(): void {
+  /**
+   * Forgets shared strings that no open delegation uses any more (ended delegations' rooms, homeservers, actions),
+   * once as many delegations have ended as are open (at least `SWEEP_AFTER_ENDED`): the walk over the open ones is
+   * spread over the ends, and what ended delegations leave behind stays bounded.
+   */
+  private sweepInternedWhenDue(): void {
+    if (++this.endedSinceSweep < Math.max(SWEEP_AFTER_ENDED, this.open.size)) return;
+    this.endedSinceSweep = 0;
     const open = this.open;
-    if (this.interned.sweepDue) {
-      this.interned.sweep(
-        (function* () {
-          for (const d of open.values()) {
-            yield d.homeserver;
-            yield d.room;
-            if (d.altRoom !== null) yield d.altRoom;
-            yield d.state;
-            yield d.dialect;
-            yield d.source;
-          }
-        })(),
-        open.size,
-      );
-    }
-    if (this.internedActions.sweepDue) this.internedActions.sweep(mapIterable(open.values(), (d) => actionsKeyOf(d.actions)), open.size);
-    if (this.origins.sweepDue) this.origins.sweep(mapIterable(open.values(), (d) => d.homeserver), open.size);
+    this.interned.sweep(
+      (function* () {
+        for (const d of open.values()) {
+          yield d.homeserver;
+          yield d.room;
+          if (d.altRoom !== null) yield d.altRoom;
+          yield d.state;
+          yield d.dialect;
+          yield d.source;
+        }
+      })(),
+    );
+    this.internedActions.sweep(mapIterable(open.values(), (d) => actionsKeyOf(d.actions)));
+    this.origins.sweep(mapIterable(open.values(), (d) => d.homeserver));
   }
 
   private refuseAdmission(dialect: Dialect, refusal: AdmissionRefusal, origin: string): never {
@@ -512,7 +519,6 @@ export class DelegationEngine {
   }
 
   private track(loaded: Delegation): void {
-    if (this.interned.sweepDue || this.internedActions.sweepDue || this.origins.sweepDue) this.sweepInterned();
     const d = this.compact(loaded);
     if (!this.open.has(d.id)) this.admission.track(this.originOf(d.homeserver), this.refreshRate(d.timeoutMs), d.lastRefreshAt !== null);
     this.open.set(d.id, d);
@@ -539,6 +545,7 @@ export class DelegationEngine {
     this.open.delete(d.id);
     this.busy.delete(d.id);
     this.awaiting.delete(d.id);
+    this.sweepInternedWhenDue();
     this.indexParticipant(d.room, d.identity, d.id, false);
     removeFrom(this.byRoom, d.room, d.id);
     if (d.altIdentity) this.indexParticipant(d.altRoom ?? d.room, d.altIdentity, d.id, false);

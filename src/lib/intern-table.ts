@@ -1,16 +1,10 @@
 /**
  * Shared copies of values that many live objects repeat (a million delegations then hold one copy of each room name
- * or homeserver URL, not a million). Entries outlive their last user until the next sweep, which keeps only what the
- * live objects still name; a sweep waits until the table has grown by at least as many entries as the sweep walks,
- * so its cost is spread over the insertions, and what ended objects leave behind stays bounded.
+ * or homeserver URL, not a million). An entry outlives its last user until the owner sweeps the table, keeping only
+ * the keys its live objects still name.
  */
 export class InternTable<V> {
   private map = new Map<string, V>();
-  private sweepAt: number;
-
-  constructor(private readonly minSweepSize = 1024) {
-    this.sweepAt = minSweepSize;
-  }
 
   get size(): number {
     return this.map.size;
@@ -22,12 +16,8 @@ export class InternTable<V> {
     return v;
   }
 
-  get sweepDue(): boolean {
-    return this.map.size >= this.sweepAt;
-  }
-
-  /** Keeps the keys `live` yields (from `walked` live objects) and forgets the rest. */
-  sweep(live: Iterable<string>, walked: number): void {
+  /** Keeps the keys `live` yields and forgets the rest. */
+  sweep(live: Iterable<string>): void {
     const old = this.map;
     this.map = new Map();
     for (const key of live) {
@@ -35,6 +25,5 @@ export class InternTable<V> {
       const v = old.get(key);
       if (v !== undefined) this.map.set(key, v);
     }
-    this.sweepAt = Math.max(this.minSweepSize, 2 * this.map.size, this.map.size + walked);
   }
 }
