@@ -100,10 +100,6 @@ export class HomeserverClient {
     return this.origins.size;
   }
 
-  limiterFor(baseUrl: string): OriginLimiter {
-    return this.stateOf(new URL(baseUrl).origin).limiter;
-  }
-
   /**
    * No open delegation uses this origin any more: drop its limiter and what was learnt of its dialect, at once or
    * when its last call in flight is answered. Without this every origin ever named would stay in memory.
