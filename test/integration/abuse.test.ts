@@ -4,10 +4,11 @@ import { connect, type AddressInfo } from 'node:net';
 import v8 from 'node:v8';
 import vm from 'node:vm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { WebSocket } from 'ws';
 import type { HomeserverAllowList } from '../../src/config.js';
 import { checkHomeserverUrl, guardedLookup, isMetadataAddress, isPrivateAddress } from '../../src/homeserver/address-guard.js';
 import { mintParticipantToken } from '../fakes/livekit.js';
-import { ADMIN_TOKEN, API_KEY, API_SECRET, api, spawnDaemon, startDaemon, waitFor, type ChildDaemon, type RunningDaemon } from '../helpers/daemon.js';
+import { ADMIN_TOKEN, API_KEY, API_SECRET, api, sleep, spawnDaemon, startDaemon, waitFor, type ChildDaemon, type RunningDaemon } from '../helpers/daemon.js';
 import { fakeResolver } from '../helpers/resolver.js';
 import { uniqueName } from '../helpers/scenario.js';
 
@@ -177,6 +178,26 @@ describe('issue 21.3: request and body timeouts', () => {
     await waitFor('the stalled request to be cut', () => closed, 6_000);
     expect(answer === '' || answer.startsWith('HTTP/1.1 408')).toBe(true);
     expect((await fetch(`${d.url}/livez`)).status).toBe(200);
+  });
+
+  it('leaves an open watch stream alone: the timeout is for a request to arrive, not for an upgraded connection', async () => {
+    const ws = new WebSocket(`${d.url.replace('http', 'ws')}/v1/watch`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+    const messages: string[] = [];
+    let closed = false;
+    ws.on('message', (m) => messages.push(String(m)));
+    ws.on('close', () => (closed = true));
+    await new Promise<void>((resolve, reject) => {
+      ws.once('open', () => resolve());
+      ws.once('error', reject);
+    });
+    // Three request timeouts pass with the stream idle; then it still carries a lifecycle event.
+    await sleep(3_000);
+    expect(closed).toBe(false);
+    const p = await participant();
+    const res = await api(d.url, 'POST', '/v1/delegations', { token: p.jwt, body: { homeserver: 'http://127.0.9.9:1', dialect: 'futures', token: `t-${randomBytes(6).toString('hex')}`, timeout_ms: 60_000 } });
+    expect(res.status).toBe(201);
+    await waitFor('the registered event on the stream', () => messages.some((m) => m.includes(res.body.delegation_id)));
+    ws.close();
   });
 });
 
