@@ -60,6 +60,18 @@ function tokenSignedWith(alg: 'HS256' | 'HS384' | 'HS512', identity: string, roo
   return `${input}.${createHmac(hash, API_SECRET).update(input).digest('base64url')}`;
 }
 
+/** Element Call's delegation request for `/delegate_delayed_leave`, naming the given Matrix server. */
+function delegateDelayedLeaveBody(serverName: string, openIdToken: string): Record<string, unknown> {
+  return {
+    room_id: '!room:example.com',
+    slot_id: 'm.call#',
+    openid_token: { access_token: openIdToken, token_type: 'Bearer', matrix_server_name: serverName, expires_in: 3600 },
+    member: { id: 'member', claimed_user_id: `@alice:${serverName}`, claimed_device_id: 'DEVICE' },
+    delay_id: `syd_${randomBytes(8).toString('hex')}`,
+    delay_timeout: 60_000,
+  };
+}
+
 async function delegationState(url: string, jwt: string, id: string): Promise<{ state: string; outcome: string | null }> {
   return (await api(url, 'GET', `/v1/delegations/${id}`, { token: jwt })).body;
 }
@@ -214,14 +226,7 @@ describe('issue 21.4 and 21.5: nothing secret in the output of a --dev daemon', 
 
   it('refuses a matrix_server_name with an IPv6 zone id with 403, and neither that nor an admin token in a query string reaches its output', async () => {
     for (const serverName of ['[fe80::1%25lo]', '[fe80::1%lo]', '[fe80::1%25lo]:8448', '[::1%251]']) {
-      const body = {
-        room_id: '!room:example.com',
-        slot_id: 'm.call#',
-        openid_token: { access_token: openIdToken, token_type: 'Bearer', matrix_server_name: serverName, expires_in: 3600 },
-        member: { id: 'member', claimed_user_id: `@alice:${serverName}`, claimed_device_id: 'DEVICE' },
-        delay_id: `syd_${randomBytes(8).toString('hex')}`,
-        delay_timeout: 60_000,
-      };
+      const body = delegateDelayedLeaveBody(serverName, openIdToken);
       const res = await api(child.url, 'POST', '/delegate_delayed_leave', { body });
       expect(res.status, serverName).toBe(403);
       expect(res.body).toMatchObject({ errcode: 'M_FORBIDDEN' });
@@ -330,14 +335,7 @@ describe('issue 21.5 and 21.6: participant tokens, transition prefixes and cloud
   it('refuses a metadata address as a Matrix server name with private addresses allowed, without connecting', async () => {
     const before = d.logs.length;
     for (const serverName of ['169.254.169.254:8448', '[fd00:ec2::254]:8448', '169.254.169.254']) {
-      const body = {
-        room_id: '!room:example.com',
-        slot_id: 'm.call#',
-        openid_token: { access_token: `openid-${randomBytes(6).toString('hex')}`, token_type: 'Bearer', matrix_server_name: serverName, expires_in: 3600 },
-        member: { id: 'member', claimed_user_id: `@alice:${serverName}`, claimed_device_id: 'DEVICE' },
-        delay_id: `syd_${randomBytes(8).toString('hex')}`,
-        delay_timeout: 60_000,
-      };
+      const body = delegateDelayedLeaveBody(serverName, `openid-${randomBytes(6).toString('hex')}`);
       const res = await api(d.url, 'POST', '/delegate_delayed_leave', { body });
       expect(res.status, serverName).toBe(401);
     }
