@@ -5,6 +5,8 @@ import type { Logger } from 'pino';
 import { systemClock, type Clock } from './clock.js';
 import type { Config } from './config.js';
 import { DelegationEngine, type Coordination } from './delegations/engine.js';
+import { DEFAULT_HISTORY_LIMITS, HistoryStore } from './delegations/history.js';
+import type { AddressResolver } from './homeserver/address-guard.js';
 import { HomeserverClient } from './homeserver/client.js';
 import { compatRoutes } from './http/compat.js';
 import { tokenRoutes } from './http/token.js';
@@ -32,6 +34,8 @@ import { SqliteStore } from './store/sqlite.js';
 import type { Store } from './store/store.js';
 
 const API_BODY_LIMIT = 64 * 1024;
+/** Headers must be complete within this (or the request timeout, if shorter). */
+const HEADERS_TIMEOUT_MS = 10_000;
 const RATE_LIMIT_EXEMPT = new Set(['/livekit/webhook', '/sfu_webhook', '/livez', '/readyz', '/healthz', '/metrics']);
 
 export interface AppDeps {
@@ -46,6 +50,8 @@ export interface AppDeps {
   resolver?: MatrixResolver;
   /** RoomService `CreateRoom` for the token routes; by default the same SDK client. */
   roomCreator?: RoomCreator;
+  /** Address lookups of homeserver host names (dns.lookup by default); tests answer them without DNS. */
+  resolveAddress?: AddressResolver;
 }
 
 export interface Daemon {
@@ -60,6 +66,12 @@ export interface Daemon {
   start(): Promise<void>;
   /** Graceful stop: refuse new work, let in-flight calls finish until the deadline, close the store. */
   shutdown(): Promise<void>;
+}
+
+/** What the request log shows of a request: never its query string. */
+function requestLogView(req: { method: string; url: string; ip?: string; socket?: { remotePort?: number } }) {
+  const q = req.url.indexOf('?');
+  return { method: req.method, url: q < 0 ? req.url : `${req.url.slice(0, q)}?[redacted]`, remoteAddress: req.ip, remotePort: req.socket?.remotePort };
 }
 
 export async function openStore(config: Config, logger: Logger): Promise<Store> {
@@ -101,7 +113,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
     allowPrivateAddresses: config.allowPrivateAddresses,
     allowHttp: config.allowHttp,
   };
-  const homeservers = new HomeserverClient({ rate: config.homeserverRate, clock, metrics, policy });
+  const homeservers = new HomeserverClient({ rate: config.homeserverRate, clock, metrics, policy, ...(deps.resolveAddress ? { resolve: deps.resolveAddress } : {}) });
   const engine: DelegationEngine = new DelegationEngine({
     store,
     homeservers,
@@ -109,7 +121,8 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
     logger,
     metrics,
     settings: { reconnectGraceMs: config.reconnectGraceMs, joinTimeoutMs: config.joinTimeoutMs, refreshAt: config.refreshAt },
-    limits: { maxPerIdentity: config.maxDelegationsPerIdentity, maxPerRoom: config.maxDelegationsPerRoom, homeserverRate: config.homeserverRate },
+    limits: { maxPerIdentity: config.maxDelegationsPerIdentity, maxPerRoom: config.maxDelegationsPerRoom, homeserverRate: config.homeserverRate, maxHomeserverOrigins: config.maxHomeserverOrigins },
+    history: new HistoryStore({ ...DEFAULT_HISTORY_LIMITS, bytes: config.historyMaxBytes }),
     ...(deps.random ? { random: deps.random } : {}),
     ...(coordination ? { coordination } : {}),
   });
@@ -130,9 +143,19 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
   let started = false;
 
   const app = Fastify({
-    // Per-request lines only in --dev: in production a webhook burst would flood the log.
-    loggerInstance: logger.child({ component: 'http' }, { level: config.dev ? logger.level : 'warn' }) as FastifyBaseLogger,
+    // Per-request lines only in --dev: in production a webhook burst would flood the log. Query strings are never
+    // logged: a token pasted into one would otherwise be.
+    loggerInstance: logger.child({ component: 'http' }, { level: config.dev ? logger.level : 'warn', serializers: { req: requestLogView } }) as FastifyBaseLogger,
     bodyLimit: API_BODY_LIMIT,
+    // Fastify's default is no request timeout at all: a client that sends headers and never the body would hold its
+    // connection (and a slot of the per-IP limit's patience) for as long as it likes. Node checks every
+    // `connectionsCheckingInterval`, so that is kept well below the timeout.
+    requestTimeout: config.requestTimeoutMs,
+    http: {
+      requestTimeout: config.requestTimeoutMs,
+      headersTimeout: Math.min(HEADERS_TIMEOUT_MS, config.requestTimeoutMs),
+      connectionsCheckingInterval: Math.min(1_000, Math.max(100, Math.floor(config.requestTimeoutMs / 4))),
+    },
     trustProxy: config.trustProxy,
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: false, allErrors: false } },
   });

@@ -60,6 +60,12 @@ export interface Config {
   redisPrefix: string;
   /** Shard lease time: a dead replica's delegations are taken over within about this long. */
   redisLeaseMs: number;
+  /** Longest a request may take to arrive (headers and body); a stalled client is cut after it. */
+  requestTimeoutMs: number;
+  /** Bytes the in-memory delegation history (operator console) may hold. */
+  historyMaxBytes: number;
+  /** Homeserver origins that may have open delegations at once (each holds a limiter and a connection pool). */
+  maxHomeserverOrigins: number;
 }
 
 export class ConfigError extends Error {
@@ -288,6 +294,9 @@ export function loadConfig(input: Record<string, string | undefined>, opts: { de
   const redisLeaseMs = int('SIDECAR_REDIS_LEASE_MS', 10_000, 1_000, 300_000);
   const syncRaw = (get('SIDECAR_SQLITE_SYNCHRONOUS') ?? 'NORMAL').toUpperCase();
   if (syncRaw !== 'NORMAL' && syncRaw !== 'FULL') problems.push(`SIDECAR_SQLITE_SYNCHRONOUS must be NORMAL or FULL, got ${JSON.stringify(syncRaw)}`);
+  const requestTimeoutMs = int('SIDECAR_REQUEST_TIMEOUT_MS', 30_000, 1_000, 600_000);
+  const historyMaxBytes = int('SIDECAR_HISTORY_MAX_BYTES', 32 * 1024 * 1024, 64 * 1024);
+  const maxHomeserverOrigins = int('SIDECAR_MAX_HOMESERVER_ORIGINS', 1_000, 1);
 
   const restrictedUsersCanPublish = bool('SIDECAR_RESTRICTED_USERS_CAN_PUBLISH', false);
 
@@ -330,6 +339,9 @@ export function loadConfig(input: Record<string, string | undefined>, opts: { de
     restrictedUsersCanPublish,
     tlsSkipVerify: lk.settings.tlsSkipVerify,
     notices: lk.notices,
+    requestTimeoutMs,
+    historyMaxBytes,
+    maxHomeserverOrigins,
   };
 }
 

@@ -22,6 +22,8 @@ export class InstantHomeserver {
     return Promise.resolve();
   }
 
+  forgetOrigin(): void {}
+
   asClient(): HomeserverClient {
     return this as unknown as HomeserverClient;
   }

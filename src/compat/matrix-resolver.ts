@@ -9,7 +9,7 @@ import { isIP } from 'node:net';
 import { Agent, request, type Dispatcher } from 'undici';
 import { systemClock, type Clock } from '../clock.js';
 import { normaliseBaseUrl } from '../config.js';
-import { guardedLookup, isPrivateAddress, type GuardPolicy } from '../homeserver/address-guard.js';
+import { guardedLookup, isMetadataAddress, isPrivateAddress, type GuardPolicy } from '../homeserver/address-guard.js';
 import { readLimited } from '../lib/read-limited.js';
 
 const REQUEST_TIMEOUT_MS = 30_000;
@@ -46,7 +46,8 @@ export function parseServerName(raw: string): ServerName | null {
     if (end < 0) return null;
     host = raw.slice(1, end);
     rest = raw.slice(end + 1);
-    if (isIP(host) !== 6) return null;
+    // The grammar's IPv6address has no zone id (`%25lo`), which node:net accepts but a URL does not.
+    if (isIP(host) !== 6 || host.includes('%')) return null;
   } else {
     const colon = raw.indexOf(':');
     host = colon < 0 ? raw : raw.slice(0, colon);
@@ -262,10 +263,18 @@ export class MatrixResolver {
     if (addresses.length === 0 || addresses.some((a) => isPrivateAddress(a))) throw new MatrixLookupError('the client-server API host resolves to a private address');
   }
 
+  /** `url` may hold a token (the OpenID userinfo query): it must never reach an error or a log line. */
   private async get(url: string, hostHeader: string | null, listed = false): Promise<JsonAnswer> {
-    const u = new URL(url);
+    let u: URL;
+    try {
+      u = new URL(url);
+    } catch {
+      throw new MatrixLookupError('not a valid URL');
+    }
     const host = u.hostname.replace(/^\[|\]$/g, '');
-    if (isIP(host) && isPrivateAddress(host) && !listed && !this.opts.allowPrivateAddresses && !this.trustedOrigins.has(u.origin)) {
+    const trusted = this.trustedOrigins.has(u.origin);
+    if (isIP(host) && isMetadataAddress(host) && !trusted) throw new MatrixLookupError('cloud metadata addresses are refused');
+    if (isIP(host) && isPrivateAddress(host) && !listed && !this.opts.allowPrivateAddresses && !trusted) {
       throw new MatrixLookupError('private and loopback addresses are refused');
     }
     let res: Dispatcher.ResponseData;

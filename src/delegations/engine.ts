@@ -8,7 +8,10 @@ import { PresenceTracker, presenceKey } from '../livekit/presence.js';
 import type { Metrics } from '../metrics.js';
 import { shardOf, type ShardOwnership } from '../store/shard-leases.js';
 import { DuplicateTokenError, type FeedMessage, type Store, type WebhookRecord } from '../store/store.js';
+import { InternTable } from '../lib/intern-table.js';
 import { RollingCount } from '../lib/rolling-count.js';
+import { AdmissionControl, type AdmissionRefusal } from './admission.js';
+import { HistoryStore, type HistoryEntry } from './history.js';
 import { Schedule } from './schedule.js';
 import { nextDueAt, registerDelegation, transition, type DelegationEvent, type Effect, type HomeserverOutcome, type MachineSettings } from './machine.js';
 import { isTerminal, type ActionKind, type Delegation, type DelegationSource, type DelegationState, type Dialect, type LifecycleChange } from './model.js';
@@ -27,6 +30,8 @@ export interface RegistrationRequest {
   source: DelegationSource;
   /** Element Call semantics: a new delegation for the same (room, identity) replaces the old one. */
   replaceSameParticipant?: boolean;
+  /** The client's address (IPv6 counted by /64): its unconfirmed delegations may hold only a share of a homeserver. */
+  client?: string | null;
 }
 
 export interface LifecycleEvent {
@@ -37,16 +42,7 @@ export interface LifecycleEvent {
   outcome?: string;
 }
 
-/** One line of a delegation's history, for the operator console (never a secret). */
-export interface HistoryEntry {
-  at: number;
-  what: string;
-  state: DelegationState;
-}
-
-/** Per delegation, and how many delegations' histories are kept (the oldest are forgotten first). */
-const HISTORY_ENTRIES = 50;
-const HISTORY_DELEGATIONS = 20_000;
+export type { HistoryEntry } from './history.js';
 
 /** How replicas sharing a Redis store split the work (absent with SQLite: one process owns everything). */
 export interface Coordination {
@@ -61,6 +57,9 @@ export interface Coordination {
  */
 const SETTLE_AFTER_START_MS = 15_000;
 
+/** Interned strings are swept after at least this many delegations ended (see `sweepInternedWhenDue`). */
+const SWEEP_AFTER_ENDED = 256;
+
 /** How long an API revoke waits for the owning replica to apply it. */
 const REMOTE_REVOKE_WAIT_MS = 3_000;
 /** A state change the store could not take is retried after this long. */
@@ -71,6 +70,8 @@ export interface EngineLimits {
   maxPerRoom: number;
   /** Calls per second each homeserver origin accepts from us (SIDECAR_HOMESERVER_RATE). */
   homeserverRate: number;
+  /** Homeserver origins with open delegations at once (SIDECAR_MAX_HOMESERVER_ORIGINS); unbounded when absent. */
+  maxHomeserverOrigins?: number;
 }
 
 /**
@@ -94,16 +95,16 @@ export class DelegationEngine {
   private readonly byParticipant = new Map<string, IdIndex>();
   private readonly byRoom: IdIndex = new Map();
   private readonly awaiting = new Set<string>();
-  /** Steady-state refresh calls per second each homeserver origin needs for its open delegations. */
-  private readonly originLoad = new Map<string, number>();
+  private readonly admission: AdmissionControl;
   private readonly busy = new Map<string, { refresh: boolean; action: boolean }>();
   private readonly inflight = new Set<Promise<unknown>>();
   private readonly listeners = new Set<(e: LifecycleEvent) => void>();
-  private readonly histories = new Map<string, HistoryEntry[]>();
+  readonly histories: HistoryStore;
   /** Shared copies of strings that repeat across delegations (see `compact`). */
-  private readonly interned = new Map<string, string>();
-  private readonly internedActions = new Map<string, Readonly<Delegation['actions']>>();
-  private readonly origins = new Map<string, string>();
+  private readonly interned = new InternTable<string>();
+  private readonly internedActions = new InternTable<Readonly<Delegation['actions']>>();
+  private readonly origins = new InternTable<string>();
+  private endedSinceSweep = 0;
   readonly presence = new PresenceTracker();
   private readonly refreshesLastMinute = new RollingCount();
   private readonly actionsLastMinute = new RollingCount();
@@ -121,9 +122,17 @@ export class DelegationEngine {
       limits: EngineLimits;
       random?: () => number;
       coordination?: Coordination;
+      history?: HistoryStore;
     },
   ) {
     this.schedule = new Schedule(deps.clock, (id) => this.onDue(id));
+    this.histories = deps.history ?? new HistoryStore();
+    this.admission = new AdmissionControl({
+      budget: deps.limits.homeserverRate * REFRESH_CAPACITY_SHARE,
+      maxOrigins: deps.limits.maxHomeserverOrigins ?? Infinity,
+      clock: deps.clock,
+      onOriginIdle: (origin) => deps.homeservers.forgetOrigin(origin),
+    });
     deps.metrics.attach({
       countByStateAndDialect: () => this.countByStateAndDialect(),
       smallestExpiryMarginSeconds: () => this.smallestExpiryMarginSeconds(),
@@ -154,17 +163,11 @@ export class DelegationEngine {
 
   /** What happened to a delegation, oldest first (kept in memory, bounded). */
   history(id: string): HistoryEntry[] {
-    return [...(this.histories.get(id) ?? [])];
+    return this.histories.get(id);
   }
 
   private note(d: Delegation, what: string): void {
-    let h = this.histories.get(d.id);
-    if (!h) {
-      if (this.histories.size >= HISTORY_DELEGATIONS) this.histories.delete(this.histories.keys().next().value!);
-      this.histories.set(d.id, (h = []));
-    }
-    h.push({ at: this.deps.clock.now(), what, state: d.state });
-    if (h.length > HISTORY_ENTRIES) h.splice(0, h.length - HISTORY_ENTRIES);
+    this.histories.add(d.id, this.deps.clock.now(), what, d.state);
   }
 
   async register(req: RegistrationRequest): Promise<{ delegation: Delegation; created: boolean }> {
@@ -189,13 +192,9 @@ export class DelegationEngine {
       this.deps.metrics.registered.inc({ dialect: req.dialect, outcome: 'limited' });
       throw limitExceeded('Too many open delegations in this room', 60_000);
     }
-    const origin = this.originOf(req.homeserver);
-    const projected = (this.originLoad.get(origin) ?? 0) + this.refreshRate(req.timeoutMs);
-    if (projected > this.deps.limits.homeserverRate * REFRESH_CAPACITY_SHARE) {
-      this.deps.metrics.registered.inc({ dialect: req.dialect, outcome: 'overloaded' });
-      this.deps.logger.warn({ homeserver_load: Number(projected.toFixed(3)), rate: this.deps.limits.homeserverRate }, 'homeserver at refresh capacity: new delegation refused');
-      throw limitExceeded('This homeserver cannot take more delegations without refreshes running late', 60_000);
-    }
+    const admission = { origin: this.originOf(req.homeserver), load: this.refreshRate(req.timeoutMs), room: req.room, identity: req.identity, client: req.client ?? null };
+    const refusal = this.admission.check(admission);
+    if (refusal) this.refuseAdmission(req.dialect, refusal, admission.origin);
     const now = this.deps.clock.now();
     const sid =
       this.presence.activeSid(req.room, req.identity) ??
@@ -234,6 +233,7 @@ export class DelegationEngine {
       return { delegation: t.delegation, created: true };
     }
     this.track(t.delegation);
+    this.admission.hold(t.delegation.id, admission);
     this.note(t.delegation, `registered (${req.dialect}, timeout ${req.timeoutMs} ms${sid ? ', participant already connected' : ''})`);
     this.emit(null, t.delegation, t.changes, 'registered');
     return { delegation: t.delegation, created: true };
@@ -468,16 +468,8 @@ export class DelegationEngine {
    * instead of one copy per row, and the token key, needed only by the store's index, is dropped.
    */
   private compact(d: Delegation): Delegation {
-    const i = this.interned;
-    const intern = (v: string): string => {
-      const have = i.get(v);
-      if (have !== undefined) return have;
-      i.set(v, v);
-      return v;
-    };
-    const actionsKey = `${d.actions.leave}\u0000${d.actions.connection_lost}`;
-    let actions = this.internedActions.get(actionsKey);
-    if (!actions) this.internedActions.set(actionsKey, (actions = Object.freeze({ ...d.actions })));
+    const intern = (v: string): string => this.interned.get(v, (s) => s);
+    const actions = this.internedActions.get(actionsKeyOf(d.actions), () => Object.freeze({ ...d.actions }));
     // Loaded and registered objects are fresh, so they are compacted in place rather than copied.
     d.tokenKey = '';
     d.homeserver = intern(d.homeserver);
@@ -492,21 +484,43 @@ export class DelegationEngine {
   }
 
   private originOf(homeserver: string): string {
-    let origin = this.origins.get(homeserver);
-    if (origin === undefined) this.origins.set(homeserver, (origin = new URL(homeserver).origin));
-    return origin;
+    return this.origins.get(homeserver, (h) => new URL(h).origin);
   }
 
-  private addLoad(d: Delegation, sign: 1 | -1): void {
-    const origin = this.originOf(d.homeserver);
-    const next = (this.originLoad.get(origin) ?? 0) + sign * this.refreshRate(d.timeoutMs);
-    if (next <= 1e-9) this.originLoad.delete(origin);
-    else this.originLoad.set(origin, next);
+  /**
+   * Forgets shared strings that no open delegation uses any more (ended delegations' rooms, homeservers, actions),
+   * once as many delegations have ended as are open (at least `SWEEP_AFTER_ENDED`): the walk over the open ones is
+   * spread over the ends, and what ended delegations leave behind stays bounded.
+   */
+  private sweepInternedWhenDue(): void {
+    if (++this.endedSinceSweep < Math.max(SWEEP_AFTER_ENDED, this.open.size)) return;
+    this.endedSinceSweep = 0;
+    const open = this.open;
+    this.interned.sweep(
+      (function* () {
+        for (const d of open.values()) {
+          yield d.homeserver;
+          yield d.room;
+          if (d.altRoom !== null) yield d.altRoom;
+          yield d.state;
+          yield d.dialect;
+          yield d.source;
+        }
+      })(),
+    );
+    this.internedActions.sweep(mapIterable(open.values(), (d) => actionsKeyOf(d.actions)));
+    this.origins.sweep(mapIterable(open.values(), (d) => d.homeserver));
+  }
+
+  private refuseAdmission(dialect: Dialect, refusal: AdmissionRefusal, origin: string): never {
+    this.deps.metrics.registered.inc({ dialect, outcome: refusal === 'homeserver_full' ? 'overloaded' : 'limited' });
+    this.deps.logger.warn({ refusal, homeserver_load: Number(this.admission.loadOf(origin).toFixed(3)), rate: this.deps.limits.homeserverRate }, 'new delegation refused by admission control');
+    throw limitExceeded(ADMISSION_MESSAGES[refusal], refusal === 'homeserver_full' || refusal === 'too_many_homeservers' ? 60_000 : 30_000);
   }
 
   private track(loaded: Delegation): void {
     const d = this.compact(loaded);
-    if (!this.open.has(d.id)) this.addLoad(d, 1);
+    if (!this.open.has(d.id)) this.admission.track(this.originOf(d.homeserver), this.refreshRate(d.timeoutMs), d.lastRefreshAt !== null);
     this.open.set(d.id, d);
     this.indexParticipant(d.room, d.identity, d.id, true);
     addTo(this.byRoom, d.room, d.id);
@@ -527,10 +541,11 @@ export class DelegationEngine {
   }
 
   private untrack(d: Delegation): void {
-    if (this.open.has(d.id)) this.addLoad(d, -1);
+    if (this.open.has(d.id)) this.admission.untrack(d.id, this.originOf(d.homeserver), this.refreshRate(d.timeoutMs), d.lastRefreshAt !== null);
     this.open.delete(d.id);
     this.busy.delete(d.id);
     this.awaiting.delete(d.id);
+    this.sweepInternedWhenDue();
     this.indexParticipant(d.room, d.identity, d.id, false);
     removeFrom(this.byRoom, d.room, d.id);
     if (d.altIdentity) this.indexParticipant(d.altRoom ?? d.room, d.altIdentity, d.id, false);
@@ -565,6 +580,7 @@ export class DelegationEngine {
     const busy = this.busyOf(id);
     for (const e of t.effects) busy[e.type] = true;
     this.open.set(id, after);
+    this.countFirstAcceptance(before, after);
     if (isTerminal(after.state)) this.untrack(after);
     else this.reschedule(after);
     try {
@@ -573,7 +589,10 @@ export class DelegationEngine {
       // Not durable, so not done: go back to the stored state and try again shortly.
       for (const e of t.effects) busy[e.type] = false;
       if (isTerminal(after.state)) this.track(before);
-      else if (this.open.get(id) === after) this.open.set(id, before);
+      else if (this.open.get(id) === after) {
+        this.open.set(id, before);
+        this.countFirstAcceptance(after, before);
+      }
       if (this.open.has(id) && !this.stopping) this.schedule.set(id, this.deps.clock.now() + STORE_RETRY_MS);
       throw err;
     }
@@ -585,6 +604,12 @@ export class DelegationEngine {
     return after;
   }
 
+  /** Admission counts a delegation for good from the first refresh its homeserver accepted. */
+  private countFirstAcceptance(before: Delegation, after: Delegation): void {
+    if ((before.lastRefreshAt === null) === (after.lastRefreshAt === null)) return;
+    this.admission.confirm(after.id, this.originOf(after.homeserver), this.refreshRate(after.timeoutMs), after.lastRefreshAt !== null ? 1 : -1);
+  }
+
   private busyOf(id: string): { refresh: boolean; action: boolean } {
     let busy = this.busy.get(id);
     if (!busy) this.busy.set(id, (busy = { refresh: false, action: false }));
@@ -593,12 +618,15 @@ export class DelegationEngine {
 
   /** Carries out a decided call; `apply` already marked it in flight. */
   private run(d: Delegation, effect: Effect): void {
-    const busy = this.busyOf(d.id);
     const kind = effect.type;
-    if (this.stopping) {
-      busy[kind] = false;
+    // Also when it ended (a revoke) while the decision was being stored: the call is no longer wanted, and starting
+    // it would bring back per-delegation and per-origin state that `untrack` just released.
+    if (this.stopping || !this.open.has(d.id)) {
+      const decided = this.busy.get(d.id);
+      if (decided) decided[kind] = false;
       return;
     }
+    const busy = this.busyOf(d.id);
     const p = (kind === 'refresh' ? this.doRefresh(d) : this.doAction(d, (effect as { action: ActionKind }).action))
       .then(
         () => false,
@@ -629,8 +657,9 @@ export class DelegationEngine {
       accessToken: secrets.accessToken,
       actionName: '',
       source: d.source,
-      priority: { rank: 1, deadline: d.expiresAt },
+      priority: { rank: d.lastRefreshAt === null ? 2 : 1, deadline: d.expiresAt },
     });
+    if (result.outcome.kind !== 'ok') this.admission.release(d.id);
     if (result.accessTokenRejected) await this.deps.store.saveSecrets(d.id, { ...secrets, accessToken: null });
     this.deps.metrics.refreshes.inc({ outcome: outcomeLabel(result.outcome.kind) });
     this.refreshesLastMinute.add(this.deps.clock.now());
@@ -677,6 +706,21 @@ export class DelegationEngine {
       for (const l of this.listeners) l(e);
     }
   }
+}
+
+const ADMISSION_MESSAGES: Record<AdmissionRefusal, string> = {
+  homeserver_full: 'This homeserver cannot take more delegations without refreshes running late',
+  identity_share: 'This participant holds its share of this homeserver with delegations not yet accepted by it',
+  client_share: 'This address holds its share of this homeserver with delegations not yet accepted by it',
+  too_many_homeservers: 'Too many homeservers are in use; try again later',
+};
+
+function* mapIterable<T, U>(items: Iterable<T>, f: (item: T) => U): Iterable<U> {
+  for (const item of items) yield f(item);
+}
+
+function actionsKeyOf(actions: Delegation['actions']): string {
+  return `${actions.leave}\u0000${actions.connection_lost}`;
 }
 
 function describeOutcome(o: HomeserverOutcome): string {

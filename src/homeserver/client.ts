@@ -3,7 +3,7 @@ import type { Clock } from '../clock.js';
 import type { HomeserverOutcome } from '../delegations/machine.js';
 import type { DelegationSource, Dialect } from '../delegations/model.js';
 import type { Metrics } from '../metrics.js';
-import { checkHomeserverUrl, guardedLookup, type GuardPolicy } from './address-guard.js';
+import { checkHomeserverUrl, guardedLookup, type AddressResolver, type GuardPolicy } from './address-guard.js';
 import { readLimited } from '../lib/read-limited.js';
 import { OriginLimiter, type CallPriority } from './limiter.js';
 
@@ -40,6 +40,19 @@ const REQUEST_TIMEOUT_MS = 10_000;
 const MAX_RESPONSE_BYTES = 64 * 1024;
 const DELAYED_EVENTS_PATH = '/_matrix/client/unstable/org.matrix.msc4140/delayed_events';
 
+/** What the client keeps per homeserver origin while delegations use it (see `forgetOrigin`). */
+interface OriginState {
+  limiter: OriginLimiter;
+  /** Speaks only the later futures draft (POST). */
+  futuresPost: boolean;
+  /** Lacks Synapse's per-action delayed-event endpoints. */
+  bodyAction: boolean;
+  /** Calls started and not yet answered. */
+  calls: number;
+  /** No open delegation uses the origin any more: dropped when its last call is answered. */
+  forgotten: boolean;
+}
+
 /**
  * Talks to homeservers in both dialects (contract section 2): per-origin keep-alive pools and rate limiters,
  * the method / endpoint fallbacks (remembered per origin), and the classification of every answer.
@@ -49,14 +62,18 @@ export class HomeserverClient {
   private readonly agent: Agent;
   /** For origins listed in SIDECAR_HOMESERVERS or the compat overrides, which may be private. */
   private readonly listedAgent: Agent;
-  private readonly limiters = new Map<string, OriginLimiter>();
-  /** Origins that only speak the later futures draft (POST). */
-  private readonly futuresPost = new Set<string>();
-  /** Origins without Synapse's per-action delayed-event endpoints. */
-  private readonly bodyAction = new Set<string>();
+  private readonly origins = new Map<string, OriginState>();
 
   constructor(
-    private readonly opts: { rate: number; clock: Clock; metrics: Metrics; policy: GuardPolicy; timeoutMs?: number },
+    private readonly opts: {
+      rate: number;
+      clock: Clock;
+      metrics: Metrics;
+      policy: GuardPolicy;
+      timeoutMs?: number;
+      /** Address lookups for host names (dns.lookup by default; tests inject answers). */
+      resolve?: AddressResolver;
+    },
   ) {
     const pool = (lookup?: unknown) =>
       new Agent({
@@ -68,21 +85,41 @@ export class HomeserverClient {
       });
     // The exemption for listed origins is decided per origin (scheme, host and port), not per host name: otherwise a
     // listed private host would open its every port to participants' URLs under '*'.
-    this.agent = pool(guardedLookup({ ...opts.policy, allow: { ...opts.policy.allow, origins: new Set() } }));
-    this.listedAgent = pool(opts.policy.allowPrivateAddresses ? undefined : guardedLookup({ ...opts.policy, allowPrivateAddresses: true }));
+    this.agent = pool(guardedLookup({ ...opts.policy, allow: { ...opts.policy.allow, origins: new Set() } }, opts.resolve));
+    this.listedAgent = pool(guardedLookup({ ...opts.policy, allowPrivateAddresses: true }, opts.resolve));
   }
 
   limiterBacklog(): number {
     let n = 0;
-    for (const l of this.limiters.values()) n += l.backlog;
+    for (const o of this.origins.values()) n += o.limiter.backlog;
     return n;
   }
 
-  limiterFor(baseUrl: string): OriginLimiter {
-    const origin = new URL(baseUrl).origin;
-    let l = this.limiters.get(origin);
-    if (!l) this.limiters.set(origin, (l = new OriginLimiter(this.opts.rate, this.opts.clock)));
-    return l;
+  /** How many origins the client holds state for (bounded by the origins open delegations use). */
+  get originCount(): number {
+    return this.origins.size;
+  }
+
+  /**
+   * No open delegation uses this origin any more: drop its limiter and what was learnt of its dialect, at once or
+   * when its last call in flight is answered. Without this every origin ever named would stay in memory.
+   */
+  forgetOrigin(origin: string): void {
+    const o = this.origins.get(origin);
+    if (!o) return;
+    if (o.calls === 0 && o.limiter.backlog === 0) this.drop(origin, o);
+    else o.forgotten = true;
+  }
+
+  private stateOf(origin: string): OriginState {
+    let o = this.origins.get(origin);
+    if (!o) this.origins.set(origin, (o = { limiter: new OriginLimiter(this.opts.rate, this.opts.clock), futuresPost: false, bodyAction: false, calls: 0, forgotten: false }));
+    return o;
+  }
+
+  private drop(origin: string, o: OriginState): void {
+    o.limiter.close();
+    this.origins.delete(origin);
   }
 
   async call(c: HomeserverCall): Promise<CallResult> {
@@ -98,13 +135,25 @@ export class HomeserverClient {
     const refused = checkHomeserverUrl(c.baseUrl, policy);
     if (refused) return { outcome: { kind: 'permanent', detail: 'homeserver_refused' }, accessTokenRejected: false };
     const origin = new URL(c.baseUrl).origin;
+    const state = this.stateOf(origin);
+    state.calls++;
+    state.forgotten = false;
+    try {
+      return await this.attempts(c, origin, state);
+    } finally {
+      state.calls--;
+      if (state.forgotten && state.calls === 0 && state.limiter.backlog === 0 && this.origins.get(origin) === state) this.drop(origin, state);
+    }
+  }
+
+  private async attempts(c: HomeserverCall, origin: string, state: OriginState): Promise<CallResult> {
     let accessToken = c.accessToken;
     let accessTokenRejected = false;
     let fellBack = false;
     for (;;) {
-      const req = this.buildRequest(c, origin, accessToken);
+      const req = this.buildRequest(c, state, accessToken);
       const sentAt = this.opts.clock.now();
-      const answer = await this.send(req, c.priority, origin);
+      const answer = await this.send(req, c.priority, origin, state.limiter);
       if ('network' in answer) {
         const kind = answer.network === 'address_refused' ? 'permanent' : 'retry';
         return { outcome: { kind, detail: answer.network }, accessTokenRejected };
@@ -112,11 +161,8 @@ export class HomeserverClient {
       const endpointFault = answer.status === 405 || (answer.status === 404 && (!answer.matrixJson || answer.errcode === 'M_UNRECOGNIZED')) || answer.errcode === 'M_UNRECOGNIZED';
       if (endpointFault && !fellBack) {
         fellBack = true;
-        if (c.dialect === 'futures') {
-          if (this.futuresPost.has(origin)) this.futuresPost.delete(origin);
-          else this.futuresPost.add(origin);
-        } else if (this.bodyAction.has(origin)) this.bodyAction.delete(origin);
-        else this.bodyAction.add(origin);
+        if (c.dialect === 'futures') state.futuresPost = !state.futuresPost;
+        else state.bodyAction = !state.bodyAction;
         continue;
       }
       if (answer.status === 401 && accessToken !== null) {
@@ -128,16 +174,16 @@ export class HomeserverClient {
     }
   }
 
-  private buildRequest(c: HomeserverCall, origin: string, accessToken: string | null): { url: string; method: 'PUT' | 'POST'; body: string; headers: Record<string, string> } {
+  private buildRequest(c: HomeserverCall, origin: Pick<OriginState, 'futuresPost' | 'bodyAction'>, accessToken: string | null): { url: string; method: 'PUT' | 'POST'; body: string; headers: Record<string, string> } {
     const headers: Record<string, string> = { 'content-type': 'application/json', 'user-agent': 'futures-sidecar' };
     if (c.dialect === 'futures') {
       const path = c.op === 'refresh' ? '/_matrix/client/v3/futures/refresh' : `/_matrix/client/v3/futures/action/${encodeURIComponent(c.actionName)}`;
-      return { url: c.baseUrl + path, method: this.futuresPost.has(origin) ? 'POST' : 'PUT', body: JSON.stringify({ future_token: c.token }), headers };
+      return { url: c.baseUrl + path, method: origin.futuresPost ? 'POST' : 'PUT', body: JSON.stringify({ future_token: c.token }), headers };
     }
     if (accessToken !== null) headers.authorization = `Bearer ${accessToken}`;
     const verb = c.op === 'refresh' ? 'restart' : 'send';
     const id = encodeURIComponent(c.token);
-    if (this.bodyAction.has(origin)) return { url: `${c.baseUrl}${DELAYED_EVENTS_PATH}/${id}`, method: 'POST', body: JSON.stringify({ action: verb }), headers };
+    if (origin.bodyAction) return { url: `${c.baseUrl}${DELAYED_EVENTS_PATH}/${id}`, method: 'POST', body: JSON.stringify({ action: verb }), headers };
     return { url: `${c.baseUrl}${DELAYED_EVENTS_PATH}/${id}/${verb}`, method: 'POST', body: '{}', headers };
   }
 
@@ -145,8 +191,8 @@ export class HomeserverClient {
     req: { url: string; method: 'PUT' | 'POST'; body: string; headers: Record<string, string> },
     priority: CallPriority,
     origin: string,
+    limiter: OriginLimiter,
   ): Promise<Answer | { network: string }> {
-    const limiter = this.limiterFor(origin);
     await limiter.acquire(priority);
     let res: Dispatcher.ResponseData;
     try {
@@ -182,7 +228,7 @@ export class HomeserverClient {
   }
 
   async close(): Promise<void> {
-    for (const l of this.limiters.values()) l.close();
+    for (const o of this.origins.values()) o.limiter.close();
     await Promise.all([this.agent.close(), this.listedAgent.close()]);
   }
 }

@@ -1,9 +1,12 @@
 import type { Clock, TimerHandle } from '../clock.js';
 import { MinHeap } from '../lib/min-heap.js';
 
-/** Lower runs first: actions (0) before refreshes (1); within a class, the earliest expiry first. */
+/**
+ * Lower runs first: actions (0) before refreshes (1), and those before refreshes of delegations the homeserver never
+ * accepted (2), so bogus delegations only get what the others leave over; within a class, the earliest expiry first.
+ */
 export interface CallPriority {
-  rank: 0 | 1;
+  rank: 0 | 1 | 2;
   deadline: number;
 }
 

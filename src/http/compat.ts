@@ -73,6 +73,7 @@ export async function compatRoutes(app: FastifyInstance, deps: CompatDeps): Prom
         altRoom: legacyRoomName(body.room_id),
         source: 'compat',
         replaceSameParticipant: true,
+        client: req.ip,
       });
       log.debug({ delegation_id: delegation.id, created }, 'compat delegation accepted');
       return reply.status(200).send({});

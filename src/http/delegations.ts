@@ -96,6 +96,7 @@ export function delegationRoutes(
       room: participant.room,
       identity: participant.identity,
       source: 'api',
+      client: req.ip,
     });
     const view = publicView(delegation);
     return reply.status(created ? 201 : 200).send({ delegation_id: view.delegation_id, state: view.state, room: view.room, identity: view.identity, expires_at: view.expires_at });

@@ -221,6 +221,7 @@ export async function tokenRoutes(app: FastifyInstance, deps: TokenDeps): Promis
             ...names,
             source: r.route,
             replaceSameParticipant: true,
+            client: req.ip,
           });
           log.debug({ delegation_id: delegation.id, created, route: r.route }, 'delegation accepted with a token request');
         }

@@ -52,6 +52,8 @@ export class LiveKitAuth {
     const iss = issuerOf(jwt);
     const verifier = iss === null ? undefined : this.verifiers.get(iss);
     if (!verifier) throw new LiveKitAuthError('the access token was not issued with a known LiveKit API key');
+    // LiveKit signs HS256; TokenVerifier would also take HS384/HS512 with the same secret. Refused like webhooks are.
+    if (headerAlg(jwt) !== 'HS256') throw new LiveKitAuthError('the access token is not valid (only HS256 is accepted)');
     let claims;
     try {
       claims = await verifier.verify(jwt, CLOCK_TOLERANCE_S);

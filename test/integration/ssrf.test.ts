@@ -12,6 +12,7 @@ import { Metrics } from '../../src/metrics.js';
 import { startFakeHomeserver, type FakeHomeserver } from '../fakes/homeserver.js';
 import { mintParticipantToken } from '../fakes/livekit.js';
 import { API_KEY, API_SECRET, api, startDaemon, waitFor, type RunningDaemon } from '../helpers/daemon.js';
+import { fakeResolver } from '../helpers/resolver.js';
 import { createHomeserverToken, uniqueName } from '../helpers/scenario.js';
 
 /** Participants name the homeserver the daemon calls: it must not become a way into the daemon's own network. */
@@ -53,23 +54,6 @@ async function startServer(handler: (req: IncomingMessage, res: ServerResponse) 
 
 function refreshCall(baseUrl: string): HomeserverCall {
   return { op: 'refresh', dialect: 'futures', source: 'api', baseUrl, token: 'ft_secret_token', accessToken: null, actionName: '', priority: { rank: 1, deadline: Date.now() + 60_000 } };
-}
-
-function fakeResolver(table: Record<string, string[]>): AddressResolver & { asked: string[] } {
-  const asked: string[] = [];
-  const resolve = ((hostname, _options, callback) => {
-    asked.push(hostname);
-    const addresses = table[hostname];
-    if (!addresses) {
-      const err = Object.assign(new Error(`getaddrinfo ENOTFOUND ${hostname}`), { code: 'ENOTFOUND' });
-      setImmediate(() => callback(err, []));
-      return;
-    }
-    const list: LookupAddress[] = addresses.map((address) => ({ address, family: address.includes(':') ? 6 : 4 }));
-    setImmediate(() => callback(null, list));
-  }) as AddressResolver & { asked: string[] };
-  resolve.asked = asked;
-  return resolve;
 }
 
 function lookupOnce(lookup: ReturnType<typeof guardedLookup>, hostname: string, all: boolean): Promise<{ err: NodeJS.ErrnoException | null; address: string | LookupAddress[] }> {
@@ -135,7 +119,7 @@ describe('checkHomeserverUrl', () => {
       'https://[fd00:ec2::254]',
     ]) {
       const normalised = new URL(url).origin;
-      expect(checkHomeserverUrl(normalised, publicOnly), url).toBe('private and loopback addresses are refused');
+      expect(checkHomeserverUrl(normalised, publicOnly), url).toMatch(/^(private and loopback addresses are refused|cloud metadata addresses are refused unless listed explicitly)$/);
     }
   });
 
@@ -195,7 +179,9 @@ describe('guardedLookup with an injected resolver', () => {
     expect((await lookupOnce(listed, 'hs.internal', false)).address).toBe('10.0.0.8');
     expect((await lookupOnce(listed, 'metadata.attacker.test', false)).err).toBeInstanceOf(AddressRefusedError);
     const open = guardedLookup({ ...publicOnly, allowPrivateAddresses: true }, resolver);
-    expect((await lookupOnce(open, 'metadata.attacker.test', false)).address).toBe('169.254.169.254');
+    expect((await lookupOnce(open, 'loopback.attacker.test', false)).address).toBe('127.0.0.1');
+    // Cloud metadata stays refused with private addresses allowed (issue 21.6).
+    expect((await lookupOnce(open, 'metadata.attacker.test', false)).err).toBeInstanceOf(AddressRefusedError);
   });
 
   it('passes resolver errors on', async () => {

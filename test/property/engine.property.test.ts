@@ -160,6 +160,7 @@ class World {
     const homeservers = {
       call: (c: HomeserverCall) => this.onCall(c),
       limiterBacklog: () => 0,
+      forgetOrigin: () => {},
       close: async () => {},
     } as unknown as HomeserverClient;
     return new DelegationEngine({ store: this.store, homeservers, clock: this.clock, logger, metrics, settings: SETTINGS, limits: LIMITS, random: this.random });
