@@ -1,6 +1,5 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { ACTION_KINDS, DELEGATION_STATES, DIALECTS, type DelegationState, type Dialect } from './delegations/model.js';
-import { WEBHOOK_EVENT_LABELS } from './livekit/classify.js';
 
 const PREFIX = 'futures_sidecar_';
 /** 1 ms to 60 s, roughly x2.5 per step. */

@@ -73,7 +73,6 @@ export async function seedDelegations(path: string, opts: SeedOptions): Promise<
           id: `dg_${fakeRandom(16)}`,
           dialect,
           homeserver: opts.homeserver,
-          tokenKey: tokenKeyOf(dialect, opts.homeserver, token),
           room: p.room,
           identity: p.identity,
           altIdentity: null,
@@ -98,7 +97,7 @@ export async function seedDelegations(path: string, opts: SeedOptions): Promise<
           outcome: null,
         };
         // better-sqlite3 is synchronous: the row is written before this returns its promise.
-        writes.push(store.insertDelegation(d, { token, accessToken: null }));
+        writes.push(store.insertDelegation(d, { token, accessToken: null }, tokenKeyOf(dialect, opts.homeserver, token)));
       }
       await Promise.all(writes);
       db.exec('COMMIT');

@@ -4,11 +4,12 @@ import type { Clock } from '../clock.js';
 import { forbidden, limitExceeded } from '../errors.js';
 import type { HomeserverClient } from '../homeserver/client.js';
 import { classifyDeparture } from '../livekit/classify.js';
-import { PresenceTracker, presenceKey } from '../livekit/presence.js';
+import { PresenceTracker } from '../livekit/presence.js';
 import type { Metrics } from '../metrics.js';
 import { shardOf, type ShardOwnership } from '../store/shard-leases.js';
 import { DuplicateTokenError, type FeedMessage, type Store, type WebhookRecord } from '../store/store.js';
 import { RollingCount } from '../lib/rolling-count.js';
+import { DEDUPE_WINDOW_MS } from '../livekit/webhook-intake.js';
 import { Schedule } from './schedule.js';
 import { nextDueAt, registerDelegation, transition, type DelegationEvent, type Effect, type HomeserverOutcome, type MachineSettings } from './machine.js';
 import { isTerminal, type ActionKind, type Delegation, type DelegationSource, type DelegationState, type Dialect, type LifecycleChange } from './model.js';
@@ -61,6 +62,15 @@ export interface Coordination {
  */
 const SETTLE_AFTER_START_MS = 15_000;
 
+/**
+ * How long an ended session is remembered: the contract asks for at least the join timeout, and a webhook is
+ * accepted up to the dedupe window after LiveKit created it, so a late join of an ended session is still known as
+ * stale for as long as it can arrive.
+ */
+export function presenceRetentionMs(settings: MachineSettings): number {
+  return Math.max(settings.joinTimeoutMs, DEDUPE_WINDOW_MS);
+}
+
 /** How long an API revoke waits for the owning replica to apply it. */
 const REMOTE_REVOKE_WAIT_MS = 3_000;
 /** A state change the store could not take is retried after this long. */
@@ -104,7 +114,7 @@ export class DelegationEngine {
   private readonly interned = new Map<string, string>();
   private readonly internedActions = new Map<string, Readonly<Delegation['actions']>>();
   private readonly origins = new Map<string, string>();
-  readonly presence = new PresenceTracker();
+  readonly presence: PresenceTracker;
   private readonly refreshesLastMinute = new RollingCount();
   private readonly actionsLastMinute = new RollingCount();
   private readonly schedule: Schedule;
@@ -124,6 +134,7 @@ export class DelegationEngine {
     },
   ) {
     this.schedule = new Schedule(deps.clock, (id) => this.onDue(id));
+    this.presence = new PresenceTracker({ clock: deps.clock, retentionMs: presenceRetentionMs(deps.settings) });
     deps.metrics.attach({
       countByStateAndDialect: () => this.countByStateAndDialect(),
       smallestExpiryMarginSeconds: () => this.smallestExpiryMarginSeconds(),
@@ -205,7 +216,6 @@ export class DelegationEngine {
         id: `dg_${randomBytes(12).toString('base64url')}`,
         dialect: req.dialect,
         homeserver: req.homeserver,
-        tokenKey,
         room: req.room,
         identity: req.identity,
         altIdentity: req.altIdentity ?? null,
@@ -220,7 +230,7 @@ export class DelegationEngine {
       sid,
     );
     try {
-      await this.deps.store.insertDelegation(t.delegation, { token: req.token, accessToken: req.accessToken });
+      await this.deps.store.insertDelegation(t.delegation, { token: req.token, accessToken: req.accessToken }, tokenKey);
     } catch (err) {
       if (err instanceof DuplicateTokenError) return this.register(req);
       throw err;
@@ -465,7 +475,7 @@ export class DelegationEngine {
 
   /**
    * The in-memory form: strings many delegations share (homeserver, room, action names, enum values) are shared
-   * instead of one copy per row, and the token key, needed only by the store's index, is dropped.
+   * instead of one copy per row.
    */
   private compact(d: Delegation): Delegation {
     const i = this.interned;
@@ -479,7 +489,6 @@ export class DelegationEngine {
     let actions = this.internedActions.get(actionsKey);
     if (!actions) this.internedActions.set(actionsKey, (actions = Object.freeze({ ...d.actions })));
     // Loaded and registered objects are fresh, so they are compacted in place rather than copied.
-    d.tokenKey = '';
     d.homeserver = intern(d.homeserver);
     d.room = intern(d.room);
     if (d.altRoom !== null) d.altRoom = intern(d.altRoom);

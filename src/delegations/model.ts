@@ -47,11 +47,6 @@ export interface Delegation {
   dialect: Dialect;
   /** Homeserver base URL, normalised (no trailing slash). */
   homeserver: string;
-  /**
-   * SHA-256 of (dialect, homeserver, token): the idempotency key the store indexes. Written with a new delegation;
-   * empty in what the store reads back and in memory, where nothing needs it.
-   */
-  tokenKey: string;
   room: string;
   identity: string;
   /** A second identity that also counts as this participant (Element Call's legacy `<user>:<device>`). */

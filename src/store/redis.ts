@@ -74,8 +74,8 @@ export class RedisStore implements Store {
     this.ownership = ownership;
   }
 
-  async insertDelegation(d: Delegation, secrets: DelegationSecrets): Promise<void> {
-    const claimed = await this.redis.set(this.key('tk', d.tokenKey), d.id, 'NX');
+  async insertDelegation(d: Delegation, secrets: DelegationSecrets, tokenKey: string): Promise<void> {
+    const claimed = await this.redis.set(this.key('tk', tokenKey), d.id, 'NX');
     if (claimed !== 'OK') throw new DuplicateTokenError();
     const shard = shardOf(d.id);
     const m = this.redis.multi();

@@ -147,11 +147,11 @@ export class SqliteStore implements Store {
     };
   }
 
-  async insertDelegation(d: Delegation, secrets: DelegationSecrets): Promise<void> {
+  async insertDelegation(d: Delegation, secrets: DelegationSecrets, tokenKey: string): Promise<void> {
     try {
       this.stmts.insert.run({
         ...toRow(d),
-        token_key: d.tokenKey,
+        token_key: tokenKey,
         dialect: d.dialect,
         homeserver: d.homeserver,
         room: d.room,
@@ -321,7 +321,6 @@ function fromValues(v: Values): Delegation {
   const [id, dialect, homeserver, room, identity, altIdentity, altRoom, sid, leave, lost, timeoutMs, state, source, createdAt, updatedAt, expiresAt, lastRefreshAt, nextRefreshAt, refreshFailures, joinDeadline, graceDeadline, disconnectedAt, pendingAction, nextActionAt, actionFailures, outcome] = v;
   return {
     id: id as string,
-    tokenKey: '',
     dialect: dialect as Delegation['dialect'],
     homeserver: homeserver as string,
     room: room as string,

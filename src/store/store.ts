@@ -38,21 +38,17 @@ export class DuplicateTokenError extends Error {
   }
 }
 
-export class StoreUnavailableError extends Error {
-  constructor(cause: unknown) {
-    super(`store unavailable: ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
-    this.name = 'StoreUnavailableError';
-  }
-}
-
 /**
  * Durable state. Every method resolves only once what it wrote is durable (for SQLite: committed in WAL).
  * Implementations: `SqliteStore` (embedded default), `RedisStore` (replicas).
  */
 export interface Store {
   readonly kind: 'sqlite' | 'redis';
-  /** Creates a delegation; throws DuplicateTokenError when its tokenKey exists. */
-  insertDelegation(d: Delegation, secrets: DelegationSecrets): Promise<void>;
+  /**
+   * Creates a delegation; throws DuplicateTokenError when `tokenKey` (the idempotency key of its token, see
+   * `tokenKeyOf`) exists. Only the store's index keeps the key: nothing in memory needs it.
+   */
+  insertDelegation(d: Delegation, secrets: DelegationSecrets, tokenKey: string): Promise<void>;
   /** Writes a delegation's mutable fields. */
   saveDelegation(d: Delegation): Promise<void>;
   getDelegation(id: string): Promise<Delegation | undefined>;

@@ -120,7 +120,6 @@ class Caller {
         id: 'dg_prop',
         dialect: 'futures',
         homeserver: 'https://hs.example',
-        tokenKey: 'k',
         room: 'room',
         identity: 'alice',
         altIdentity: null,
