@@ -85,8 +85,10 @@ describe('reconciliation with LiveKit', () => {
     const p = await delegate(d.url, hs, 'futures');
     await lk.participantJoined(p.room, p);
     await waitFor('connected', async () => (await delegationState(d.url, p)).state === 'connected');
+    const listed = (): number => rs.calls.filter((c) => c.method === 'ListParticipants').length;
+    const before = listed();
     rs.setFailing(503);
-    await sleep(2500);
+    await waitFor('two reconcile cycles answered with errors', () => listed() >= before + 2, 10_000);
     rs.setFailing(null);
     rs.setDown(true);
     await sleep(2500);
