@@ -54,7 +54,7 @@ export interface Daemon {
   shutdown(): Promise<void>;
 }
 
-export async function openStore(config: Config, logger: Logger): Promise<Store> {
+async function openStore(config: Config, logger: Logger): Promise<Store> {
   const box = new SecretBox(config.tokenKey, config.tokenOldKeys);
   if (config.store.kind === 'sqlite') return new SqliteStore(config.store.path, { synchronous: config.sqliteSynchronous, secretBox: box });
   const store = new RedisStore(config.store.url, { prefix: config.redisPrefix, secretBox: box, logger: logger.child({ component: 'redis' }) });

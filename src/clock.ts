@@ -8,7 +8,7 @@ export interface Clock {
 export type TimerHandle = { readonly id: unknown };
 
 /** Node refuses timers above 2^31-1 ms (it fires them after 1 ms instead), so every timer is clamped. */
-export const MAX_TIMER_MS = 2 ** 31 - 1;
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 export const systemClock: Clock = {
   now: () => Date.now(),

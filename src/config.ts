@@ -311,7 +311,7 @@ export function loadConfig(env: Record<string, string | undefined>, opts: { dev:
 }
 
 /** `https://hs.example:443/` -> `https://hs.example`; null when not an http(s) URL without credentials. */
-export function normaliseOrigin(raw: string): string | null {
+function normaliseOrigin(raw: string): string | null {
   try {
     const u = new URL(raw);
     if ((u.protocol !== 'https:' && u.protocol !== 'http:') || u.username || u.password) return null;

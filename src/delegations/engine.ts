@@ -1,4 +1,4 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { Clock } from '../clock.js';
 import { forbidden, limitExceeded } from '../errors.js';
@@ -11,8 +11,9 @@ import { DuplicateTokenError, type FeedMessage, type Store, type WebhookRecord }
 import { RollingCount } from '../lib/rolling-count.js';
 import { DEDUPE_WINDOW_MS } from '../livekit/webhook-intake.js';
 import { Schedule } from './schedule.js';
-import { nextDueAt, registerDelegation, transition, type DelegationEvent, type Effect, type HomeserverOutcome, type MachineSettings } from './machine.js';
-import { isTerminal, type ActionKind, type Delegation, type DelegationSource, type DelegationState, type Dialect, type LifecycleChange } from './model.js';
+import { nextDueAt, registerDelegation, transition, type DelegationEvent, type Effect, type MachineSettings } from './machine.js';
+import { describeOutcome } from '../homeserver/outcome.js';
+import { isTerminal, tokenKeyOf, type ActionKind, type Delegation, type DelegationSource, type DelegationState, type Dialect, type LifecycleChange, type LifecycleEvent } from './model.js';
 
 export interface RegistrationRequest {
   dialect: Dialect;
@@ -28,14 +29,6 @@ export interface RegistrationRequest {
   source: DelegationSource;
   /** Element Call semantics: a new delegation for the same (room, identity) replaces the old one. */
   replaceSameParticipant?: boolean;
-}
-
-export interface LifecycleEvent {
-  type: LifecycleChange;
-  delegation_id: string;
-  state: DelegationState;
-  at: number;
-  outcome?: string;
 }
 
 /** One line of a delegation's history, for the operator console (never a secret). */
@@ -88,11 +81,6 @@ export interface EngineLimits {
  * retries. Beyond it new delegations for that homeserver are refused rather than making every refresh late.
  */
 const REFRESH_CAPACITY_SHARE = 0.8;
-
-/** Stable idempotency key for (dialect, homeserver, token) that does not reveal the token. */
-export function tokenKeyOf(dialect: Dialect, homeserver: string, token: string): string {
-  return createHash('sha256').update(`${dialect}\u0000${homeserver}\u0000${token}`).digest('hex');
-}
 
 /**
  * Drives every open delegation: applies events through the pure state machine, persists each change before acting
@@ -686,11 +674,6 @@ export class DelegationEngine {
       for (const l of this.listeners) l(e);
     }
   }
-}
-
-function describeOutcome(o: HomeserverOutcome): string {
-  if (o.kind === 'ok') return 'ok';
-  return `${o.kind} ${o.detail}${o.kind === 'retry' && o.retryAfterMs !== undefined ? ` (retry after ${o.retryAfterMs} ms)` : ''}`;
 }
 
 function outcomeLabel(kind: 'ok' | 'finalised' | 'retry' | 'permanent'): string {

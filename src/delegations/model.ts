@@ -1,3 +1,5 @@
+import { createHash } from 'node:crypto';
+
 export type Dialect = 'futures' | 'delayed_events';
 export const DIALECTS: readonly Dialect[] = ['futures', 'delayed_events'];
 
@@ -24,7 +26,7 @@ export const DELEGATION_STATES: readonly DelegationState[] = [
   'failed',
 ];
 
-export const TERMINAL_STATES: ReadonlySet<DelegationState> = new Set(['fired', 'revoked', 'invalidated', 'expired', 'failed']);
+const TERMINAL_STATES: ReadonlySet<DelegationState> = new Set(['fired', 'revoked', 'invalidated', 'expired', 'failed']);
 /** States in which the future is kept alive on the homeserver. */
 export const REFRESHING_STATES: ReadonlySet<DelegationState> = new Set(['awaiting_join', 'connected', 'grace']);
 
@@ -33,6 +35,9 @@ export function isTerminal(state: DelegationState): boolean {
 }
 
 export type ActionKind = 'leave' | 'connection_lost';
+
+/** What the participant's departure means, after classification of LiveKit's disconnect reason. */
+export type Departure = 'leave' | 'connection_lost' | 'continues';
 export const ACTION_KINDS: readonly ActionKind[] = ['leave', 'connection_lost'];
 
 /** How the delegation arrived: our own API, or Element Call's `/delegate_delayed_leave`. */
@@ -93,3 +98,17 @@ export type LifecycleChange =
   | 'expired'
   | 'failed'
   | 'revoked';
+
+/** A lifecycle change of one delegation, as the watch stream carries it. */
+export interface LifecycleEvent {
+  type: LifecycleChange;
+  delegation_id: string;
+  state: DelegationState;
+  at: number;
+  outcome?: string;
+}
+
+/** Stable idempotency key for (dialect, homeserver, token) that does not reveal the token. */
+export function tokenKeyOf(dialect: Dialect, homeserver: string, token: string): string {
+  return createHash('sha256').update(`${dialect}\u0000${homeserver}\u0000${token}`).digest('hex');
+}

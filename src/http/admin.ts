@@ -19,7 +19,7 @@ const ListQuery = Type.Object(
 );
 const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 64 }) }, { additionalProperties: false });
 
-export function requireAdmin(req: FastifyRequest, adminToken: string): void {
+function requireAdmin(req: FastifyRequest, adminToken: string): void {
   const presented = bearerToken(req);
   if (!presented) throw missingToken('The admin token is required as a Bearer token');
   if (!isAdminToken(presented, adminToken)) throw new MatrixError(403, 'M_FORBIDDEN', 'Not the admin token');

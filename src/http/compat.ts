@@ -10,7 +10,7 @@ import { MatrixError, forbidden, shuttingDown } from '../errors.js';
 import { checkHomeserverUrl, type GuardPolicy } from '../homeserver/address-guard.js';
 import { toMatrixError } from './errors.js';
 
-export const DELEGATE_DELAYED_LEAVE_PATH = '/delegate_delayed_leave';
+const DELEGATE_DELAYED_LEAVE_PATH = '/delegate_delayed_leave';
 
 export interface CompatDeps {
   config: Config;

@@ -1,4 +1,5 @@
-import { Type, type Static } from 'typebox';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import { Type } from 'typebox';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { Config } from '../config.js';
 import { normaliseBaseUrl } from '../config.js';
@@ -11,7 +12,7 @@ import { bearerToken, isAdminToken } from './auth.js';
 
 const ActionName = Type.String({ minLength: 1, maxLength: 255, pattern: '^[A-Za-z0-9._~:-]+$' });
 
-export const DelegationBody = Type.Object(
+const DelegationBody = Type.Object(
   {
     homeserver: Type.String({ minLength: 1, maxLength: 2048 }),
     dialect: Type.Union([Type.Literal('futures'), Type.Literal('delayed_events')]),
@@ -22,7 +23,6 @@ export const DelegationBody = Type.Object(
   },
   { additionalProperties: false },
 );
-type DelegationBody = Static<typeof DelegationBody>;
 
 const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 64 }) }, { additionalProperties: false });
 
@@ -72,7 +72,9 @@ export function delegationRoutes(
     return d;
   };
 
-  app.post<{ Body: DelegationBody }>('/v1/delegations', { schema: { body: DelegationBody } }, async (req, reply) => {
+  const routes = app.withTypeProvider<TypeBoxTypeProvider>();
+
+  routes.post('/v1/delegations', { schema: { body: DelegationBody } }, async (req, reply) => {
     const participant = await participantOf(req);
     await deps.limitParticipant(req, participant.identity, participant.room);
     const body = req.body;
@@ -100,11 +102,11 @@ export function delegationRoutes(
     return reply.status(created ? 201 : 200).send({ delegation_id: view.delegation_id, state: view.state, room: view.room, identity: view.identity, expires_at: view.expires_at });
   });
 
-  app.get<{ Params: Static<typeof IdParams> }>('/v1/delegations/:id', { schema: { params: IdParams } }, async (req) => {
+  routes.get('/v1/delegations/:id', { schema: { params: IdParams } }, async (req) => {
     return publicView(await authorisedDelegation(req, req.params.id));
   });
 
-  app.delete<{ Params: Static<typeof IdParams> }>('/v1/delegations/:id', { schema: { params: IdParams } }, async (req) => {
+  routes.delete('/v1/delegations/:id', { schema: { params: IdParams } }, async (req) => {
     const d = await authorisedDelegation(req, req.params.id);
     const after = (await engine.revoke(d.id)) ?? d;
     return publicView(after);

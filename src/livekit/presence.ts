@@ -4,7 +4,7 @@
  * found here, and events for a session that is no longer the identity's current one are recognised as stale.
  */
 import type { Clock } from '../clock.js';
-import type { Departure } from '../delegations/machine.js';
+import type { Departure } from '../delegations/model.js';
 
 export type PresenceVerdict = 'current' | 'stale';
 
@@ -30,7 +30,7 @@ interface Entry {
 
 const ENDED_SIDS_KEPT = 4;
 
-export function presenceKey(room: string, identity: string): string {
+function presenceKey(room: string, identity: string): string {
   return `${room}\u0000${identity}`;
 }
 

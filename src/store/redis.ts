@@ -25,7 +25,7 @@ redis.call('SET', KEYS[2], ARGV[2])
 if ARGV[4] == '1' then redis.call('SADD', KEYS[3], ARGV[3]) else redis.call('SREM', KEYS[3], ARGV[3]) end
 return 1`;
 
-export class NotOwnerError extends Error {
+class NotOwnerError extends Error {
   constructor(id: string) {
     super(`this replica does not hold the lease of delegation ${id}'s shard`);
     this.name = 'NotOwnerError';

@@ -90,7 +90,7 @@ const READ_COLUMNS = [
 const READ = READ_COLUMNS.join(', ');
 type Values = Array<string | number | null>;
 
-export class StoreLockedError extends Error {
+class StoreLockedError extends Error {
   constructor(path: string) {
     super(`the SQLite store ${path} is in use by another futures-sidecar process (one process owns a SQLite file)`);
     this.name = 'StoreLockedError';
@@ -246,10 +246,15 @@ export class SqliteStore implements Store {
     this.flush();
     const where: string[] = [];
     const params: Array<string | number> = [];
-    if (filter.room !== undefined) (where.push('room = ?'), params.push(filter.room));
-    if (filter.identity !== undefined) (where.push('identity = ?'), params.push(filter.identity));
-    if (filter.state !== undefined) (where.push('state = ?'), params.push(filter.state));
-    if (filter.cursor !== undefined) (where.push('id > ?'), params.push(filter.cursor));
+    const condition = (sql: string, value: string | undefined): void => {
+      if (value === undefined) return;
+      where.push(sql);
+      params.push(value);
+    };
+    condition('room = ?', filter.room);
+    condition('identity = ?', filter.identity);
+    condition('state = ?', filter.state);
+    condition('id > ?', filter.cursor);
     const sql = `SELECT ${READ} FROM delegations ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY id LIMIT ?`;
     const rows = this.db.prepare(sql).raw(true).all(...params, filter.limit + 1) as Values[];
     const items = rows.slice(0, filter.limit).map(fromValues);

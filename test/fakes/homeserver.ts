@@ -3,7 +3,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { listenOnLoopback } from './listen.js';
 
 /** One event a future (or a plain send) carries: `{type, content, state_key?}` as in the futures draft. */
-export interface EventSpec {
+interface EventSpec {
   type: string;
   content: Record<string, unknown>;
   state_key?: string;

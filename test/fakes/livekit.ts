@@ -88,7 +88,7 @@ export interface SignWebhookOptions {
   signer?: 'livekit' | 'sdk';
 }
 
-export function webhookBodySha256(body: string): string {
+function webhookBodySha256(body: string): string {
   return createHash('sha256').update(body, 'utf8').digest('base64');
 }
 

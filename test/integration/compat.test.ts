@@ -8,7 +8,7 @@ import { ManualClock } from '../../src/clock.js';
 import { legacyIdentity, legacyRoomName, liveKitIdentity, liveKitRoomName } from '../../src/compat/livekit-names.js';
 import { MatrixLookupError, MatrixResolver, parseServerName, pickSrv } from '../../src/compat/matrix-resolver.js';
 import { loadConfig } from '../../src/config.js';
-import type { LifecycleEvent } from '../../src/delegations/engine.js';
+import type { LifecycleEvent } from '../../src/delegations/model.js';
 import { csApiUrlRefusal, isServerNameAllowed } from '../../src/http/compat.js';
 import { createLogger } from '../../src/log.js';
 import { startFakeHomeserver, type FakeHomeserver } from '../fakes/homeserver.js';
