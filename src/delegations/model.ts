@@ -99,6 +99,29 @@ export type LifecycleChange =
   | 'failed'
   | 'revoked';
 
+/** The fields that say who a delegation's participant is, in a delegation or a registration request. */
+export interface ParticipantNames {
+  room: string;
+  identity: string;
+  altIdentity?: string | null;
+  altRoom?: string | null;
+}
+
+/**
+ * Every (room, identity) that counts as the delegation's participant: its own, and Element Call's legacy
+ * `<user>:<device>` identity, in the legacy room when there is one.
+ */
+export function participantKeysOf(d: ParticipantNames): Array<{ room: string; identity: string }> {
+  const keys = [{ room: d.room, identity: d.identity }];
+  if (d.altIdentity) keys.push({ room: d.altRoom ?? d.room, identity: d.altIdentity });
+  return keys;
+}
+
+/** The LiveKit rooms a delegation's participant may be found in (its own, and Element Call's legacy room). */
+export function roomsOf(d: ParticipantNames): string[] {
+  return d.altRoom ? [d.room, d.altRoom] : [d.room];
+}
+
 /** A lifecycle change of one delegation, as the watch stream carries it. */
 export interface LifecycleEvent {
   type: LifecycleChange;
