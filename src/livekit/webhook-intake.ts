@@ -1,6 +1,7 @@
 import type { Logger } from 'pino';
-import type { Clock } from '../clock.js';
+import { sleep, type Clock } from '../clock.js';
 import type { DelegationEngine } from '../delegations/engine.js';
+import { GroupCommit } from '../lib/group-commit.js';
 import type { FeedMessage, Store, WebhookRecord } from '../store/store.js';
 
 /** How long an event id is remembered, and how old an event may be before it is ignored as stale. */
@@ -12,8 +13,7 @@ export const DEDUPE_WINDOW_MS = 10 * 60_000;
  * delegations strictly in arrival order. Records left unprocessed by a crash are applied again at start-up.
  */
 export class WebhookIntake {
-  private batch: Array<{ rec: WebhookRecord; resolve: (isNew: boolean) => void; reject: (err: unknown) => void }> = [];
-  private flushScheduled = false;
+  private readonly records = new GroupCommit<WebhookRecord, boolean>((recs) => this.commit(recs));
   private processing: Promise<void> = Promise.resolve();
   private readonly started = new Set<Promise<void>>();
   private pruneAt = 0;
@@ -32,13 +32,7 @@ export class WebhookIntake {
 
   /** Resolves true for a new event, false for a duplicate, once the record is durable; rejects if it is not. */
   record(rec: WebhookRecord): Promise<boolean> {
-    return new Promise((resolve, reject) => {
-      this.batch.push({ rec, resolve, reject });
-      if (!this.flushScheduled) {
-        this.flushScheduled = true;
-        setImmediate(() => void this.flush());
-      }
-    });
+    return this.records.submit(rec);
   }
 
   /**
@@ -76,22 +70,23 @@ export class WebhookIntake {
     await Promise.all([this.processing, ...this.started]);
   }
 
-  private async flush(): Promise<void> {
-    this.flushScheduled = false;
-    const batch = this.batch;
-    this.batch = [];
+  private async commit(recs: WebhookRecord[]): Promise<boolean[]> {
     try {
-      const fresh = await this.deps.store.recordWebhooks(batch.map((b) => b.rec));
-      batch.forEach((b, i) => b.resolve(fresh[i] ?? false));
+      const fresh = await this.deps.store.recordWebhooks(recs);
+      return recs.map((_, i) => fresh[i] ?? false);
     } catch (err) {
       this.deps.logger.error({ err }, 'could not record webhooks');
-      for (const b of batch) b.reject(err);
+      throw err;
+    } finally {
+      void this.pruneIfDue();
     }
+  }
+
+  private async pruneIfDue(): Promise<void> {
     const now = this.deps.clock.now();
-    if (now >= this.pruneAt) {
-      this.pruneAt = now + 60_000;
-      await this.deps.store.pruneWebhooks(now - DEDUPE_WINDOW_MS - 60_000).catch((err) => this.deps.logger.warn({ err }, 'could not prune webhook records'));
-    }
+    if (now < this.pruneAt) return;
+    this.pruneAt = now + 60_000;
+    await this.deps.store.pruneWebhooks(now - DEDUPE_WINDOW_MS - 60_000).catch((err) => this.deps.logger.warn({ err }, 'could not prune webhook records'));
   }
 
   private async apply(rec: WebhookRecord): Promise<void> {
@@ -101,7 +96,7 @@ export class WebhookIntake {
       this.deps.logger.error({ err: { message: (err as Error).message }, event_id: rec.id }, 'could not apply a webhook; retrying');
       // Presence already holds the event, so a retry catches the participant's delegations up from it.
       for (let attempt = 1; !this.stopping; attempt++) {
-        await new Promise((r) => setTimeout(r, Math.min(5_000, 250 * 2 ** attempt)));
+        await sleep(this.deps.clock, Math.min(5_000, 250 * 2 ** attempt));
         try {
           await this.deps.engine.catchUpFor(rec);
           break;

@@ -2,6 +2,7 @@ import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { isTerminal, type Delegation, type DelegationSecrets } from '../delegations/model.js';
+import { GroupCommit } from '../lib/group-commit.js';
 import { SecretBox } from './secret-box.js';
 import { DuplicateTokenError, type DelegationFilter, type Store, type WebhookRecord } from './store.js';
 
@@ -173,35 +174,22 @@ export class SqliteStore implements Store {
   }
 
   /**
-   * Group commit: updates made in the same event-loop turn share one transaction, and each caller's promise settles
-   * when that transaction has committed. Reads flush first, so a read always sees every write made before it.
+   * Updates made in the same event-loop turn share one transaction. Reads flush first, so a read always sees every
+   * write made before it.
    */
-  private queued: Array<() => void> = [];
-  private waiting: Array<{ resolve: () => void; reject: (err: unknown) => void }> = [];
+  private readonly writes = new GroupCommit<() => void, void>((writes) => {
+    this.db.transaction(() => {
+      for (const w of writes) w();
+    })();
+    return [];
+  });
 
   private write(apply: () => void): Promise<void> {
-    return new Promise((resolve, reject) => {
-      if (this.queued.length === 0) setImmediate(() => this.flush());
-      this.queued.push(apply);
-      this.waiting.push({ resolve, reject });
-    });
+    return this.writes.submit(apply);
   }
 
   private flush(): void {
-    if (this.queued.length === 0) return;
-    const writes = this.queued;
-    const waiting = this.waiting;
-    this.queued = [];
-    this.waiting = [];
-    try {
-      this.db.transaction(() => {
-        for (const w of writes) w();
-      })();
-    } catch (err) {
-      for (const w of waiting) w.reject(err);
-      return;
-    }
-    for (const w of waiting) w.resolve();
+    void this.writes.flush();
   }
 
   saveDelegation(d: Delegation): Promise<void> {
