@@ -4,7 +4,7 @@ import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { systemClock, type Clock } from './clock.js';
 import type { Config } from './config.js';
-import { DelegationEngine, type Coordination } from './delegations/engine.js';
+import { DelegationEngine } from './delegations/engine.js';
 import { HomeserverClient } from './homeserver/client.js';
 import { compatRoutes } from './http/compat.js';
 import { consoleRoutes } from './http/console.js';
@@ -21,11 +21,14 @@ import { DEDUPE_WINDOW_MS, WebhookIntake } from './livekit/webhook-intake.js';
 import { limitExceeded } from './errors.js';
 import { createLogger } from './log.js';
 import { Metrics } from './metrics.js';
-import { SecretBox } from './store/secret-box.js';
+import { RedisKeys } from './store/redis-keys.js';
 import { RedisStore } from './store/redis.js';
-import { ShardLeases } from './store/shard-leases.js';
+import { SecretBox } from './store/secret-box.js';
 import { SqliteStore } from './store/sqlite.js';
 import type { Store } from './store/store.js';
+import { RedisReplicas } from './topology/redis-replicas.js';
+import { SingleNode } from './topology/single-node.js';
+import type { Topology } from './topology/topology.js';
 
 const API_BODY_LIMIT = 64 * 1024;
 const RATE_LIMIT_EXEMPT = new Set(['/livekit/webhook', '/sfu_webhook', '/livez', '/readyz', '/metrics']);
@@ -33,7 +36,6 @@ const RATE_LIMIT_EXEMPT = new Set(['/livekit/webhook', '/sfu_webhook', '/livez',
 export interface AppDeps {
   clock?: Clock;
   logger?: Logger;
-  store?: Store;
   random?: () => number;
   watchMaxBufferedBytes?: number;
   /** LiveKit's RoomService; by default livekit-server-sdk's client for LIVEKIT_URL. */
@@ -54,12 +56,20 @@ export interface Daemon {
   shutdown(): Promise<void>;
 }
 
-async function openStore(config: Config, logger: Logger): Promise<Store> {
+/**
+ * The store the configuration names and the topology that goes with it, chosen once: SQLite is a single node that
+ * owns everything; Redis is shared by replicas that split the shards.
+ */
+async function openDeployment(config: Config, clock: Clock, logger: Logger): Promise<{ store: Store; topology: Topology }> {
   const box = new SecretBox(config.tokenKey, config.tokenOldKeys);
-  if (config.store.kind === 'sqlite') return new SqliteStore(config.store.path, { synchronous: config.sqliteSynchronous, secretBox: box });
-  const store = new RedisStore(config.store.url, { prefix: config.redisPrefix, secretBox: box, logger: logger.child({ component: 'redis' }) });
+  if (config.store.kind === 'sqlite') {
+    const store = new SqliteStore(config.store.path, { synchronous: config.sqliteSynchronous, secretBox: box });
+    return { store, topology: new SingleNode(store, logger) };
+  }
+  const store = new RedisStore(config.store.url, { keys: new RedisKeys(config.redisPrefix), secretBox: box, logger: logger.child({ component: 'redis' }) });
   await store.connect();
-  return store;
+  const topology = new RedisReplicas({ store, clock, logger, leaseMs: config.redisLeaseMs, backlogMs: Math.max(config.joinTimeoutMs, DEDUPE_WINDOW_MS) });
+  return { store, topology };
 }
 
 /** Builds the whole daemon; never listens (tests build it too, and `main.ts` listens). */
@@ -67,25 +77,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
   const clock = deps.clock ?? systemClock;
   const logger = deps.logger ?? createLogger({ level: config.logLevel, pretty: config.dev && process.stdout.isTTY === true });
   const metrics = new Metrics();
-  const store = deps.store ?? (await openStore(config, logger));
-  // With Redis, replicas split the delegations by shard leases; the engine learns of gains and losses from them.
-  let leases: ShardLeases | null = null;
-  const coordination: Coordination | undefined =
-    store instanceof RedisStore
-      ? {
-          ownership: (leases = new ShardLeases({
-            redis: store.redis,
-            prefix: config.redisPrefix,
-            clock,
-            logger: logger.child({ component: 'leases' }),
-            leaseMs: config.redisLeaseMs,
-            onGain: (shard): Promise<void> => engine.gainShard(shard),
-            onLose: (shard) => engine.loseShard(shard),
-          })),
-          announce: (m: Parameters<RedisStore['announce']>[0]) => store.announce(m),
-        }
-      : undefined;
-  if (store instanceof RedisStore && leases) store.useOwnership(leases);
+  const { store, topology } = await openDeployment(config, clock, logger);
   // Client-server API URLs the operator set for Element Call's route are trusted like explicitly listed origins.
   const overrideOrigins = [...config.csApiUrlOverrides.values()].map((u) => new URL(u).origin);
   const policy = {
@@ -103,9 +95,9 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
     settings: { reconnectGraceMs: config.reconnectGraceMs, joinTimeoutMs: config.joinTimeoutMs, refreshAt: config.refreshAt },
     limits: { maxPerIdentity: config.maxDelegationsPerIdentity, maxPerRoom: config.maxDelegationsPerRoom, homeserverRate: config.homeserverRate },
     ...(deps.random ? { random: deps.random } : {}),
-    ...(coordination ? { coordination } : {}),
+    ownership: topology,
   });
-  const intake = new WebhookIntake({ store, engine, clock, logger, appliesLocally: !(store instanceof RedisStore) });
+  const intake = new WebhookIntake({ store, engine, clock, logger, applied: topology.applied });
   const auth = new LiveKitAuth(config.livekitKeys);
   const watch = new WatchHub(deps.watchMaxBufferedBytes);
   const [apiKey, apiSecret] = [...config.livekitKeys][0]!;
@@ -184,15 +176,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
     watch,
     reconciler,
     async start() {
-      if (store instanceof RedisStore && leases) {
-        // Presence first (recent events of every room), then shards: a delegation taken over is caught up from it.
-        await store.feed(clock.now() - Math.max(config.joinTimeoutMs, DEDUPE_WINDOW_MS), (m) => intake.enqueueFeed(m));
-        await leases.start();
-      } else {
-        await engine.start();
-        const replayed = await intake.recover();
-        if (replayed) logger.info({ replayed }, 'applied webhooks recorded before the last stop');
-      }
+      await topology.start({ engine, intake });
       reconciler.start();
       started = true;
     },
@@ -206,8 +190,8 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
       intake.stop();
       await intake.idle();
       await engine.drain(deadline);
-      // Hand the shards over at once instead of letting their leases run out.
-      await leases?.stop();
+      // Hand the work over at once (replicas: instead of letting their leases run out).
+      await topology.stop();
       await homeservers.close().catch((err) => logger.warn({ err }, 'closing homeserver connections failed'));
       await store.close();
       logger.info('stopped');

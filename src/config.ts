@@ -2,6 +2,8 @@
  * Configuration from the environment (and a few flags), validated once at start-up. `--dev` only fills in
  * defaults; anything set explicitly still holds (contract section 4).
  */
+import { DEFAULT_REDIS_PREFIX } from './store/redis-keys.js';
+
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 
 export interface HomeserverAllowList {
@@ -268,7 +270,7 @@ export function loadConfig(env: Record<string, string | undefined>, opts: { dev:
   const logLevelRaw = get('LOG_LEVEL') ?? (dev ? 'debug' : 'info');
   if (!LOG_LEVELS.includes(logLevelRaw as LogLevel)) problems.push(`LOG_LEVEL must be one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(logLevelRaw)}`);
 
-  const redisPrefix = get('SIDECAR_REDIS_PREFIX') ?? 'futures-sidecar:';
+  const redisPrefix = get('SIDECAR_REDIS_PREFIX') ?? DEFAULT_REDIS_PREFIX;
   if (!/^[A-Za-z0-9:_.-]{1,64}$/.test(redisPrefix)) problems.push(`SIDECAR_REDIS_PREFIX must be 1-64 characters of letters, digits and :_.-, got ${JSON.stringify(redisPrefix)}`);
   const redisLeaseMs = int('SIDECAR_REDIS_LEASE_MS', 10_000, 1_000, 300_000);
   const syncRaw = (get('SIDECAR_SQLITE_SYNCHRONOUS') ?? 'NORMAL').toUpperCase();

@@ -7,8 +7,9 @@ import { classifyDeparture } from '../livekit/classify.js';
 import { PresenceTracker } from '../livekit/presence.js';
 import { DEDUPE_WINDOW_MS } from '../livekit/webhook-intake.js';
 import type { Metrics } from '../metrics.js';
-import { shardOf, type ShardOwnership } from '../store/shard-leases.js';
+import { shardOf } from '../store/shard-leases.js';
 import { DuplicateTokenError, type FeedMessage, type Store, type WebhookRecord } from '../store/store.js';
+import { OWNS_EVERYTHING, type Ownership } from '../topology/topology.js';
 import { Admission, type AdmissionLimits } from './admission.js';
 import { EffectRunner } from './effect-runner.js';
 import type { HistoryEntry } from './history.js';
@@ -32,12 +33,6 @@ export interface RegistrationRequest {
   source: DelegationSource;
   /** Element Call semantics: a new delegation for the same (room, identity) replaces the old one. */
   replaceSameParticipant?: boolean;
-}
-
-/** How replicas sharing a Redis store split the work (absent with SQLite: one process owns everything). */
-export interface Coordination {
-  ownership: ShardOwnership;
-  announce(message: Exclude<FeedMessage, { kind: 'webhook' }>): Promise<void>;
 }
 
 /**
@@ -75,6 +70,7 @@ export class DelegationEngine {
   private readonly narrator: Narrator;
   private readonly admission: Admission;
   private readonly schedule: Schedule;
+  private readonly ownership: Ownership;
   readonly presence: PresenceTracker;
 
   constructor(
@@ -87,10 +83,12 @@ export class DelegationEngine {
       settings: MachineSettings;
       limits: EngineLimits;
       random?: () => number;
-      coordination?: Coordination;
+      /** Which delegations this process acts on; all of them by default. */
+      ownership?: Ownership;
     },
   ) {
     const { clock, logger, metrics, settings } = deps;
+    this.ownership = deps.ownership ?? OWNS_EVERYTHING;
     this.open = new OpenDelegations(settings.refreshAt);
     this.narrator = new Narrator({ clock, logger, metrics });
     this.admission = new Admission({ open: this.open, limits: deps.limits, narrator: this.narrator, logger });
@@ -115,9 +113,8 @@ export class DelegationEngine {
     return this.narrator.onLifecycle(listener);
   }
 
-  /** Reloads open delegations; overdue refreshes and actions run at once. */
+  /** Loads every open delegation (a process that owns them all); overdue refreshes and actions run at once. */
   async start(): Promise<void> {
-    if (this.deps.coordination) return;
     const loaded = await this.deps.store.loadOpen();
     for (const d of loaded) this.track(this.settle(d));
     this.deps.logger.info({ open: loaded.length }, 'open delegations loaded');
@@ -182,9 +179,8 @@ export class DelegationEngine {
       throw err;
     }
     this.narrator.registration(req.dialect, 'created');
-    const coordination = this.deps.coordination;
-    if (coordination && !coordination.ownership.owns(t.delegation.id)) {
-      await coordination.announce({ kind: 'registered', id: t.delegation.id });
+    if (!this.ownership.owns(t.delegation.id)) {
+      await this.ownership.announce({ kind: 'registered', id: t.delegation.id });
       this.narrator.changed(null, t.delegation, t.changes, 'registered', `registered (${req.dialect}, timeout ${req.timeoutMs} ms), handed to the replica that owns its shard`);
       return { delegation: t.delegation, created: true };
     }
@@ -197,10 +193,9 @@ export class DelegationEngine {
   async revoke(id: string): Promise<Delegation | undefined> {
     if (this.open.has(id)) return this.apply(id, { type: 'revoke' }, 'revoked');
     const stored = await this.deps.store.getDelegation(id);
-    const coordination = this.deps.coordination;
-    if (!stored || isTerminal(stored.state) || !coordination) return stored;
+    if (!stored || isTerminal(stored.state) || !this.ownership.shared) return stored;
     // Another replica owns it: ask that one, and wait (bounded) to answer with the result.
-    await coordination.announce({ kind: 'revoke', id });
+    await this.ownership.announce({ kind: 'revoke', id });
     const deadline = this.deps.clock.now() + REMOTE_REVOKE_WAIT_MS;
     for (;;) {
       const d = await this.deps.store.getDelegation(id);
@@ -212,7 +207,7 @@ export class DelegationEngine {
   /** A message from the replicated store's stream, in order with the webhooks. */
   async onFeed(m: FeedMessage): Promise<void> {
     if (m.kind === 'webhook') return this.processWebhook(m.record);
-    if (!this.deps.coordination?.ownership.owns(m.id)) return;
+    if (!this.ownership.owns(m.id)) return;
     if (m.kind === 'revoke') {
       if (this.open.has(m.id)) await this.apply(m.id, { type: 'revoke' }, 'revoked (asked by another replica)');
       return;

@@ -2,7 +2,7 @@ import type { Logger } from 'pino';
 import { sleep, type Clock } from '../clock.js';
 import type { DelegationEngine } from '../delegations/engine.js';
 import { GroupCommit } from '../lib/group-commit.js';
-import type { FeedMessage, Store, WebhookRecord } from '../store/store.js';
+import type { AppliedWebhooks, FeedMessage, Store, WebhookRecord } from '../store/store.js';
 
 /** How long an event id is remembered, and how old an event may be before it is ignored as stale. */
 export const DEDUPE_WINDOW_MS = 10 * 60_000;
@@ -25,8 +25,11 @@ export class WebhookIntake {
       engine: DelegationEngine;
       clock: Clock;
       logger: Logger;
-      /** False with the replicated store: every replica applies records from the shared stream instead. */
-      appliesLocally: boolean;
+      /**
+       * Bookkeeping of applied records when this process applies what it records (`Topology.applied`); null when
+       * every replica applies records from the shared stream instead.
+       */
+      applied: AppliedWebhooks | null;
     },
   ) {}
 
@@ -41,14 +44,15 @@ export class WebhookIntake {
    * commit.
    */
   enqueue(rec: WebhookRecord): void {
-    if (!this.deps.appliesLocally) return;
-    const done: Promise<void> = this.apply(rec).finally(() => this.started.delete(done));
+    const applied = this.deps.applied;
+    if (!applied) return;
+    const done: Promise<void> = this.apply(rec, applied).finally(() => this.started.delete(done));
     this.started.add(done);
   }
 
   /** Applies a message of the replicated store's stream, in stream order. */
   enqueueFeed(m: FeedMessage): Promise<void> {
-    this.processing = this.processing.then(() => (m.kind === 'webhook' ? this.apply(m.record) : this.applyControl(m)));
+    this.processing = this.processing.then(() => (m.kind === 'webhook' ? this.apply(m.record, null) : this.applyControl(m)));
     return this.processing;
   }
 
@@ -59,7 +63,7 @@ export class WebhookIntake {
 
   /** Re-applies records a previous process acknowledged but did not finish. */
   async recover(): Promise<number> {
-    const pending = await this.deps.store.pendingWebhooks();
+    const pending = (await this.deps.applied?.pendingWebhooks()) ?? [];
     for (const rec of pending) this.enqueue(rec);
     await this.idle();
     return pending.length;
@@ -84,12 +88,13 @@ export class WebhookIntake {
 
   private async pruneIfDue(): Promise<void> {
     const now = this.deps.clock.now();
-    if (now < this.pruneAt) return;
+    if (!this.deps.applied || now < this.pruneAt) return;
     this.pruneAt = now + 60_000;
-    await this.deps.store.pruneWebhooks(now - DEDUPE_WINDOW_MS - 60_000).catch((err) => this.deps.logger.warn({ err }, 'could not prune webhook records'));
+    await this.deps.applied.pruneWebhooks(now - DEDUPE_WINDOW_MS - 60_000).catch((err) => this.deps.logger.warn({ err }, 'could not prune webhook records'));
   }
 
-  private async apply(rec: WebhookRecord): Promise<void> {
+  /** Applies a record; `applied`, when the record's bookkeeping is this process's, learns that it was. */
+  private async apply(rec: WebhookRecord, applied: AppliedWebhooks | null): Promise<void> {
     try {
       await this.deps.engine.processWebhook(rec);
     } catch (err) {
@@ -106,8 +111,9 @@ export class WebhookIntake {
       }
       if (this.stopping) return;
     }
+    if (!applied) return;
     try {
-      await this.deps.store.markWebhooksProcessed([rec.id]);
+      await applied.markWebhooksProcessed([rec.id]);
     } catch (err) {
       // Applying twice is harmless: the record is applied again at the next start.
       this.deps.logger.warn({ err: { message: (err as Error).message }, event_id: rec.id }, 'could not mark a webhook processed');

@@ -4,7 +4,7 @@ import { dirname } from 'node:path';
 import { isTerminal, type Delegation, type DelegationSecrets } from '../delegations/model.js';
 import { GroupCommit } from '../lib/group-commit.js';
 import { SecretBox } from './secret-box.js';
-import { DuplicateTokenError, type DelegationFilter, type Store, type WebhookRecord } from './store.js';
+import { DuplicateTokenError, type AppliedWebhooks, type DelegationFilter, type Store, type WebhookRecord } from './store.js';
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS delegations (
@@ -102,7 +102,7 @@ class StoreLockedError extends Error {
  * The embedded store: one SQLite file in WAL mode, owned exclusively by this process. better-sqlite3 is
  * synchronous, so each method's write is committed when it returns.
  */
-export class SqliteStore implements Store {
+export class SqliteStore implements Store, AppliedWebhooks {
   readonly kind = 'sqlite' as const;
   private readonly db: Database.Database;
   private readonly box: SecretBox;

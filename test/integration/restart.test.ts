@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startFakeHomeserver, type FakeHomeserver } from '../fakes/homeserver.js';
-import { sleep, spawnDaemon, tempDbPath, waitFor, type ChildDaemon } from '../helpers/daemon.js';
+import { ADMIN_TOKEN, api, sleep, spawnDaemon, tempDbPath, waitFor, type ChildDaemon } from '../helpers/daemon.js';
 import { actionsFired, delegate, delegationState, refreshCalls, webhookSender, type Participant } from '../helpers/scenario.js';
 
 /** The daemon as a real process: crashes lose nothing, and its own shutdown fires nothing. */
@@ -168,7 +168,10 @@ describe('restarts', () => {
     await waitFor('the grace deadline to pass while no process runs', () => Date.now() > graceOverBy + 200, graceMs + 5_000);
     const second = await spawn(env);
     expect((await webhookSender(second.url).participantJoined(p.room, rejoin)).status).toBe(200);
-    await waitFor('the rejoin applied', async () => (await delegationState(second.url, p)).state === 'connected');
+    await waitFor('the rejoin applied', async () => (await delegationState(second.url, p)).state === 'connected').catch(async (err: Error) => {
+      const view = await api(second.url, 'GET', `/v1/admin/delegations/${p.delegationId}`, { token: ADMIN_TOKEN });
+      throw new Error(`${err.message}; the delegation: ${JSON.stringify(view.body)}`);
+    });
     expect(actionsFired(hs, p.token)).toEqual([]);
     second.kill('SIGTERM');
     await second.exited;
