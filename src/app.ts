@@ -1,4 +1,3 @@
-import fastifyRateLimit from '@fastify/rate-limit';
 import fastifyWebsocket from '@fastify/websocket';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
@@ -18,7 +17,8 @@ import { RoomServiceClient } from 'livekit-server-sdk';
 import { LiveKitAuth } from './livekit/auth.js';
 import { Reconciler, type RoomLister } from './livekit/reconciler.js';
 import { DEDUPE_WINDOW_MS, WebhookIntake } from './livekit/webhook-intake.js';
-import { limitExceeded } from './errors.js';
+import { shuttingDown } from './errors.js';
+import { installRateLimits } from './http/rate-limits.js';
 import { createLogger } from './log.js';
 import { Metrics } from './metrics.js';
 import { RedisKeys } from './store/redis-keys.js';
@@ -31,7 +31,6 @@ import { SingleNode } from './topology/single-node.js';
 import type { Topology } from './topology/topology.js';
 
 const API_BODY_LIMIT = 64 * 1024;
-const RATE_LIMIT_EXEMPT = new Set(['/livekit/webhook', '/sfu_webhook', '/livez', '/readyz', '/metrics']);
 
 export interface AppDeps {
   clock?: Clock;
@@ -109,7 +108,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
     intervalMs: config.reconcileIntervalMs,
   });
   engine.onLifecycle((e) => watch.broadcast(e));
-  let shuttingDown = false;
+  let closing = false;
   let started = false;
 
   const app = Fastify({
@@ -126,46 +125,27 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
     routes.set(r.url, methods);
   });
   installErrorHandlers(app, () => routes);
-  // Only JSON bodies reach the API; without this Fastify would hand text/plain bodies to the schema as strings.
-  app.removeContentTypeParser('text/plain');
-  app.addHook('onRequest', async (req, reply) => {
-    if (shuttingDown && req.method !== 'GET' && req.method !== 'HEAD' && req.method !== 'OPTIONS') {
-      return reply.status(503).header('retry-after', '5').send({ errcode: 'M_UNKNOWN', error: 'The service is shutting down' });
+  app.addHook('onRequest', async (req) => {
+    if (closing && req.method !== 'GET' && req.method !== 'HEAD' && req.method !== 'OPTIONS') {
+      throw shuttingDown();
     }
   });
 
-  // Per client IP on every API route. LiveKit's webhooks all come from one address and must never be throttled;
-  // probes and scrapes are exempt too.
-  await app.register(fastifyRateLimit, { global: false });
-  const perIp = app.createRateLimit({ max: config.rateLimitPerMinute, timeWindow: 60_000 });
-  app.addHook('onRequest', async (req) => {
-    const path = req.url.split('?')[0]!;
-    if (RATE_LIMIT_EXEMPT.has(path)) return;
-    const verdict = await perIp(req);
-    if (!verdict.isAllowed && verdict.isExceeded) throw limitExceeded('Too many requests from this address', verdict.ttl);
-  });
-  const perIdentity = app.createRateLimit({ max: config.rateLimitPerIdentityPerMinute, timeWindow: 60_000, keyGenerator: (req) => (req as { participantKey?: string }).participantKey ?? req.ip });
+  const limitParticipant = await installRateLimits(app, { perIpPerMinute: config.rateLimitPerMinute, perParticipantPerMinute: config.rateLimitPerIdentityPerMinute });
 
-  healthRoutes(app, { store, metrics, isShuttingDown: () => shuttingDown, isStarted: () => started });
-  consoleRoutes(app);
-  delegationRoutes(app, {
-    config,
-    engine,
-    auth,
-    async limitParticipant(req, identity, room) {
-      (req as { participantKey?: string }).participantKey = `${room}\u0000${identity}`;
-      const verdict = await perIdentity(req);
-      if (!verdict.isAllowed && verdict.isExceeded) throw limitExceeded('Too many delegation requests for this participant', verdict.ttl);
-    },
-  });
+  // Every route group is an encapsulated plugin: its parsers, hooks and schemas stay inside it.
+  const isShuttingDown = (): boolean => closing;
+  await app.register(healthRoutes, { store, metrics, isShuttingDown, isStarted: () => started });
+  await app.register(consoleRoutes);
+  await app.register(delegationRoutes, { config, engine, auth, limitParticipant });
   if (config.adminToken) {
     const adminToken = config.adminToken;
     await app.register(fastifyWebsocket, { options: { maxPayload: 4096 } });
-    await app.register(async (scope) => adminRoutes(scope, { adminToken, engine, store }));
-    await app.register(async (scope) => watchRoutes(scope, { adminToken, hub: watch }));
+    await app.register(adminRoutes, { adminToken, engine, store });
+    await app.register(watchRoutes, { adminToken, hub: watch });
   }
-  await app.register(async (scope) => webhookRoutes(scope, { auth, intake, metrics, clock, isShuttingDown: () => shuttingDown }));
-  await compatRoutes(app, { config, engine, logger, clock, isShuttingDown: () => shuttingDown });
+  await app.register(webhookRoutes, { auth, intake, metrics, clock, isShuttingDown });
+  await app.register(compatRoutes, { config, engine, logger, clock, isShuttingDown });
 
   return {
     app,
@@ -181,8 +161,8 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
       started = true;
     },
     async shutdown() {
-      if (shuttingDown) return;
-      shuttingDown = true;
+      if (closing) return;
+      closing = true;
       const deadline = clock.now() + config.shutdownTimeoutMs;
       logger.info({ deadline_ms: config.shutdownTimeoutMs }, 'shutting down: refusing new work, finishing calls in flight');
       await reconciler.stop();

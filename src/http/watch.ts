@@ -50,7 +50,7 @@ export class WatchHub {
  * browsers, which cannot set headers on a WebSocket) in the first message `{"type":"auth","token":"..."}`; never in
  * the URL, where proxies would log it.
  */
-export function watchRoutes(app: FastifyInstance, deps: { adminToken: string; hub: WatchHub }): void {
+export async function watchRoutes(app: FastifyInstance, deps: { adminToken: string; hub: WatchHub }): Promise<void> {
   const subscribe = (socket: WebSocket): void => {
     socket.send(JSON.stringify({ type: 'ready' }));
     deps.hub.add(socket);
