@@ -9,7 +9,7 @@ import {
   WebhookEvent,
 } from '@livekit/protocol';
 import { AccessToken, TokenVerifier } from 'livekit-server-sdk';
-import { listenOnLoopback } from './listen.js';
+import { listenOnLoopback, readRawBody } from './listen.js';
 
 export type DisconnectReasonName = keyof typeof DisconnectReason;
 export type ParticipantStateName = keyof typeof ParticipantInfo_State;
@@ -449,15 +449,6 @@ export class FakeRoomService {
 function writeJson(res: ServerResponse, reply: TwirpReply): void {
   res.writeHead(reply.status, { 'Content-Type': 'application/json' });
   res.end(JSON.stringify(reply.body));
-}
-
-function readRawBody(req: IncomingMessage): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    req.on('data', (chunk: Buffer) => chunks.push(chunk));
-    req.on('end', () => resolve(Buffer.concat(chunks)));
-    req.on('error', reject);
-  });
 }
 
 export async function startFakeRoomService(opts: ApiKeyPair): Promise<FakeRoomService> {
