@@ -16,7 +16,7 @@ import { participantAt } from './lib/seed.js';
  * Replays the arrivals through a token bucket of the limiter's configuration (Synapse's kind of check): how many
  * calls found no token, and the most calls in any one second.
  */
-export function bucketCheck(times: readonly number[], rate: number, burst: number): { overdrawn: number; maxPerSecond: number } {
+function bucketCheck(times: readonly number[], rate: number, burst: number): { overdrawn: number; maxPerSecond: number } {
   let tokens = burst;
   let last = times[0] ?? 0;
   let overdrawn = 0;
@@ -103,7 +103,7 @@ export async function run(opts: BenchOptions): Promise<Section> {
     'longer than a short future\'s own timeout, which then fires the membership change anyway (contract section 2:',
     `actions before refreshes; backlog metric and admission control). The limiter floor here is (${fmt(participants)} - ${fmt(burst)}) / ${rate}/s`,
     `= ${fmtMs(floorMs)}. The rate check replays the homeserver's receipt times through a token bucket of the same`,
-    `rate and burst (what Synapse\'s limiter does): a call finding no token would have been refused there (allowance for`,
+    `rate and burst (what Synapse's limiter does): a call finding no token would have been refused there (allowance for`,
     `loopback jitter: ${jitterAllowance}). Other load before the first run: ${quiet.toFixed(2)} cores; a run during which other`,
     `processes took more than ${DISTURBED_CORES} cores is set aside (shown, not counted) and repeated, at most ${MAX_REPEATS} times.`,
     '',

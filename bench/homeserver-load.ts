@@ -157,7 +157,6 @@ export async function run(opts: BenchOptions): Promise<Section> {
     const ph = (l: DaemonLoad): number => l.participants * l.hours;
     const perHour = (l: DaemonLoad): number => HOUR / l.meanIntervalMs;
     const steadyPerHour = perHour(ours);
-    const allPerHour = (ours.first + ours.steady + ours.actions) / ph(ours);
     const factor = sdkPerHour / steadyPerHour;
     const arithmetic = 3600 / (0.45 * 7200);
     const row = (name: string, l: DaemonLoad, bold: boolean): string => {

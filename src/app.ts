@@ -1,10 +1,9 @@
-import fastifyRateLimit from '@fastify/rate-limit';
 import fastifyWebsocket from '@fastify/websocket';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { systemClock, type Clock } from './clock.js';
 import type { Config } from './config.js';
-import { DelegationEngine, type Coordination } from './delegations/engine.js';
+import { DelegationEngine } from './delegations/engine.js';
 import { DEFAULT_HISTORY_LIMITS, HistoryStore } from './delegations/history.js';
 import type { AddressResolver } from './homeserver/address-guard.js';
 import { HomeserverClient } from './homeserver/client.js';
@@ -24,24 +23,26 @@ import { RoomServiceClient } from 'livekit-server-sdk';
 import { LiveKitAuth } from './livekit/auth.js';
 import { Reconciler, type RoomLister } from './livekit/reconciler.js';
 import { DEDUPE_WINDOW_MS, WebhookIntake } from './livekit/webhook-intake.js';
-import { limitExceeded } from './errors.js';
+import { shuttingDown } from './errors.js';
+import { installRateLimits } from './http/rate-limits.js';
 import { createLogger } from './log.js';
 import { Metrics } from './metrics.js';
-import { SecretBox } from './store/secret-box.js';
+import { RedisKeys } from './store/redis-keys.js';
 import { RedisStore } from './store/redis.js';
-import { ShardLeases } from './store/shard-leases.js';
+import { SecretBox } from './store/secret-box.js';
 import { SqliteStore } from './store/sqlite.js';
 import type { Store } from './store/store.js';
+import { RedisReplicas } from './topology/redis-replicas.js';
+import { SingleNode } from './topology/single-node.js';
+import type { Topology } from './topology/topology.js';
 
 const API_BODY_LIMIT = 64 * 1024;
 /** Headers must be complete within this (or the request timeout, if shorter). */
 const HEADERS_TIMEOUT_MS = 10_000;
-const RATE_LIMIT_EXEMPT = new Set(['/livekit/webhook', '/sfu_webhook', '/livez', '/readyz', '/healthz', '/metrics']);
 
 export interface AppDeps {
   clock?: Clock;
   logger?: Logger;
-  store?: Store;
   random?: () => number;
   watchMaxBufferedBytes?: number;
   /** LiveKit's RoomService; by default livekit-server-sdk's client for LIVEKIT_URL. */
@@ -74,12 +75,20 @@ function requestLogView(req: { method: string; url: string; ip?: string; socket?
   return { method: req.method, url: q < 0 ? req.url : `${req.url.slice(0, q)}?[redacted]`, remoteAddress: req.ip, remotePort: req.socket?.remotePort };
 }
 
-export async function openStore(config: Config, logger: Logger): Promise<Store> {
+/**
+ * The store the configuration names and the topology that goes with it, chosen once: SQLite is a single node that
+ * owns everything; Redis is shared by replicas that split the shards.
+ */
+async function openDeployment(config: Config, clock: Clock, logger: Logger): Promise<{ store: Store; topology: Topology }> {
   const box = new SecretBox(config.tokenKey, config.tokenOldKeys);
-  if (config.store.kind === 'sqlite') return new SqliteStore(config.store.path, { synchronous: config.sqliteSynchronous, secretBox: box });
-  const store = new RedisStore(config.store.url, { prefix: config.redisPrefix, secretBox: box, logger: logger.child({ component: 'redis' }) });
+  if (config.store.kind === 'sqlite') {
+    const store = new SqliteStore(config.store.path, { synchronous: config.sqliteSynchronous, secretBox: box });
+    return { store, topology: new SingleNode(store, logger) };
+  }
+  const store = new RedisStore(config.store.url, { keys: new RedisKeys(config.redisPrefix), secretBox: box, logger: logger.child({ component: 'redis' }) });
   await store.connect();
-  return store;
+  const topology = new RedisReplicas({ store, clock, logger, leaseMs: config.redisLeaseMs, backlogMs: Math.max(config.joinTimeoutMs, DEDUPE_WINDOW_MS) });
+  return { store, topology };
 }
 
 /** Builds the whole daemon; never listens (tests build it too, and `main.ts` listens). */
@@ -87,25 +96,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
   const clock = deps.clock ?? systemClock;
   const logger = deps.logger ?? createLogger({ level: config.logLevel, pretty: config.dev && process.stdout.isTTY === true });
   const metrics = new Metrics();
-  const store = deps.store ?? (await openStore(config, logger));
-  // With Redis, replicas split the delegations by shard leases; the engine learns of gains and losses from them.
-  let leases: ShardLeases | null = null;
-  const coordination: Coordination | undefined =
-    store instanceof RedisStore
-      ? {
-          ownership: (leases = new ShardLeases({
-            redis: store.redis,
-            prefix: config.redisPrefix,
-            clock,
-            logger: logger.child({ component: 'leases' }),
-            leaseMs: config.redisLeaseMs,
-            onGain: (shard): Promise<void> => engine.gainShard(shard),
-            onLose: (shard) => engine.loseShard(shard),
-          })),
-          announce: (m: Parameters<RedisStore['announce']>[0]) => store.announce(m),
-        }
-      : undefined;
-  if (store instanceof RedisStore && leases) store.useOwnership(leases);
+  const { store, topology } = await openDeployment(config, clock, logger);
   // Client-server API URLs the operator set for Element Call's route are trusted like explicitly listed origins.
   const overrideOrigins = [...config.csApiUrlOverrides.values()].map((u) => new URL(u).origin);
   const policy = {
@@ -124,9 +115,9 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
     limits: { maxPerIdentity: config.maxDelegationsPerIdentity, maxPerRoom: config.maxDelegationsPerRoom, homeserverRate: config.homeserverRate, maxHomeserverOrigins: config.maxHomeserverOrigins },
     history: new HistoryStore({ ...DEFAULT_HISTORY_LIMITS, bytes: config.historyMaxBytes }),
     ...(deps.random ? { random: deps.random } : {}),
-    ...(coordination ? { coordination } : {}),
+    ownership: topology,
   });
-  const intake = new WebhookIntake({ store, engine, clock, logger, appliesLocally: !(store instanceof RedisStore) });
+  const intake = new WebhookIntake({ store, engine, clock, logger, applied: topology.applied });
   const auth = new LiveKitAuth(config.livekitKeys);
   const watch = new WatchHub(deps.watchMaxBufferedBytes);
   // The SDK turns a ws(s) LIVEKIT_URL (lk-jwt-service's form, handed to clients) into its http(s) form.
@@ -139,7 +130,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
     intervalMs: config.reconcileIntervalMs,
   });
   engine.onLifecycle((e) => watch.broadcast(e));
-  let shuttingDown = false;
+  let closing = false;
   let started = false;
 
   const app = Fastify({
@@ -166,49 +157,30 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
     routes.set(r.url, methods);
   });
   installErrorHandlers(app, () => routes);
-  // Only JSON bodies reach the API; without this Fastify would hand text/plain bodies to the schema as strings.
-  app.removeContentTypeParser('text/plain');
-  app.addHook('onRequest', async (req, reply) => {
-    if (shuttingDown && req.method !== 'GET' && req.method !== 'HEAD' && req.method !== 'OPTIONS') {
-      return reply.status(503).header('retry-after', '5').send({ errcode: 'M_UNKNOWN', error: 'The service is shutting down' });
+  app.addHook('onRequest', async (req) => {
+    if (closing && req.method !== 'GET' && req.method !== 'HEAD' && req.method !== 'OPTIONS') {
+      throw shuttingDown();
     }
   });
 
-  // Per client IP on every API route. LiveKit's webhooks all come from one address and must never be throttled;
-  // probes and scrapes are exempt too.
-  await app.register(fastifyRateLimit, { global: false });
-  const perIp = app.createRateLimit({ max: config.rateLimitPerMinute, timeWindow: 60_000 });
-  app.addHook('onRequest', async (req) => {
-    const path = req.url.split('?')[0]!;
-    if (RATE_LIMIT_EXEMPT.has(path)) return;
-    const verdict = await perIp(req);
-    if (!verdict.isAllowed && verdict.isExceeded) throw limitExceeded('Too many requests from this address', verdict.ttl);
-  });
-  const perIdentity = app.createRateLimit({ max: config.rateLimitPerIdentityPerMinute, timeWindow: 60_000, keyGenerator: (req) => (req as { participantKey?: string }).participantKey ?? req.ip });
+  const limitParticipant = await installRateLimits(app, { perIpPerMinute: config.rateLimitPerMinute, perParticipantPerMinute: config.rateLimitPerIdentityPerMinute });
 
-  healthRoutes(app, { store, metrics, isShuttingDown: () => shuttingDown, isStarted: () => started });
-  consoleRoutes(app);
-  delegationRoutes(app, {
-    config,
-    engine,
-    auth,
-    async limitParticipant(req, identity, room) {
-      (req as { participantKey?: string }).participantKey = `${room}\u0000${identity}`;
-      const verdict = await perIdentity(req);
-      if (!verdict.isAllowed && verdict.isExceeded) throw limitExceeded('Too many delegation requests for this participant', verdict.ttl);
-    },
-  });
+  // Every route group is an encapsulated plugin: its parsers, hooks and schemas stay inside it.
+  const isShuttingDown = (): boolean => closing;
+  await app.register(healthRoutes, { store, metrics, isShuttingDown, isStarted: () => started });
+  await app.register(consoleRoutes);
+  await app.register(delegationRoutes, { config, engine, auth, limitParticipant });
   if (config.adminToken) {
     const adminToken = config.adminToken;
     await app.register(fastifyWebsocket, { options: { maxPayload: 4096 } });
-    await app.register(async (scope) => adminRoutes(scope, { adminToken, engine, store }));
-    await app.register(async (scope) => watchRoutes(scope, { adminToken, hub: watch }));
+    await app.register(adminRoutes, { adminToken, engine, store });
+    await app.register(watchRoutes, { adminToken, hub: watch });
   }
-  await app.register(async (scope) => webhookRoutes(scope, { auth, intake, metrics, clock, isShuttingDown: () => shuttingDown }));
+  await app.register(webhookRoutes, { auth, intake, metrics, clock, isShuttingDown });
   const resolver = deps.resolver ?? matrixResolverFor(config, clock);
   if (!deps.resolver) app.addHook('onClose', async () => resolver.close());
-  await compatRoutes(app, { config, engine, logger, clock, resolver, isShuttingDown: () => shuttingDown });
-  await tokenRoutes(app, { config, engine, resolver, rooms: deps.roomCreator ?? roomService, metrics, logger, isShuttingDown: () => shuttingDown });
+  await app.register(compatRoutes, { config, engine, logger, resolver, isShuttingDown });
+  await app.register(tokenRoutes, { config, engine, resolver, rooms: deps.roomCreator ?? roomService, metrics, logger, isShuttingDown });
 
   return {
     app,
@@ -219,21 +191,13 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
     watch,
     reconciler,
     async start() {
-      if (store instanceof RedisStore && leases) {
-        // Presence first (recent events of every room), then shards: a delegation taken over is caught up from it.
-        await store.feed(clock.now() - Math.max(config.joinTimeoutMs, DEDUPE_WINDOW_MS), (m) => intake.enqueueFeed(m));
-        await leases.start();
-      } else {
-        await engine.start();
-        const replayed = await intake.recover();
-        if (replayed) logger.info({ replayed }, 'applied webhooks recorded before the last stop');
-      }
+      await topology.start({ engine, intake });
       reconciler.start();
       started = true;
     },
     async shutdown() {
-      if (shuttingDown) return;
-      shuttingDown = true;
+      if (closing) return;
+      closing = true;
       const deadline = clock.now() + config.shutdownTimeoutMs;
       logger.info({ deadline_ms: config.shutdownTimeoutMs }, 'shutting down: refusing new work, finishing calls in flight');
       await reconciler.stop();
@@ -241,8 +205,8 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
       intake.stop();
       await intake.idle();
       await engine.drain(deadline);
-      // Hand the shards over at once instead of letting their leases run out.
-      await leases?.stop();
+      // Hand the work over at once (replicas: instead of letting their leases run out).
+      await topology.stop();
       await homeservers.close().catch((err) => logger.warn({ err }, 'closing homeserver connections failed'));
       await store.close();
       logger.info('stopped');

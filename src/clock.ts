@@ -7,8 +7,13 @@ export interface Clock {
 
 export type TimerHandle = { readonly id: unknown };
 
+/** Waits `ms` by the given clock (a manual clock's `advance` ends it), for waits the injected clock decides. */
+export function sleep(clock: Clock, ms: number): Promise<void> {
+  return new Promise((resolve) => clock.setTimeout(resolve, ms));
+}
+
 /** Node refuses timers above 2^31-1 ms (it fires them after 1 ms instead), so every timer is clamped. */
-export const MAX_TIMER_MS = 2 ** 31 - 1;
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 export const systemClock: Clock = {
   now: () => Date.now(),

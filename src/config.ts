@@ -3,6 +3,7 @@
  * defaults; anything set explicitly still holds (contract section 4).
  */
 import { nameTheirs, translateLkJwtEnv } from './lk-jwt-env.js';
+import { DEFAULT_REDIS_PREFIX } from './store/redis-keys.js';
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 
@@ -289,7 +290,7 @@ export function loadConfig(input: Record<string, string | undefined>, opts: { de
   const logLevelRaw = get('LOG_LEVEL') ?? (dev ? 'debug' : 'info');
   if (!LOG_LEVELS.includes(logLevelRaw as LogLevel)) problems.push(`LOG_LEVEL must be one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(logLevelRaw)}`);
 
-  const redisPrefix = get('SIDECAR_REDIS_PREFIX') ?? 'futures-sidecar:';
+  const redisPrefix = get('SIDECAR_REDIS_PREFIX') ?? DEFAULT_REDIS_PREFIX;
   if (!/^[A-Za-z0-9:_.-]{1,64}$/.test(redisPrefix)) problems.push(`SIDECAR_REDIS_PREFIX must be 1-64 characters of letters, digits and :_.-, got ${JSON.stringify(redisPrefix)}`);
   const redisLeaseMs = int('SIDECAR_REDIS_LEASE_MS', 10_000, 1_000, 300_000);
   const syncRaw = (get('SIDECAR_SQLITE_SYNCHRONOUS') ?? 'NORMAL').toUpperCase();
@@ -346,7 +347,7 @@ export function loadConfig(input: Record<string, string | undefined>, opts: { de
 }
 
 /** `https://hs.example:443/` -> `https://hs.example`; null when not an http(s) URL without credentials. */
-export function normaliseOrigin(raw: string): string | null {
+function normaliseOrigin(raw: string): string | null {
   try {
     const u = new URL(raw);
     if ((u.protocol !== 'https:' && u.protocol !== 'http:') || u.username || u.password) return null;

@@ -6,7 +6,7 @@
  */
 import { readFileSync } from 'node:fs';
 
-export interface LkJwtSettings {
+interface LkJwtSettings {
   /** `LIVEKIT_CAN_UPDATE_OWN_METADATA=true`: tokens grant `canUpdateOwnMetadata`. */
   canUpdateOwnMetadata: boolean;
   /** `LIVEKIT_INSECURE_SKIP_VERIFY_TLS=YES_I_KNOW_WHAT_I_AM_DOING`: no certificate checks on outgoing HTTPS. */
@@ -29,7 +29,7 @@ export interface LkJwtTranslation {
 }
 
 /** The exact value lk-jwt-service requires before it skips certificate checks. */
-export const TLS_SKIP_MAGIC = 'YES_I_KNOW_WHAT_I_AM_DOING';
+const TLS_SKIP_MAGIC = 'YES_I_KNOW_WHAT_I_AM_DOING';
 
 const KEY_NAMES = ['LIVEKIT_KEY', 'LIVEKIT_SECRET', 'LIVEKIT_KEY_FROM_FILE', 'LIVEKIT_SECRET_FROM_FILE', 'LIVEKIT_KEY_FILE'] as const;
 const MODE_NAMES = [...KEY_NAMES, 'LIVEKIT_FULL_ACCESS_HOMESERVERS', 'LIVEKIT_JWT_BIND', 'LIVEKIT_JWT_PORT'] as const;

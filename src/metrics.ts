@@ -1,12 +1,11 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { ACTION_KINDS, DELEGATION_STATES, DIALECTS, type DelegationState, type Dialect } from './delegations/model.js';
-import { WEBHOOK_EVENT_LABELS } from './livekit/classify.js';
 
 const PREFIX = 'futures_sidecar_';
 /** 1 ms to 60 s, roughly x2.5 per step. */
 const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
 
-export const VERSION = '0.1.0';
+const VERSION = '0.1.0';
 
 export interface MetricsSources {
   /** Open delegations by state and dialect, computed when scraped. */

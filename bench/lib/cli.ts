@@ -25,7 +25,7 @@ export async function timed(run: (o: BenchOptions) => Promise<Section>, opts: Be
 }
 
 /** The commit measured, and whether src/ differed from it. */
-export function revision(): string {
+function revision(): string {
   try {
     const head = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).trim();
     const dirty = execFileSync('git', ['status', '--porcelain', '--', 'src'], { cwd: ROOT, encoding: 'utf8' }).trim() !== '';

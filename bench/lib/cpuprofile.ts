@@ -14,7 +14,7 @@ interface Profile {
   timeDeltas: number[];
 }
 
-export interface FrameCost {
+interface FrameCost {
   what: string;
   ms: number;
   share: number;
@@ -31,7 +31,7 @@ export interface ProfileSummary {
 }
 
 /** Where a frame's code lives: an npm package, the daemon's own module, Node's internals, or V8's pseudo-frames. */
-export function areaOf(url: string, functionName: string): string {
+function areaOf(url: string, functionName: string): string {
   if (!url) return functionName.startsWith('(') ? functionName : '(native)';
   const pkg = /node_modules\/((?:@[^/]+\/)?[^/]+)/.exec(url);
   if (pkg) return pkg[1]!;

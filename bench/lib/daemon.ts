@@ -8,7 +8,6 @@ import { sleep } from './stats.js';
 export const ROOT = resolve(fileURLToPath(new URL('../..', import.meta.url)));
 const MAIN = join(ROOT, 'dist/src/main.js');
 
-export { freePort };
 
 function newestMtime(dir: string): number {
   let newest = 0;

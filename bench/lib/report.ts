@@ -3,10 +3,10 @@ import { dirname, join } from 'node:path';
 import { ROOT } from './daemon.js';
 import { describeMachine, machineInfo, type MachineInfo } from './machine.js';
 
-export type Verdict = 'met' | 'missed' | 'reported' | 'pending';
+type Verdict = 'met' | 'missed' | 'reported' | 'pending';
 
 /** One line of the summary table: a figure next to its target. */
-export interface SummaryRow {
+interface SummaryRow {
   measure: string;
   result: string;
   target: string;
@@ -39,7 +39,7 @@ export interface BenchOptions {
 
 export const RESULTS = join(ROOT, 'bench/results/latest.json');
 /** Hand-written analysis per benchmark (`bench/notes/<name>.md`), kept across runs and shown under its figures. */
-export const NOTES = join(ROOT, 'bench/notes');
+const NOTES = join(ROOT, 'bench/notes');
 export const DOC = join(ROOT, 'docs/benchmarks.md');
 
 interface Stored {
@@ -48,7 +48,7 @@ interface Stored {
   sections: Record<string, Section>;
 }
 
-export const ORDER = ['intake', 'scale', 'latency', 'load', 'burst', 'replicas'] as const;
+const ORDER = ['intake', 'scale', 'latency', 'load', 'burst', 'replicas'] as const;
 
 const VERDICT: Record<Verdict, string> = { met: 'met', missed: '**missed**', reported: 'reported', pending: 'pending' };
 
@@ -65,7 +65,7 @@ function notes(name: string): string[] {
 }
 
 /** The slot the Redis issue fills: replicas are not built yet. */
-export function replicasPlaceholder(): Section {
+function replicasPlaceholder(): Section {
   return {
     name: 'replicas',
     title: '6. Replicas (Redis)',

@@ -1,5 +1,5 @@
 import type Database from 'better-sqlite3';
-import { tokenKeyOf } from '../../src/delegations/engine.js';
+import { tokenKeyOf } from '../../src/delegations/model.js';
 import type { Delegation, Dialect } from '../../src/delegations/model.js';
 import { SqliteStore } from '../../src/store/sqlite.js';
 import { refreshDelay } from '../../src/delegations/machine.js';
@@ -10,7 +10,7 @@ const DEFAULT_SETTINGS = { reconnectGraceMs: 10_000, joinTimeoutMs: 300_000, ref
 const B64URL = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
 
 /** Random-looking base64url text of `n` characters; not for secrets (seeding a million with node:crypto is slow). */
-export function fakeRandom(n: number): string {
+function fakeRandom(n: number): string {
   let s = '';
   for (let i = 0; i < n; i++) s += B64URL[(Math.random() * 64) | 0];
   return s;
@@ -73,7 +73,6 @@ export async function seedDelegations(path: string, opts: SeedOptions): Promise<
           id: `dg_${fakeRandom(16)}`,
           dialect,
           homeserver: opts.homeserver,
-          tokenKey: tokenKeyOf(dialect, opts.homeserver, token),
           room: p.room,
           identity: p.identity,
           altIdentity: null,
@@ -98,7 +97,7 @@ export async function seedDelegations(path: string, opts: SeedOptions): Promise<
           outcome: null,
         };
         // better-sqlite3 is synchronous: the row is written before this returns its promise.
-        writes.push(store.insertDelegation(d, { token, accessToken: null }));
+        writes.push(store.insertDelegation(d, { token, accessToken: null }, tokenKeyOf(dialect, opts.homeserver, token)));
       }
       await Promise.all(writes);
       db.exec('COMMIT');

@@ -13,11 +13,6 @@ export function median(values: readonly number[]): number {
   return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
 }
 
-export function sum(values: readonly number[]): number {
-  let s = 0;
-  for (const v of values) s += v;
-  return s;
-}
 
 /** `1234.5` -> `1,235`; fixed decimals below 100. */
 export function fmt(n: number, digits = 0): string {

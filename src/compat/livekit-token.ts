@@ -5,7 +5,7 @@
  */
 import { AccessToken } from 'livekit-server-sdk';
 
-export const TOKEN_TTL_SECONDS = 3600;
+const TOKEN_TTL_SECONDS = 3600;
 
 export interface TokenGrant {
   identity: string;

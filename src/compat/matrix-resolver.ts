@@ -296,7 +296,7 @@ export class MatrixResolver {
     } catch (err) {
       throw new MatrixLookupError(err instanceof MatrixLookupError ? err.reason : networkReason(err));
     }
-    let json: unknown = null;
+    let json: unknown;
     try {
       json = JSON.parse(text) as unknown;
     } catch {

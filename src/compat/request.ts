@@ -4,7 +4,7 @@
  * `M_NOT_JSON`, a decoded body with a value missing is `M_BAD_JSON`. As in Go, `null` is the zero value, i.e.
  * missing, and so is an empty string.
  */
-import { MatrixError } from '../errors.js';
+import { MatrixError, matrixError } from '../errors.js';
 
 export interface DelayedLeaveRequest {
   room_id: string;
@@ -62,8 +62,8 @@ const INT_WRITTEN_AS_FRACTION = /"(delay_timeout|expires_in)"\s*:\s*-?\d+(?:\.\d
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
-const notJson = (message: string) => new MatrixError(400, 'M_NOT_JSON', message);
-const badJson = (message: string) => new MatrixError(400, 'M_BAD_JSON', message);
+const notJson = (message: string) => matrixError('M_NOT_JSON', message);
+const badJson = (message: string) => matrixError('M_BAD_JSON', message);
 
 function shown(name: string): string {
   return JSON.stringify(name.length > 64 ? `${name.slice(0, 64)}...` : name);

@@ -1,160 +1,86 @@
-import { isIP } from 'node:net';
-import type { Clock } from '../clock.js';
-import { ipv6Groups } from '../homeserver/address-guard.js';
+import type { Logger } from 'pino';
+import { limitExceeded } from '../errors.js';
+import type { AdmissionRefusal } from './homeserver-load.js';
+import type { Dialect } from './model.js';
+import type { Narrator } from './narrator.js';
+import type { OpenDelegations } from './open-delegations.js';
 
-/** Why a new delegation was refused: for the metric's outcome, the log line and the participant's error. */
-export type AdmissionRefusal = 'homeserver_full' | 'identity_share' | 'client_share' | 'too_many_homeservers';
-
-/**
- * How long a new delegation counts before the homeserver has accepted its first refresh. Its first refresh is due at
- * once; this covers the limiter's queue and the call's own timeout (10 s).
- */
-export const PROVISIONAL_LEASE_MS = 30_000;
-/** Of a homeserver's refresh budget, what one participant's, or one client address's, unconfirmed delegations may hold. */
-export const IDENTITY_SHARE = 0.25;
-export const CLIENT_SHARE = 0.5;
-
-interface Hold {
-  origin: string;
-  load: number;
-  identityKey: string;
-  clientKey: string | null;
-  until: number;
-}
-
-interface OriginLoad {
-  /** Refresh calls/s of open delegations the homeserver has accepted at least one refresh of. */
-  confirmed: number;
-  /** Of those it has not (yet): counted only under a lease. */
-  provisional: number;
-  open: number;
+export interface AdmissionLimits {
+  maxPerIdentity: number;
+  maxPerRoom: number;
+  /** Calls per second each homeserver origin accepts from us (SIDECAR_HOMESERVER_RATE). */
+  homeserverRate: number;
+  /** Homeserver origins with open delegations at once (SIDECAR_MAX_HOMESERVER_ORIGINS); unbounded when absent. */
+  maxHomeserverOrigins?: number;
 }
 
 /**
- * Admission control per homeserver origin (contract section 2), made hard to exhaust with delegations the homeserver
- * would never accept: a delegation counts for good only once its first refresh was accepted; before that it is held
- * provisionally, until its first answer or for `PROVISIONAL_LEASE_MS`, and one participant or one client address
- * (IPv6 by /64) may hold only a share of the budget that way. Also bounds how many origins are in use at once, and
- * says when an origin is no longer used so that what is kept for it can be released.
+ * Share of a homeserver's rate that steady-state refreshes may take: the rest is for first refreshes, actions and
+ * retries. Beyond it new delegations for that homeserver are refused rather than making every refresh late.
  */
-export class AdmissionControl {
-  private readonly origins = new Map<string, OriginLoad>();
-  /** Insertion order is lease order (all leases are equally long), so expired holds are at the front. */
-  private readonly holds = new Map<string, Hold>();
-  private readonly shares = new Map<string, number>();
+export const REFRESH_CAPACITY_SHARE = 0.8;
 
-  constructor(
-    private readonly opts: {
-      /** Steady-state refresh calls per second one origin may carry. */
-      budget: number;
-      maxOrigins: number;
-      clock: Clock;
-      onOriginIdle: (origin: string) => void;
-    },
-  ) {}
+/** How long a refused client is asked to wait before it tries again. */
+const RETRY_AFTER_MS = 60_000;
+/** A share held by unconfirmed delegations frees up within their lease. */
+const SHARE_RETRY_AFTER_MS = 30_000;
 
-  /** Load an origin carries now, counted and held (for metrics and tests). */
-  loadOf(origin: string): number {
-    this.expireHolds();
-    const o = this.origins.get(origin);
-    return o ? o.confirmed + o.provisional : 0;
-  }
+const REFUSALS: Record<AdmissionRefusal, string> = {
+  homeserver_full: 'This homeserver cannot take more delegations without refreshes running late',
+  identity_share: 'This participant holds its share of this homeserver with delegations not yet accepted by it',
+  client_share: 'This address holds its share of this homeserver with delegations not yet accepted by it',
+  too_many_homeservers: 'Too many homeservers are in use; try again later',
+};
 
-  get originsInUse(): number {
-    return this.origins.size;
-  }
+export interface AdmissionRequest {
+  dialect: Dialect;
+  room: string;
+  identity: string;
+  homeserver: string;
+  timeoutMs: number;
+  /** The client's address (IPv6 counted by /64): its unconfirmed delegations may hold only a share of a homeserver. */
+  client?: string | null | undefined;
+}
 
-  check(req: { origin: string; load: number; room: string; identity: string; client: string | null }): AdmissionRefusal | null {
-    this.expireHolds();
-    const o = this.origins.get(req.origin);
-    if (!o && this.origins.size >= this.opts.maxOrigins) return 'too_many_homeservers';
-    if ((o ? o.confirmed + o.provisional : 0) + req.load > this.opts.budget) return 'homeserver_full';
-    // A share bounds what a holder adds on top of what it already holds: its first unconfirmed delegation is always
-    // taken while the homeserver has room, even when one delegation alone is more than a share (Element Call's 10 s
-    // delays cost 0.22 calls/s, more than a quarter of Synapse's default 1/s).
-    if (exceedsShare(this.shares.get(identityKey(req.origin, req.room, req.identity)), req.load, this.opts.budget * IDENTITY_SHARE)) return 'identity_share';
-    const client = clientKey(req.origin, req.client);
-    if (client !== null && exceedsShare(this.shares.get(client), req.load, this.opts.budget * CLIENT_SHARE)) return 'client_share';
-    return null;
-  }
+/** Whether one more delegation fits the limits per participant, per room and per homeserver origin. */
+export class Admission {
+  constructor(private readonly deps: { open: OpenDelegations; limits: AdmissionLimits; narrator: Narrator; logger: Logger }) {}
 
-  /** A delegation is open in this process; `confirmed` when the homeserver has accepted a refresh of it. */
-  track(origin: string, load: number, confirmed: boolean): void {
-    let o = this.origins.get(origin);
-    if (!o) this.origins.set(origin, (o = { confirmed: 0, provisional: 0, open: 0 }));
-    o.open++;
-    if (confirmed) o.confirmed += load;
-  }
-
-  untrack(id: string, origin: string, load: number, confirmed: boolean): void {
-    this.release(id);
-    const o = this.origins.get(origin);
-    if (!o) return;
-    o.open--;
-    if (confirmed) o.confirmed -= load;
-    if (o.open <= 0) {
-      this.origins.delete(origin);
-      this.opts.onOriginIdle(origin);
+  /**
+   * Throws the refusal for a new delegation the limits do not admit. `sameParticipant`: how many open delegations
+   * its participant keeps besides it.
+   */
+  check(req: AdmissionRequest, sameParticipant: number): void {
+    const { open, limits, narrator } = this.deps;
+    if (sameParticipant >= limits.maxPerIdentity) {
+      narrator.registration(req.dialect, 'limited');
+      throw limitExceeded('Too many open delegations for this participant', RETRY_AFTER_MS);
+    }
+    if (open.countInRoom(req.room) >= limits.maxPerRoom) {
+      narrator.registration(req.dialect, 'limited');
+      throw limitExceeded('Too many open delegations in this room', RETRY_AFTER_MS);
+    }
+    const origin = open.originOf(req.homeserver);
+    const refusal = open.load.check(this.loadRequest(req));
+    if (refusal) {
+      narrator.registration(req.dialect, refusal === 'homeserver_full' ? 'overloaded' : 'limited');
+      this.deps.logger.warn({ refusal, homeserver_load: Number(open.load.loadOf(origin).toFixed(3)), rate: limits.homeserverRate }, 'new delegation refused by admission control');
+      throw limitExceeded(REFUSALS[refusal], refusal === 'homeserver_full' || refusal === 'too_many_homeservers' ? RETRY_AFTER_MS : SHARE_RETRY_AFTER_MS);
     }
   }
 
-  /** A new delegation, tracked already, counts provisionally until `confirm`, `release` or its lease ends. */
-  hold(id: string, req: { origin: string; load: number; room: string; identity: string; client: string | null }): void {
-    const o = this.origins.get(req.origin);
-    if (!o) return;
-    const h: Hold = { origin: req.origin, load: req.load, identityKey: identityKey(req.origin, req.room, req.identity), clientKey: clientKey(req.origin, req.client), until: this.opts.clock.now() + PROVISIONAL_LEASE_MS };
-    this.holds.set(id, h);
-    o.provisional += h.load;
-    this.addShare(h.identityKey, h.load);
-    if (h.clientKey !== null) this.addShare(h.clientKey, h.load);
+  /** A new delegation, already open here, holds its load provisionally until its homeserver accepts a refresh. */
+  hold(id: string, req: AdmissionRequest): void {
+    this.deps.open.load.hold(id, this.loadRequest(req));
   }
 
-  /** The homeserver accepted a refresh for the first time (or, with `sign` -1, that is undone). */
-  confirm(id: string, origin: string, load: number, sign: 1 | -1 = 1): void {
-    this.release(id);
-    const o = this.origins.get(origin);
-    if (o) o.confirmed += sign * load;
-  }
-
-  /** Stops holding capacity for a delegation (its first refresh was not accepted, or it ended). */
+  /** Its first refresh was not accepted: it stops holding a share. */
   release(id: string): void {
-    const h = this.holds.get(id);
-    if (!h) return;
-    this.holds.delete(id);
-    const o = this.origins.get(h.origin);
-    if (o) o.provisional = Math.max(0, o.provisional - h.load);
-    this.addShare(h.identityKey, -h.load);
-    if (h.clientKey !== null) this.addShare(h.clientKey, -h.load);
+    this.deps.open.load.release(id);
   }
 
-  private addShare(key: string, load: number): void {
-    const next = (this.shares.get(key) ?? 0) + load;
-    if (next <= 1e-12) this.shares.delete(key);
-    else this.shares.set(key, next);
+  private loadRequest(req: AdmissionRequest) {
+    const { open } = this.deps;
+    return { origin: open.originOf(req.homeserver), load: open.refreshRate(req.timeoutMs), room: req.room, identity: req.identity, client: req.client ?? null };
   }
-
-  private expireHolds(): void {
-    const now = this.opts.clock.now();
-    for (const [id, h] of this.holds) {
-      if (h.until > now) break;
-      this.release(id);
-    }
-  }
-}
-
-function identityKey(origin: string, room: string, identity: string): string {
-  return `${origin}\u0000i\u0000${room}\u0000${identity}`;
-}
-
-/** IPv6 clients are counted by /64, the block one subscriber usually gets, so they cannot pick a fresh address each time. */
-function clientKey(origin: string, client: string | null): string | null {
-  if (!client) return null;
-  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(client);
-  const address = mapped ? mapped[1]! : client;
-  const key = isIP(address) === 6 ? `${ipv6Groups(address.replace(/%.*$/, '')).slice(0, 4).map((g) => g.toString(16)).join(':')}::/64` : address;
-  return `${origin}\u0000c\u0000${key}`;
-}
-
-function exceedsShare(held: number | undefined, load: number, share: number): boolean {
-  return held !== undefined && held > 0 && held + load > share;
 }

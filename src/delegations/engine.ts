@@ -1,20 +1,24 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
-import type { Clock } from '../clock.js';
-import { forbidden, limitExceeded } from '../errors.js';
-import type { HomeserverClient } from '../homeserver/client.js';
+import { sleep, type Clock } from '../clock.js';
+import { forbidden } from '../errors.js';
+import type { CallResult, HomeserverClient } from '../homeserver/client.js';
 import { classifyDeparture } from '../livekit/classify.js';
-import { PresenceTracker, presenceKey } from '../livekit/presence.js';
+import { PresenceTracker } from '../livekit/presence.js';
+import { DEDUPE_WINDOW_MS } from '../livekit/webhook-intake.js';
 import type { Metrics } from '../metrics.js';
-import { shardOf, type ShardOwnership } from '../store/shard-leases.js';
+import { shardOf } from '../store/shard-leases.js';
 import { DuplicateTokenError, type FeedMessage, type Store, type WebhookRecord } from '../store/store.js';
-import { InternTable } from '../lib/intern-table.js';
-import { RollingCount } from '../lib/rolling-count.js';
-import { AdmissionControl, type AdmissionRefusal } from './admission.js';
-import { HistoryStore, type HistoryEntry } from './history.js';
+import { OWNS_EVERYTHING, type Ownership } from '../topology/topology.js';
+import { Admission, REFRESH_CAPACITY_SHARE, type AdmissionLimits } from './admission.js';
+import { EffectRunner } from './effect-runner.js';
+import type { HistoryEntry, HistoryStore } from './history.js';
+import { HomeserverLoad } from './homeserver-load.js';
+import { nextDueAt, registerDelegation, transition, type DelegationEvent, type Effect, type MachineSettings } from './machine.js';
+import { isTerminal, participantKeysOf, tokenKeyOf, type Delegation, type DelegationSource, type Dialect, type LifecycleEvent } from './model.js';
+import { Narrator } from './narrator.js';
+import { OpenDelegations } from './open-delegations.js';
 import { Schedule } from './schedule.js';
-import { nextDueAt, registerDelegation, transition, type DelegationEvent, type Effect, type HomeserverOutcome, type MachineSettings } from './machine.js';
-import { isTerminal, type ActionKind, type Delegation, type DelegationSource, type DelegationState, type Dialect, type LifecycleChange } from './model.js';
 
 export interface RegistrationRequest {
   dialect: Dialect;
@@ -34,22 +38,6 @@ export interface RegistrationRequest {
   client?: string | null;
 }
 
-export interface LifecycleEvent {
-  type: LifecycleChange;
-  delegation_id: string;
-  state: DelegationState;
-  at: number;
-  outcome?: string;
-}
-
-export type { HistoryEntry } from './history.js';
-
-/** How replicas sharing a Redis store split the work (absent with SQLite: one process owns everything). */
-export interface Coordination {
-  ownership: ShardOwnership;
-  announce(message: Exclude<FeedMessage, { kind: 'webhook' }>): Promise<void>;
-}
-
 /**
  * After a start or a takeover, deadlines that ran out (or are about to) while nobody was listening wait this long:
  * LiveKit retries a webhook that failed for about 15 s (1, 2, 4 and 8 s), so a rejoin within the grace that it
@@ -57,59 +45,36 @@ export interface Coordination {
  */
 const SETTLE_AFTER_START_MS = 15_000;
 
-/** Interned strings are swept after at least this many delegations ended (see `sweepInternedWhenDue`). */
-const SWEEP_AFTER_ENDED = 256;
-
-/** How long an API revoke waits for the owning replica to apply it. */
-const REMOTE_REVOKE_WAIT_MS = 3_000;
-/** A state change the store could not take is retried after this long. */
-const STORE_RETRY_MS = 1_000;
-
-export interface EngineLimits {
-  maxPerIdentity: number;
-  maxPerRoom: number;
-  /** Calls per second each homeserver origin accepts from us (SIDECAR_HOMESERVER_RATE). */
-  homeserverRate: number;
-  /** Homeserver origins with open delegations at once (SIDECAR_MAX_HOMESERVER_ORIGINS); unbounded when absent. */
-  maxHomeserverOrigins?: number;
-}
-
 /**
- * Share of a homeserver's rate that steady-state refreshes may take: the rest is for first refreshes, actions and
- * retries. Beyond it new delegations for that homeserver are refused rather than making every refresh late.
+ * How long an ended session is remembered: the contract asks for at least the join timeout, and a webhook is
+ * accepted up to the dedupe window after LiveKit created it, so a late join of an ended session is still known as
+ * stale for as long as it can arrive.
  */
-const REFRESH_CAPACITY_SHARE = 0.8;
-
-/** Stable idempotency key for (dialect, homeserver, token) that does not reveal the token. */
-export function tokenKeyOf(dialect: Dialect, homeserver: string, token: string): string {
-  return createHash('sha256').update(`${dialect}\u0000${homeserver}\u0000${token}`).digest('hex');
+export function presenceRetentionMs(settings: MachineSettings): number {
+  return Math.max(settings.joinTimeoutMs, DEDUPE_WINDOW_MS);
 }
 
+/** How long an API revoke waits for the owning replica to apply it, and how often it looks. */
+const REMOTE_REVOKE_WAIT_MS = 3_000;
+const REMOTE_REVOKE_POLL_MS = 25;
+/** A state change the store could not take, or a call that failed without an answer, is retried after this long. */
+const RETRY_MS = 1_000;
+
+export type EngineLimits = AdmissionLimits;
+
 /**
- * Drives every open delegation: applies events through the pure state machine, persists each change before acting
- * on it, keeps one schedule for all timers, and carries out homeserver calls.
+ * Drives every open delegation: runs each event through the pure state machine, persists the result before acting
+ * on it, keeps one schedule for all timers, and hands the decided calls to the effect runner. What it holds, how it
+ * calls and how it tells are its parts': `OpenDelegations`, `EffectRunner`, `Narrator`, `Admission`.
  */
 export class DelegationEngine {
-  private readonly open = new Map<string, Delegation>();
-  /** room -> identity -> delegation ids; nested so that no key string is built per delegation. */
-  private readonly byParticipant = new Map<string, IdIndex>();
-  private readonly byRoom: IdIndex = new Map();
-  private readonly awaiting = new Set<string>();
-  private readonly admission: AdmissionControl;
-  private readonly busy = new Map<string, { refresh: boolean; action: boolean }>();
-  private readonly inflight = new Set<Promise<unknown>>();
-  private readonly listeners = new Set<(e: LifecycleEvent) => void>();
-  readonly histories: HistoryStore;
-  /** Shared copies of strings that repeat across delegations (see `compact`). */
-  private readonly interned = new InternTable<string>();
-  private readonly internedActions = new InternTable<Readonly<Delegation['actions']>>();
-  private readonly origins = new InternTable<string>();
-  private endedSinceSweep = 0;
-  readonly presence = new PresenceTracker();
-  private readonly refreshesLastMinute = new RollingCount();
-  private readonly actionsLastMinute = new RollingCount();
+  private readonly open: OpenDelegations;
+  private readonly effects: EffectRunner;
+  private readonly narrator: Narrator;
+  private readonly admission: Admission;
   private readonly schedule: Schedule;
-  private stopping = false;
+  private readonly ownership: Ownership;
+  readonly presence: PresenceTracker;
 
   constructor(
     private readonly deps: {
@@ -121,33 +86,48 @@ export class DelegationEngine {
       settings: MachineSettings;
       limits: EngineLimits;
       random?: () => number;
-      coordination?: Coordination;
+      /** Which delegations this process acts on; all of them by default. */
+      ownership?: Ownership;
+      /** The console's history; bounded by the defaults when absent. */
       history?: HistoryStore;
     },
   ) {
-    this.schedule = new Schedule(deps.clock, (id) => this.onDue(id));
-    this.histories = deps.history ?? new HistoryStore();
-    this.admission = new AdmissionControl({
+    const { clock, logger, metrics, settings } = deps;
+    this.ownership = deps.ownership ?? OWNS_EVERYTHING;
+    const load = new HomeserverLoad({
       budget: deps.limits.homeserverRate * REFRESH_CAPACITY_SHARE,
       maxOrigins: deps.limits.maxHomeserverOrigins ?? Infinity,
-      clock: deps.clock,
+      clock,
+      // What the homeserver client keeps for an origin (limiter, dialect learnt) goes when no delegation uses it.
       onOriginIdle: (origin) => deps.homeservers.forgetOrigin(origin),
     });
-    deps.metrics.attach({
-      countByStateAndDialect: () => this.countByStateAndDialect(),
+    this.open = new OpenDelegations(settings.refreshAt, load);
+    this.narrator = new Narrator({ clock, logger, metrics, ...(deps.history ? { history: deps.history } : {}) });
+    this.admission = new Admission({ open: this.open, limits: deps.limits, narrator: this.narrator, logger });
+    this.effects = new EffectRunner({
+      store: deps.store,
+      homeservers: deps.homeservers,
+      clock,
+      logger,
+      isOpen: (id) => this.open.has(id),
+      answered: (d, effect, result) => this.onAnswer(d, effect, result),
+      settled: (id, failed) => this.onSettled(id, failed),
+    });
+    this.schedule = new Schedule(clock, (id) => this.onDue(id));
+    this.presence = new PresenceTracker({ clock, retentionMs: presenceRetentionMs(settings) });
+    metrics.attach({
+      countByStateAndDialect: () => this.open.countByStateAndDialect(),
       smallestExpiryMarginSeconds: () => this.smallestExpiryMarginSeconds(),
       limiterBacklog: () => deps.homeservers.limiterBacklog(),
     });
   }
 
   onLifecycle(listener: (e: LifecycleEvent) => void): () => void {
-    this.listeners.add(listener);
-    return () => this.listeners.delete(listener);
+    return this.narrator.onLifecycle(listener);
   }
 
-  /** Reloads open delegations; overdue refreshes and actions run at once. */
+  /** Loads every open delegation (a process that owns them all); overdue refreshes and actions run at once. */
   async start(): Promise<void> {
-    if (this.deps.coordination) return;
     const loaded = await this.deps.store.loadOpen();
     for (const d of loaded) this.track(this.settle(d));
     this.deps.logger.info({ open: loaded.length }, 'open delegations loaded');
@@ -161,13 +141,14 @@ export class DelegationEngine {
     return this.open.get(id);
   }
 
-  /** What happened to a delegation, oldest first (kept in memory, bounded). */
-  history(id: string): HistoryEntry[] {
-    return this.histories.get(id);
+  /** The console's history of recent delegations, bounded by count and bytes. */
+  get histories(): HistoryStore {
+    return this.narrator.history;
   }
 
-  private note(d: Delegation, what: string): void {
-    this.histories.add(d.id, this.deps.clock.now(), what, d.state);
+  /** What happened to a delegation, oldest first (kept in memory, bounded). */
+  history(id: string): HistoryEntry[] {
+    return this.narrator.historyOf(id);
   }
 
   async register(req: RegistrationRequest): Promise<{ delegation: Delegation; created: boolean }> {
@@ -175,36 +156,27 @@ export class DelegationEngine {
     const existing = await this.deps.store.findByTokenKey(tokenKey);
     if (existing) {
       if (existing.identity !== req.identity || existing.room !== req.room) {
-        this.deps.metrics.registered.inc({ dialect: req.dialect, outcome: 'forbidden' });
+        this.narrator.registration(req.dialect, 'forbidden');
         throw forbidden('This token was delegated by another participant');
       }
-      this.deps.metrics.registered.inc({ dialect: req.dialect, outcome: 'existing' });
+      this.narrator.registration(req.dialect, 'existing');
       return { delegation: this.open.get(existing.id) ?? existing, created: false };
     }
-    const sameParticipant = this.participantDelegations(req.room, req.identity).map((id) => this.open.get(id)!).filter((d) => d.room === req.room && d.identity === req.identity);
+    const sameParticipant = this.open
+      .ofParticipant(req.room, req.identity)
+      .map((id) => this.open.get(id)!)
+      .filter((d) => d.room === req.room && d.identity === req.identity);
     if (req.replaceSameParticipant) {
       for (const old of sameParticipant) await this.apply(old.id, { type: 'revoke' }, 'replaced by a new delegation for the same participant');
-    } else if (sameParticipant.length >= this.deps.limits.maxPerIdentity) {
-      this.deps.metrics.registered.inc({ dialect: req.dialect, outcome: 'limited' });
-      throw limitExceeded('Too many open delegations for this participant', 60_000);
     }
-    if (countOf(this.byRoom, req.room) >= this.deps.limits.maxPerRoom) {
-      this.deps.metrics.registered.inc({ dialect: req.dialect, outcome: 'limited' });
-      throw limitExceeded('Too many open delegations in this room', 60_000);
-    }
-    const admission = { origin: this.originOf(req.homeserver), load: this.refreshRate(req.timeoutMs), room: req.room, identity: req.identity, client: req.client ?? null };
-    const refusal = this.admission.check(admission);
-    if (refusal) this.refuseAdmission(req.dialect, refusal, admission.origin);
-    const now = this.deps.clock.now();
-    const sid =
-      this.presence.activeSid(req.room, req.identity) ??
-      (req.altIdentity ? this.presence.activeSid(req.altRoom ?? req.room, req.altIdentity) : null);
+    this.admission.check(req, req.replaceSameParticipant ? 0 : sameParticipant.length);
+    let sid: string | null = null;
+    for (const { room, identity } of participantKeysOf(req)) sid ??= this.presence.activeSid(room, identity);
     const t = registerDelegation(
       {
         id: `dg_${randomBytes(12).toString('base64url')}`,
         dialect: req.dialect,
         homeserver: req.homeserver,
-        tokenKey,
         room: req.room,
         identity: req.identity,
         altIdentity: req.altIdentity ?? null,
@@ -213,29 +185,26 @@ export class DelegationEngine {
         actions: req.actions,
         timeoutMs: req.timeoutMs,
         source: req.source,
-        createdAt: now,
+        createdAt: this.deps.clock.now(),
       },
       this.ctx(),
       sid,
     );
     try {
-      await this.deps.store.insertDelegation(t.delegation, { token: req.token, accessToken: req.accessToken });
+      await this.deps.store.insertDelegation(t.delegation, { token: req.token, accessToken: req.accessToken }, tokenKey);
     } catch (err) {
       if (err instanceof DuplicateTokenError) return this.register(req);
       throw err;
     }
-    this.deps.metrics.registered.inc({ dialect: req.dialect, outcome: 'created' });
-    const coordination = this.deps.coordination;
-    if (coordination && !coordination.ownership.owns(t.delegation.id)) {
-      await coordination.announce({ kind: 'registered', id: t.delegation.id });
-      this.note(t.delegation, `registered (${req.dialect}, timeout ${req.timeoutMs} ms), handed to the replica that owns its shard`);
-      this.emit(null, t.delegation, t.changes, 'registered');
+    this.narrator.registration(req.dialect, 'created');
+    if (!this.ownership.owns(t.delegation.id)) {
+      await this.ownership.announce({ kind: 'registered', id: t.delegation.id });
+      this.narrator.changed(null, t.delegation, t.changes, 'registered', `registered (${req.dialect}, timeout ${req.timeoutMs} ms), handed to the replica that owns its shard`);
       return { delegation: t.delegation, created: true };
     }
     this.track(t.delegation);
-    this.admission.hold(t.delegation.id, admission);
-    this.note(t.delegation, `registered (${req.dialect}, timeout ${req.timeoutMs} ms${sid ? ', participant already connected' : ''})`);
-    this.emit(null, t.delegation, t.changes, 'registered');
+    this.admission.hold(t.delegation.id, req);
+    this.narrator.changed(null, t.delegation, t.changes, 'registered', `registered (${req.dialect}, timeout ${req.timeoutMs} ms${sid ? ', participant already connected' : ''})`);
     return { delegation: t.delegation, created: true };
   }
 
@@ -243,22 +212,21 @@ export class DelegationEngine {
   async revoke(id: string): Promise<Delegation | undefined> {
     if (this.open.has(id)) return this.apply(id, { type: 'revoke' }, 'revoked');
     const stored = await this.deps.store.getDelegation(id);
-    const coordination = this.deps.coordination;
-    if (!stored || isTerminal(stored.state) || !coordination) return stored;
+    if (!stored || isTerminal(stored.state) || !this.ownership.shared) return stored;
     // Another replica owns it: ask that one, and wait (bounded) to answer with the result.
-    await coordination.announce({ kind: 'revoke', id });
+    await this.ownership.announce({ kind: 'revoke', id });
     const deadline = this.deps.clock.now() + REMOTE_REVOKE_WAIT_MS;
     for (;;) {
       const d = await this.deps.store.getDelegation(id);
       if (!d || isTerminal(d.state) || this.deps.clock.now() >= deadline) return d;
-      await new Promise((r) => setTimeout(r, 25));
+      await sleep(this.deps.clock, REMOTE_REVOKE_POLL_MS);
     }
   }
 
   /** A message from the replicated store's stream, in order with the webhooks. */
   async onFeed(m: FeedMessage): Promise<void> {
     if (m.kind === 'webhook') return this.processWebhook(m.record);
-    if (!this.deps.coordination?.ownership.owns(m.id)) return;
+    if (!this.ownership.owns(m.id)) return;
     if (m.kind === 'revoke') {
       if (this.open.has(m.id)) await this.apply(m.id, { type: 'revoke' }, 'revoked (asked by another replica)');
       return;
@@ -273,16 +241,8 @@ export class DelegationEngine {
 
   /** After a failed attempt to apply a webhook: bring the delegations it concerns up to date from presence. */
   async catchUpFor(rec: WebhookRecord): Promise<void> {
-    const ids = rec.event === 'room_finished' ? (rec.room ? idsOf(this.byRoom, rec.room) : []) : rec.room && rec.identity ? this.participantDelegations(rec.room, rec.identity) : [];
+    const ids = rec.event === 'room_finished' ? (rec.room ? this.open.inRoom(rec.room) : []) : rec.room && rec.identity ? this.open.ofParticipant(rec.room, rec.identity) : [];
     for (const id of ids) await this.catchUp(id);
-  }
-
-  /** Gives a just-loaded delegation's grace or join deadline time to hear what LiveKit retries after our restart. */
-  private settle(d: Delegation): Delegation {
-    const floor = this.deps.clock.now() + SETTLE_AFTER_START_MS;
-    if (d.state === 'grace' && d.graceDeadline !== null && d.graceDeadline < floor) d.graceDeadline = floor;
-    if (d.state === 'awaiting_join' && d.joinDeadline !== null && d.joinDeadline < floor) d.joinDeadline = floor;
-    return d;
   }
 
   /** This replica now holds a shard's lease: take over its open delegations. */
@@ -304,33 +264,6 @@ export class DelegationEngine {
     this.deps.logger.info({ shard, dropped }, 'gave up a shard');
   }
 
-  /**
-   * Applies what presence knows and a delegation's stored state does not yet reflect: a session that ended, or
-   * joined, while another replica owned it (or before it was registered).
-   */
-  private async catchUp(id: string): Promise<void> {
-    const d = this.open.get(id);
-    if (!d) return;
-    const pairs: Array<[string, string]> = [[d.room, d.identity]];
-    if (d.altIdentity) pairs.push([d.altRoom ?? d.room, d.altIdentity]);
-    if ((d.state === 'connected' || d.state === 'grace') && d.sid) {
-      for (const [room, identity] of pairs) {
-        const end = this.presence.endOf(room, identity, d.sid);
-        if (end) {
-          await this.apply(id, { type: 'departed', sid: d.sid, departure: end.departure, at: end.at }, 'catch-up: the session ended earlier');
-          return;
-        }
-      }
-    }
-    for (const [room, identity] of pairs) {
-      const sid = this.presence.activeSid(room, identity);
-      if (sid && (d.state === 'awaiting_join' || d.state === 'grace' || (d.state === 'connected' && d.sid !== sid))) {
-        await this.apply(id, { type: 'joined', sid }, 'catch-up: the participant is present');
-        return;
-      }
-    }
-  }
-
   async get(id: string): Promise<Delegation | undefined> {
     return this.open.get(id) ?? (await this.deps.store.getDelegation(id));
   }
@@ -345,7 +278,7 @@ export class DelegationEngine {
     if (rec.event === 'room_finished') {
       if (!room) return;
       this.presence.roomFinished(room, rec.receivedAt);
-      await Promise.all(idsOf(this.byRoom, room).map((id) => this.apply(id, { type: 'room_finished', at: rec.receivedAt }, 'room finished')));
+      await Promise.all(this.open.inRoom(room).map((id) => this.apply(id, { type: 'room_finished', at: rec.receivedAt }, 'room finished')));
       return;
     }
     if (!room || !identity || !sid) return;
@@ -357,7 +290,7 @@ export class DelegationEngine {
       const departure = classifyDeparture(rec.event, rec.reason ?? undefined);
       if (this.presence.departed(room, identity, sid, rec.receivedAt, departure) === 'stale') return;
       const cause = `${rec.event} ${rec.reason ?? 'UNKNOWN_REASON'}`;
-      await Promise.all(this.participantDelegations(room, identity).map((id) => this.apply(id, { type: 'departed', sid, departure, at: rec.receivedAt }, cause)));
+      await Promise.all(this.open.ofParticipant(room, identity).map((id) => this.apply(id, { type: 'departed', sid, departure, at: rec.receivedAt }, cause)));
     }
   }
 
@@ -368,12 +301,12 @@ export class DelegationEngine {
   async observePresent(room: string, identity: string, sid: string, source: 'participant_joined' | 'reconcile' | 'join_poll', joinedAt: number | null = null): Promise<void> {
     if (this.presence.joined(room, identity, sid, joinedAt) === 'stale') return;
     await Promise.all(
-      this.participantDelegations(room, identity).map(async (id) => {
+      this.open.ofParticipant(room, identity).map(async (id) => {
         const d = this.open.get(id);
         if (!d) return;
         const correction = source === 'participant_joined' ? null : d.state === 'awaiting_join' ? 'joined' : d.state === 'grace' ? 'rejoined' : d.state === 'connected' && d.sid !== sid ? 'rebound' : null;
         const after = await this.apply(id, { type: 'joined', sid }, source);
-        if (correction && after && after !== d) this.deps.metrics.reconcileCorrections.inc({ kind: correction });
+        if (correction && after && after !== d) this.narrator.correction(correction);
       }),
     );
   }
@@ -383,16 +316,19 @@ export class DelegationEngine {
     const d = this.open.get(id);
     if (!d || d.state !== 'connected') return;
     const after = await this.apply(id, { type: 'departed', sid: d.sid, departure: 'connection_lost', at: this.deps.clock.now() }, 'reconcile: absent from LiveKit twice in a row');
-    if (after && after.state !== d.state) this.deps.metrics.reconcileCorrections.inc({ kind: 'lost' });
+    if (after && after.state !== d.state) this.narrator.correction('lost');
   }
 
   /** Rooms with open delegations (including Element Call's legacy rooms). */
   openRooms(): string[] {
-    return [...this.byRoom.keys()];
+    return this.open.rooms();
   }
 
   delegationsInRoom(room: string): Delegation[] {
-    return idsOf(this.byRoom, room).map((id) => this.open.get(id)!).filter(Boolean);
+    return this.open
+      .inRoom(room)
+      .map((id) => this.open.get(id)!)
+      .filter(Boolean);
   }
 
   /**
@@ -400,34 +336,26 @@ export class DelegationEngine {
    * connection (a rejoin whose webhook was lost would otherwise be seen only by the next reconcile cycle).
    */
   awaitingJoin(): Delegation[] {
-    return [...this.awaiting].map((id) => this.open.get(id)!).filter(Boolean);
+    return this.open.awaitingSession();
   }
 
   /** Stop starting work; wait for homeserver calls already in flight, at most until `deadline`. */
   async drain(deadline: number): Promise<void> {
-    this.stopping = true;
+    const drained = this.effects.drain(deadline);
     this.schedule.stop();
-    const wait = Math.max(0, deadline - this.deps.clock.now());
-    await Promise.race([
-      Promise.allSettled([...this.inflight]),
-      new Promise<void>((resolve) => {
-        const h = this.deps.clock.setTimeout(resolve, wait);
-        void Promise.allSettled([...this.inflight]).then(() => this.deps.clock.clearTimeout(h));
-      }),
-    ]);
+    await drained;
   }
 
   /** Totals for the operator console. */
   stats(): { open: number; by_state: Record<string, number>; refreshes_last_minute: number; actions_last_minute: number; smallest_expiry_margin_seconds: number | null } {
     const byState: Record<string, number> = {};
     for (const d of this.open.values()) byState[d.state] = (byState[d.state] ?? 0) + 1;
-    const now = this.deps.clock.now();
     const margin = this.smallestExpiryMarginSeconds();
     return {
       open: this.open.size,
       by_state: byState,
-      refreshes_last_minute: this.refreshesLastMinute.total(now),
-      actions_last_minute: this.actionsLastMinute.total(now),
+      refreshes_last_minute: this.narrator.refreshesInLastMinute(),
+      actions_last_minute: this.narrator.actionsInLastMinute(),
       smallest_expiry_margin_seconds: Number.isFinite(margin) ? margin : null,
     };
   }
@@ -440,129 +368,78 @@ export class DelegationEngine {
     return min === Infinity ? Infinity : min / 1000;
   }
 
-  private *countByStateAndDialect(): Iterable<{ state: DelegationState; dialect: Dialect; count: number }> {
-    const counts = new Map<string, number>();
-    for (const d of this.open.values()) counts.set(`${d.state}|${d.dialect}`, (counts.get(`${d.state}|${d.dialect}`) ?? 0) + 1);
-    for (const [k, count] of counts) {
-      const [state, dialect] = k.split('|') as [DelegationState, Dialect];
-      yield { state, dialect, count };
-    }
+  /** Gives a just-loaded delegation's grace or join deadline time to hear what LiveKit retries after our restart. */
+  private settle(d: Delegation): Delegation {
+    const floor = this.deps.clock.now() + SETTLE_AFTER_START_MS;
+    if (d.state === 'grace' && d.graceDeadline !== null && d.graceDeadline < floor) d.graceDeadline = floor;
+    if (d.state === 'awaiting_join' && d.joinDeadline !== null && d.joinDeadline < floor) d.joinDeadline = floor;
+    return d;
   }
 
-  private participantDelegations(room: string, identity: string): string[] {
-    const identities = this.byParticipant.get(room);
-    return identities ? idsOf(identities, identity) : [];
+  /**
+   * Applies what presence knows and a delegation's stored state does not yet reflect: a session that ended, or
+   * joined, while another replica owned it (or before it was registered).
+   */
+  private async catchUp(id: string): Promise<void> {
+    const d = this.open.get(id);
+    if (!d) return;
+    const keys = participantKeysOf(d);
+    if ((d.state === 'connected' || d.state === 'grace') && d.sid) {
+      for (const { room, identity } of keys) {
+        const end = this.presence.endOf(room, identity, d.sid);
+        if (end) {
+          await this.apply(id, { type: 'departed', sid: d.sid, departure: end.departure, at: end.at }, 'catch-up: the session ended earlier');
+          return;
+        }
+      }
+    }
+    for (const { room, identity } of keys) {
+      const sid = this.presence.activeSid(room, identity);
+      if (sid && (d.state === 'awaiting_join' || d.state === 'grace' || (d.state === 'connected' && d.sid !== sid))) {
+        await this.apply(id, { type: 'joined', sid }, 'catch-up: the participant is present');
+        return;
+      }
+    }
   }
 
   private ctx() {
     return { now: this.deps.clock.now(), settings: this.deps.settings, random: this.deps.random ?? Math.random };
   }
 
-  /** Steady-state refresh calls per second one delegation with this timeout needs. */
-  private refreshRate(timeoutMs: number): number {
-    return 1000 / (Math.max(0.05, this.deps.settings.refreshAt - 0.05) * timeoutMs);
-  }
-
-  /**
-   * The in-memory form: strings many delegations share (homeserver, room, action names, enum values) are shared
-   * instead of one copy per row, and the token key, needed only by the store's index, is dropped.
-   */
-  private compact(d: Delegation): Delegation {
-    const intern = (v: string): string => this.interned.get(v, (s) => s);
-    const actions = this.internedActions.get(actionsKeyOf(d.actions), () => Object.freeze({ ...d.actions }));
-    // Loaded and registered objects are fresh, so they are compacted in place rather than copied.
-    d.tokenKey = '';
-    d.homeserver = intern(d.homeserver);
-    d.room = intern(d.room);
-    if (d.altRoom !== null) d.altRoom = intern(d.altRoom);
-    d.state = intern(d.state) as Delegation['state'];
-    d.dialect = intern(d.dialect) as Delegation['dialect'];
-    d.source = intern(d.source) as Delegation['source'];
-    if (d.pendingAction !== null) d.pendingAction = intern(d.pendingAction) as Delegation['pendingAction'];
-    d.actions = actions;
-    return d;
-  }
-
-  private originOf(homeserver: string): string {
-    return this.origins.get(homeserver, (h) => new URL(h).origin);
-  }
-
-  /**
-   * Forgets shared strings that no open delegation uses any more (ended delegations' rooms, homeservers, actions),
-   * once as many delegations have ended as are open (at least `SWEEP_AFTER_ENDED`): the walk over the open ones is
-   * spread over the ends, and what ended delegations leave behind stays bounded.
-   */
-  private sweepInternedWhenDue(): void {
-    if (++this.endedSinceSweep < Math.max(SWEEP_AFTER_ENDED, this.open.size)) return;
-    this.endedSinceSweep = 0;
-    const open = this.open;
-    this.interned.sweep(
-      (function* () {
-        for (const d of open.values()) {
-          yield d.homeserver;
-          yield d.room;
-          if (d.altRoom !== null) yield d.altRoom;
-          yield d.state;
-          yield d.dialect;
-          yield d.source;
-        }
-      })(),
-    );
-    this.internedActions.sweep(mapIterable(open.values(), (d) => actionsKeyOf(d.actions)));
-    this.origins.sweep(mapIterable(open.values(), (d) => d.homeserver));
-  }
-
-  private refuseAdmission(dialect: Dialect, refusal: AdmissionRefusal, origin: string): never {
-    this.deps.metrics.registered.inc({ dialect, outcome: refusal === 'homeserver_full' ? 'overloaded' : 'limited' });
-    this.deps.logger.warn({ refusal, homeserver_load: Number(this.admission.loadOf(origin).toFixed(3)), rate: this.deps.limits.homeserverRate }, 'new delegation refused by admission control');
-    throw limitExceeded(ADMISSION_MESSAGES[refusal], refusal === 'homeserver_full' || refusal === 'too_many_homeservers' ? 60_000 : 30_000);
-  }
-
   private track(loaded: Delegation): void {
-    const d = this.compact(loaded);
-    if (!this.open.has(d.id)) this.admission.track(this.originOf(d.homeserver), this.refreshRate(d.timeoutMs), d.lastRefreshAt !== null);
-    this.open.set(d.id, d);
-    this.indexParticipant(d.room, d.identity, d.id, true);
-    addTo(this.byRoom, d.room, d.id);
-    if (d.altIdentity) this.indexParticipant(d.altRoom ?? d.room, d.altIdentity, d.id, true);
-    if (d.altRoom) addTo(this.byRoom, d.altRoom, d.id);
-    this.reschedule(d);
-  }
-
-  private indexParticipant(room: string, identity: string, id: string, add: boolean): void {
-    let identities = this.byParticipant.get(room);
-    if (add) {
-      if (!identities) this.byParticipant.set(room, (identities = new Map()));
-      addTo(identities, identity, id);
-    } else if (identities) {
-      removeFrom(identities, identity, id);
-      if (identities.size === 0) this.byParticipant.delete(room);
-    }
+    this.reschedule(this.open.add(loaded));
   }
 
   private untrack(d: Delegation): void {
-    if (this.open.has(d.id)) this.admission.untrack(d.id, this.originOf(d.homeserver), this.refreshRate(d.timeoutMs), d.lastRefreshAt !== null);
-    this.open.delete(d.id);
-    this.busy.delete(d.id);
-    this.awaiting.delete(d.id);
-    this.sweepInternedWhenDue();
-    this.indexParticipant(d.room, d.identity, d.id, false);
-    removeFrom(this.byRoom, d.room, d.id);
-    if (d.altIdentity) this.indexParticipant(d.altRoom ?? d.room, d.altIdentity, d.id, false);
-    if (d.altRoom) removeFrom(this.byRoom, d.altRoom, d.id);
+    this.open.remove(d);
+    this.effects.forget(d.id);
     this.schedule.set(d.id, null);
   }
 
   private reschedule(d: Delegation): void {
-    if (d.state === 'awaiting_join' || d.state === 'grace') this.awaiting.add(d.id);
-    else this.awaiting.delete(d.id);
-    this.schedule.set(d.id, this.stopping ? null : nextDueAt(d, this.busy.get(d.id)));
+    this.schedule.set(d.id, this.effects.stopping ? null : nextDueAt(d, this.effects.busyOf(d.id)));
   }
 
   private onDue(id: string): void {
-    if (this.stopping || !this.open.has(id)) return;
-    const busy = this.busy.get(id) ?? { refresh: false, action: false };
+    if (this.effects.stopping || !this.open.has(id)) return;
+    const busy = this.effects.busyOf(id) ?? { refresh: false, action: false };
     void this.apply(id, { type: 'tick', busy }, 'timer').catch((err) => this.deps.logger.error({ err, delegation_id: id }, 'tick failed'));
+  }
+
+  private async onAnswer(d: Delegation, effect: Effect, result: CallResult): Promise<void> {
+    this.narrator.answered(d, effect, result, this.open.get(d.id));
+    if (effect.type === 'refresh' && result.outcome.kind !== 'ok') this.admission.release(d.id);
+    // A refresh that went wrong while stopping is left for the next process: it has the rest of the timeout.
+    if (effect.type === 'refresh' && this.effects.stopping && result.outcome.kind !== 'ok') return;
+    const event: DelegationEvent = effect.type === 'refresh' ? { type: 'refresh_result', outcome: result.outcome } : { type: 'action_result', outcome: result.outcome };
+    await this.apply(d.id, event, `${effect.type} answered`);
+  }
+
+  private onSettled(id: string, failed: boolean): void {
+    const current = this.open.get(id);
+    if (!current) return;
+    if (failed) this.schedule.set(id, this.effects.stopping ? null : this.deps.clock.now() + RETRY_MS);
+    else this.reschedule(current);
   }
 
   /** Runs one event through the machine, persists the result, then carries out its effects. */
@@ -572,199 +449,33 @@ export class DelegationEngine {
     const t = transition(before, event, this.ctx());
     const after = t.delegation;
     if (after === before) {
-      if (event.type !== 'tick' && event.type !== 'refresh_result' && event.type !== 'action_result') this.note(before, `${cause}: no change`);
+      if (event.type !== 'tick' && event.type !== 'refresh_result' && event.type !== 'action_result') this.narrator.note(before, `${cause}: no change`);
       return before;
     }
-    // Calls count as in flight from the moment they are decided, so that no timer decides them again while the
-    // decision is being made durable.
-    const busy = this.busyOf(id);
-    for (const e of t.effects) busy[e.type] = true;
-    this.open.set(id, after);
-    this.countFirstAcceptance(before, after);
+    this.effects.claim(id, t.effects);
     if (isTerminal(after.state)) this.untrack(after);
-    else this.reschedule(after);
+    else {
+      this.open.replace(after);
+      this.reschedule(after);
+    }
     try {
       await this.deps.store.saveDelegation(after);
     } catch (err) {
       // Not durable, so not done: go back to the stored state and try again shortly.
-      for (const e of t.effects) busy[e.type] = false;
+      this.effects.release(id, t.effects);
       if (isTerminal(after.state)) this.track(before);
-      else if (this.open.get(id) === after) {
-        this.open.set(id, before);
-        this.countFirstAcceptance(after, before);
-      }
-      if (this.open.has(id) && !this.stopping) this.schedule.set(id, this.deps.clock.now() + STORE_RETRY_MS);
+      else if (this.open.get(id) === after) this.open.replace(before);
+      if (this.open.has(id) && !this.effects.stopping) this.schedule.set(id, this.deps.clock.now() + RETRY_MS);
       throw err;
     }
-    if (event.type !== 'tick' || before.state !== after.state) {
-      this.note(after, before.state === after.state ? `${cause}${t.reason ? `: ${t.reason}` : ''}` : `${cause}: ${before.state} -> ${after.state}${t.reason ? ` (${t.reason})` : ''}`);
-    }
-    this.emit(before, after, t.changes, t.reason ?? cause);
-    for (const effect of t.effects) this.run(after, effect);
+    const what =
+      event.type === 'tick' && before.state === after.state
+        ? undefined
+        : before.state === after.state
+          ? `${cause}${t.reason ? `: ${t.reason}` : ''}`
+          : `${cause}: ${before.state} -> ${after.state}${t.reason ? ` (${t.reason})` : ''}`;
+    this.narrator.changed(before, after, t.changes, t.reason ?? cause, what);
+    for (const effect of t.effects) this.effects.run(after, effect);
     return after;
   }
-
-  /** Admission counts a delegation for good from the first refresh its homeserver accepted. */
-  private countFirstAcceptance(before: Delegation, after: Delegation): void {
-    if ((before.lastRefreshAt === null) === (after.lastRefreshAt === null)) return;
-    this.admission.confirm(after.id, this.originOf(after.homeserver), this.refreshRate(after.timeoutMs), after.lastRefreshAt !== null ? 1 : -1);
-  }
-
-  private busyOf(id: string): { refresh: boolean; action: boolean } {
-    let busy = this.busy.get(id);
-    if (!busy) this.busy.set(id, (busy = { refresh: false, action: false }));
-    return busy;
-  }
-
-  /** Carries out a decided call; `apply` already marked it in flight. */
-  private run(d: Delegation, effect: Effect): void {
-    const kind = effect.type;
-    // Also when it ended (a revoke) while the decision was being stored: the call is no longer wanted, and starting
-    // it would bring back per-delegation and per-origin state that `untrack` just released.
-    if (this.stopping || !this.open.has(d.id)) {
-      const decided = this.busy.get(d.id);
-      if (decided) decided[kind] = false;
-      return;
-    }
-    const busy = this.busyOf(d.id);
-    const p = (kind === 'refresh' ? this.doRefresh(d) : this.doAction(d, (effect as { action: ActionKind }).action))
-      .then(
-        () => false,
-        (err: unknown) => {
-          this.deps.logger.error({ err: { message: (err as Error).message }, delegation_id: d.id }, `${kind} failed without an answer; trying again shortly`);
-          return true;
-        },
-      )
-      .then((failed) => {
-        busy[kind] = false;
-        this.inflight.delete(p);
-        const current = this.open.get(d.id);
-        if (!current) return;
-        if (failed) this.schedule.set(d.id, this.stopping ? null : this.deps.clock.now() + STORE_RETRY_MS);
-        else this.reschedule(current);
-      });
-    this.inflight.add(p);
-  }
-
-  private async doRefresh(d: Delegation): Promise<void> {
-    const secrets = await this.deps.store.getSecrets(d.id);
-    if (!secrets) throw new Error('delegation secrets missing from the store');
-    const result = await this.deps.homeservers.call({
-      op: 'refresh',
-      dialect: d.dialect,
-      baseUrl: d.homeserver,
-      token: secrets.token,
-      accessToken: secrets.accessToken,
-      actionName: '',
-      source: d.source,
-      priority: { rank: d.lastRefreshAt === null ? 2 : 1, deadline: d.expiresAt },
-    });
-    if (result.outcome.kind !== 'ok') this.admission.release(d.id);
-    if (result.accessTokenRejected) await this.deps.store.saveSecrets(d.id, { ...secrets, accessToken: null });
-    this.deps.metrics.refreshes.inc({ outcome: outcomeLabel(result.outcome.kind) });
-    this.refreshesLastMinute.add(this.deps.clock.now());
-    this.note(d, `refresh answered: ${describeOutcome(result.outcome)}${result.accessTokenRejected ? ' (access token refused, continuing without it)' : ''}`);
-    if (this.stopping && result.outcome.kind !== 'ok') return;
-    await this.apply(d.id, { type: 'refresh_result', outcome: result.outcome }, 'refresh answered');
-  }
-
-  private async doAction(d: Delegation, action: ActionKind): Promise<void> {
-    const secrets = await this.deps.store.getSecrets(d.id);
-    if (!secrets) throw new Error('delegation secrets missing from the store');
-    const result = await this.deps.homeservers.call({
-      op: 'action',
-      dialect: d.dialect,
-      baseUrl: d.homeserver,
-      token: secrets.token,
-      accessToken: secrets.accessToken,
-      actionName: d.actions[action],
-      source: d.source,
-      priority: { rank: 0, deadline: d.expiresAt },
-    });
-    if (result.accessTokenRejected) await this.deps.store.saveSecrets(d.id, { ...secrets, accessToken: null });
-    const kind = result.outcome.kind;
-    this.actionsLastMinute.add(this.deps.clock.now());
-    this.note(d, `${action} (${d.dialect === 'futures' ? d.actions[action] : 'send'}) answered: ${describeOutcome(result.outcome)}`);
-    this.deps.metrics.actions.inc({ action, outcome: kind === 'ok' ? 'sent' : kind === 'finalised' ? 'already_finalised' : outcomeLabel(kind) });
-    const latest = this.open.get(d.id);
-    if ((kind === 'ok' || kind === 'finalised') && latest?.disconnectedAt != null) {
-      this.deps.metrics.disconnectToAction.observe({ action }, Math.max(0, this.deps.clock.now() - latest.disconnectedAt) / 1000);
-    }
-    await this.apply(d.id, { type: 'action_result', outcome: result.outcome }, 'action answered');
-  }
-
-  private emit(before: Delegation | null, after: Delegation, changes: LifecycleChange[], reason: string): void {
-    if (!before || before.state !== after.state) {
-      this.deps.logger.info(
-        { delegation_id: after.id, from: before?.state ?? null, state: after.state, reason, ...(after.outcome ? { outcome: after.outcome } : {}) },
-        'delegation state changed',
-      );
-    }
-    for (const type of changes) {
-      this.deps.metrics.lifecycle.inc({ change: type });
-      const e: LifecycleEvent = { type, delegation_id: after.id, state: after.state, at: this.deps.clock.now(), ...(after.outcome && isTerminal(after.state) ? { outcome: after.outcome } : {}) };
-      for (const l of this.listeners) l(e);
-    }
-  }
 }
-
-const ADMISSION_MESSAGES: Record<AdmissionRefusal, string> = {
-  homeserver_full: 'This homeserver cannot take more delegations without refreshes running late',
-  identity_share: 'This participant holds its share of this homeserver with delegations not yet accepted by it',
-  client_share: 'This address holds its share of this homeserver with delegations not yet accepted by it',
-  too_many_homeservers: 'Too many homeservers are in use; try again later',
-};
-
-function* mapIterable<T, U>(items: Iterable<T>, f: (item: T) => U): Iterable<U> {
-  for (const item of items) yield f(item);
-}
-
-function actionsKeyOf(actions: Delegation['actions']): string {
-  return `${actions.leave}\u0000${actions.connection_lost}`;
-}
-
-function describeOutcome(o: HomeserverOutcome): string {
-  if (o.kind === 'ok') return 'ok';
-  return `${o.kind} ${o.detail}${o.kind === 'retry' && o.retryAfterMs !== undefined ? ` (retry after ${o.retryAfterMs} ms)` : ''}`;
-}
-
-function outcomeLabel(kind: 'ok' | 'finalised' | 'retry' | 'permanent'): string {
-  return { ok: 'ok', finalised: 'finalised', retry: 'retry', permanent: 'failed' }[kind];
-}
-
-/**
- * Indexes from a key to delegation ids. Most keys (a participant) have one delegation, so a lone id is stored as the
- * string itself and only several ids get a Set: at a million delegations a Set each would cost hundreds of MiB.
- */
-type IdIndex = Map<string, string | Set<string>>;
-
-function addTo(index: IdIndex, key: string, id: string): void {
-  const cur = index.get(key);
-  if (cur === undefined) index.set(key, id);
-  else if (typeof cur === 'string') {
-    if (cur !== id) index.set(key, new Set([cur, id]));
-  } else cur.add(id);
-}
-
-function idsOf(index: IdIndex, key: string): string[] {
-  const cur = index.get(key);
-  return cur === undefined ? [] : typeof cur === 'string' ? [cur] : [...cur];
-}
-
-function countOf(index: IdIndex, key: string): number {
-  const cur = index.get(key);
-  return cur === undefined ? 0 : typeof cur === 'string' ? 1 : cur.size;
-}
-
-function removeFrom(index: IdIndex, key: string, id: string): void {
-  const cur = index.get(key);
-  if (cur === undefined) return;
-  if (typeof cur === 'string') {
-    if (cur === id) index.delete(key);
-    return;
-  }
-  cur.delete(id);
-  if (cur.size === 1) index.set(key, cur.values().next().value!);
-  else if (cur.size === 0) index.delete(key);
-}
-

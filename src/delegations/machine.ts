@@ -8,8 +8,10 @@ import {
   type ActionKind,
   type Delegation,
   type DelegationState,
+  type Departure,
   type LifecycleChange,
 } from './model.js';
+import type { HomeserverOutcome } from '../homeserver/outcome.js';
 
 export interface MachineSettings {
   reconnectGraceMs: number;
@@ -24,16 +26,6 @@ export interface MachineContext {
   /** Uniform in [0, 1); injected so tests are deterministic. */
   random: () => number;
 }
-
-/** What the participant's departure means, after classification of LiveKit's disconnect reason. */
-export type Departure = 'leave' | 'connection_lost' | 'continues';
-
-/** A homeserver answer, already classified by the homeserver client. */
-export type HomeserverOutcome =
-  | { kind: 'ok'; sentAt: number }
-  | { kind: 'finalised'; detail: string }
-  | { kind: 'retry'; detail: string; retryAfterMs?: number }
-  | { kind: 'permanent'; detail: string };
 
 export type DelegationEvent =
   | { type: 'joined'; sid: string }

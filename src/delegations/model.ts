@@ -1,3 +1,5 @@
+import { createHash } from 'node:crypto';
+
 export type Dialect = 'futures' | 'delayed_events';
 export const DIALECTS: readonly Dialect[] = ['futures', 'delayed_events'];
 
@@ -24,7 +26,7 @@ export const DELEGATION_STATES: readonly DelegationState[] = [
   'failed',
 ];
 
-export const TERMINAL_STATES: ReadonlySet<DelegationState> = new Set(['fired', 'revoked', 'invalidated', 'expired', 'failed']);
+const TERMINAL_STATES: ReadonlySet<DelegationState> = new Set(['fired', 'revoked', 'invalidated', 'expired', 'failed']);
 /** States in which the future is kept alive on the homeserver. */
 export const REFRESHING_STATES: ReadonlySet<DelegationState> = new Set(['awaiting_join', 'connected', 'grace']);
 
@@ -33,6 +35,9 @@ export function isTerminal(state: DelegationState): boolean {
 }
 
 export type ActionKind = 'leave' | 'connection_lost';
+
+/** What the participant's departure means, after classification of LiveKit's disconnect reason. */
+export type Departure = 'leave' | 'connection_lost' | 'continues';
 export const ACTION_KINDS: readonly ActionKind[] = ['leave', 'connection_lost'];
 
 /**
@@ -58,11 +63,6 @@ export interface Delegation {
   dialect: Dialect;
   /** Homeserver base URL, normalised (no trailing slash). */
   homeserver: string;
-  /**
-   * SHA-256 of (dialect, homeserver, token): the idempotency key the store indexes. Written with a new delegation;
-   * empty in what the store reads back and in memory, where nothing needs it.
-   */
-  tokenKey: string;
   room: string;
   identity: string;
   /** A second identity that also counts as this participant (Element Call's legacy `<user>:<device>`). */
@@ -109,3 +109,40 @@ export type LifecycleChange =
   | 'expired'
   | 'failed'
   | 'revoked';
+
+/** The fields that say who a delegation's participant is, in a delegation or a registration request. */
+export interface ParticipantNames {
+  room: string;
+  identity: string;
+  altIdentity?: string | null;
+  altRoom?: string | null;
+}
+
+/**
+ * Every (room, identity) that counts as the delegation's participant: its own, and Element Call's legacy
+ * `<user>:<device>` identity, in the legacy room when there is one.
+ */
+export function participantKeysOf(d: ParticipantNames): Array<{ room: string; identity: string }> {
+  const keys = [{ room: d.room, identity: d.identity }];
+  if (d.altIdentity) keys.push({ room: d.altRoom ?? d.room, identity: d.altIdentity });
+  return keys;
+}
+
+/** The LiveKit rooms a delegation's participant may be found in (its own, and Element Call's legacy room). */
+export function roomsOf(d: ParticipantNames): string[] {
+  return d.altRoom ? [d.room, d.altRoom] : [d.room];
+}
+
+/** A lifecycle change of one delegation, as the watch stream carries it. */
+export interface LifecycleEvent {
+  type: LifecycleChange;
+  delegation_id: string;
+  state: DelegationState;
+  at: number;
+  outcome?: string;
+}
+
+/** Stable idempotency key for (dialect, homeserver, token) that does not reveal the token. */
+export function tokenKeyOf(dialect: Dialect, homeserver: string, token: string): string {
+  return createHash('sha256').update(`${dialect}\u0000${homeserver}\u0000${token}`).digest('hex');
+}

@@ -1,6 +1,6 @@
 import { Agent, request, type Dispatcher } from 'undici';
 import type { Clock } from '../clock.js';
-import type { HomeserverOutcome } from '../delegations/machine.js';
+import type { HomeserverOutcome } from './outcome.js';
 import type { DelegationSource, Dialect } from '../delegations/model.js';
 import type { Metrics } from '../metrics.js';
 import { checkHomeserverUrl, guardedLookup, type AddressResolver, type GuardPolicy } from './address-guard.js';

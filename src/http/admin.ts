@@ -1,6 +1,6 @@
 import { Type, type Static } from 'typebox';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
-import { MatrixError, missingToken, notFound } from '../errors.js';
+import { matrixError, missingToken, notFound } from '../errors.js';
 import type { DelegationEngine } from '../delegations/engine.js';
 import { DELEGATION_STATES } from '../delegations/model.js';
 import type { Store } from '../store/store.js';
@@ -19,20 +19,20 @@ const ListQuery = Type.Object(
 );
 const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 64 }) }, { additionalProperties: false });
 
-export function requireAdmin(req: FastifyRequest, adminToken: string): void {
+function requireAdmin(req: FastifyRequest, adminToken: string): void {
   const presented = bearerToken(req);
   if (!presented) throw missingToken('The admin token is required as a Bearer token');
-  if (!isAdminToken(presented, adminToken)) throw new MatrixError(403, 'M_FORBIDDEN', 'Not the admin token');
+  if (!isAdminToken(presented, adminToken)) throw matrixError('M_FORBIDDEN', 'Not the admin token');
 }
 
 /** The admin API; registered only when SIDECAR_ADMIN_TOKEN is set. */
-export function adminRoutes(app: FastifyInstance, deps: { adminToken: string; engine: DelegationEngine; store: Store }): void {
+export async function adminRoutes(app: FastifyInstance, deps: { adminToken: string; engine: DelegationEngine; store: Store }): Promise<void> {
   app.addHook('onRequest', async (req) => requireAdmin(req, deps.adminToken));
 
   app.get<{ Querystring: Static<typeof ListQuery> }>('/v1/admin/delegations', { schema: { querystring: ListQuery } }, async (req) => {
     const q = req.query;
     const limit = q.limit === undefined ? 100 : Number(q.limit);
-    if (limit < 1 || limit > 1000) throw new MatrixError(400, 'M_INVALID_PARAM', 'limit must be between 1 and 1000');
+    if (limit < 1 || limit > 1000) throw matrixError('M_INVALID_PARAM', 'limit must be between 1 and 1000');
     const page = await deps.store.listDelegations({
       limit,
       ...(q.room !== undefined ? { room: q.room } : {}),

@@ -7,12 +7,10 @@ import { isServerNameAllowed, matrixResolverFor, openIdUser, usableCsApi } from 
 import { decodeDelayedLeaveRequest } from '../compat/request.js';
 import type { Config } from '../config.js';
 import type { DelegationEngine } from '../delegations/engine.js';
-import { MatrixError, forbidden, shuttingDown } from '../errors.js';
+import { forbidden, matrixError, shuttingDown } from '../errors.js';
 import { lkJwtMethods, lkJwtScope } from './lk-jwt-scope.js';
 
-export { csApiUrlRefusal, isServerNameAllowed } from '../compat/matrix-user.js';
-
-export const DELEGATE_DELAYED_LEAVE_PATH = '/delegate_delayed_leave';
+const DELEGATE_DELAYED_LEAVE_PATH = '/delegate_delayed_leave';
 
 export interface CompatDeps {
   config: Config;
@@ -24,59 +22,57 @@ export interface CompatDeps {
   resolver?: MatrixResolver;
 }
 
-const unauthorized = (message = 'The OpenID token could not be verified') => new MatrixError(401, 'M_UNAUTHORIZED', message);
+const unauthorized = (message = 'The OpenID token could not be verified') => matrixError('M_UNAUTHORIZED', message);
 
 /**
  * Element Call's drop-in: `POST /delegate_delayed_leave` as lk-jwt-service (MSC4195) answers it, with its error
- * codes and CORS, in a plugin of its own so that neither the app's error mapping nor its JSON parser applies.
+ * codes and CORS; its own body parser (lk-jwt-service decodes whatever the Content-Type says).
  */
-export async function compatRoutes(app: FastifyInstance, deps: CompatDeps): Promise<void> {
-  await app.register(async (scope) => {
-    const { config, engine } = deps;
-    const log = deps.logger.child({ component: 'compat' });
-    const resolver = deps.resolver ?? matrixResolverFor(config, deps.clock);
-    if (!deps.resolver) scope.addHook('onClose', async () => resolver.close());
-    lkJwtScope(scope);
-    lkJwtMethods(scope, DELEGATE_DELAYED_LEAVE_PATH);
+export async function compatRoutes(scope: FastifyInstance, deps: CompatDeps): Promise<void> {
+  const { config, engine } = deps;
+  const log = deps.logger.child({ component: 'compat' });
+  const resolver = deps.resolver ?? matrixResolverFor(config, deps.clock);
+  if (!deps.resolver) scope.addHook('onClose', async () => resolver.close());
+  lkJwtScope(scope);
+  lkJwtMethods(scope, DELEGATE_DELAYED_LEAVE_PATH);
 
-    scope.post(DELEGATE_DELAYED_LEAVE_PATH, async (req, reply) => {
-      if (deps.isShuttingDown()) throw shuttingDown();
-      const body = decodeDelayedLeaveRequest(req.body);
-      if (body.delay_timeout < config.minTimeoutMs || body.delay_timeout > config.maxTimeoutMs) {
-        throw new MatrixError(400, 'M_BAD_JSON', `delay_timeout must be between ${config.minTimeoutMs} and ${config.maxTimeoutMs} ms`);
-      }
-      const serverName = body.openid_token.matrix_server_name;
-      if (!isServerNameAllowed(serverName, config)) throw forbidden('This Matrix server is not served here');
+  scope.post(DELEGATE_DELAYED_LEAVE_PATH, async (req, reply) => {
+    if (deps.isShuttingDown()) throw shuttingDown();
+    const body = decodeDelayedLeaveRequest(req.body);
+    if (body.delay_timeout < config.minTimeoutMs || body.delay_timeout > config.maxTimeoutMs) {
+      throw matrixError('M_BAD_JSON', `delay_timeout must be between ${config.minTimeoutMs} and ${config.maxTimeoutMs} ms`);
+    }
+    const serverName = body.openid_token.matrix_server_name;
+    if (!isServerNameAllowed(serverName, config)) throw forbidden('This Matrix server is not served here');
 
-      const sub = await openIdUser(resolver, serverName, body.openid_token.access_token, log);
-      if (sub === null) throw unauthorized();
-      if (sub !== body.member.claimed_user_id) {
-        log.info({ server_name: serverName }, 'OpenID token belongs to another user than member.claimed_user_id');
-        throw unauthorized('The OpenID token does not belong to member.claimed_user_id');
-      }
+    const sub = await openIdUser(resolver, serverName, body.openid_token.access_token, log);
+    if (sub === null) throw unauthorized();
+    if (sub !== body.member.claimed_user_id) {
+      log.info({ server_name: serverName }, 'OpenID token belongs to another user than member.claimed_user_id');
+      throw unauthorized('The OpenID token does not belong to member.claimed_user_id');
+    }
 
-      const csApi = await usableCsApi(resolver, serverName, config, log);
-      if (!csApi) throw new MatrixError(400, 'M_BAD_JSON', 'Could not resolve the client-server API URL of this Matrix server');
+    const csApi = await usableCsApi(resolver, serverName, config, log);
+    if (!csApi) throw matrixError('M_BAD_JSON', 'Could not resolve the client-server API URL of this Matrix server');
 
-      if (deps.isShuttingDown()) throw shuttingDown();
-      const deviceId = body.member.claimed_device_id;
-      const { delegation, created } = await engine.register({
-        dialect: 'delayed_events',
-        homeserver: csApi.url,
-        token: body.delay_id,
-        accessToken: null,
-        timeoutMs: body.delay_timeout,
-        actions: { leave: 'leave', connection_lost: 'connection_lost' },
-        room: liveKitRoomName(body.room_id, body.slot_id),
-        identity: liveKitIdentity(sub, deviceId, body.member.id),
-        altIdentity: legacyIdentity(sub, deviceId),
-        altRoom: legacyRoomName(body.room_id),
-        source: 'compat',
-        replaceSameParticipant: true,
-        client: req.ip,
-      });
-      log.debug({ delegation_id: delegation.id, created }, 'compat delegation accepted');
-      return reply.status(200).send({});
+    if (deps.isShuttingDown()) throw shuttingDown();
+    const deviceId = body.member.claimed_device_id;
+    const { delegation, created } = await engine.register({
+      dialect: 'delayed_events',
+      homeserver: csApi.url,
+      token: body.delay_id,
+      accessToken: null,
+      timeoutMs: body.delay_timeout,
+      actions: { leave: 'leave', connection_lost: 'connection_lost' },
+      room: liveKitRoomName(body.room_id, body.slot_id),
+      identity: liveKitIdentity(sub, deviceId, body.member.id),
+      altIdentity: legacyIdentity(sub, deviceId),
+      altRoom: legacyRoomName(body.room_id),
+      source: 'compat',
+      replaceSameParticipant: true,
+      client: req.ip,
     });
+    log.debug({ delegation_id: delegation.id, created }, 'compat delegation accepted');
+    return reply.status(200).send({});
   });
 }

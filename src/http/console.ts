@@ -42,7 +42,8 @@ export function findConsoleDir(moduleUrl: string = import.meta.url): string {
  * `GET /console`: the operator console, a static page that talks to the admin API and `/v1/watch` with the admin
  * token the operator types in. The page holds no data of its own, so serving it needs no token.
  */
-export function consoleRoutes(app: FastifyInstance, dir: string = findConsoleDir()): void {
+export async function consoleRoutes(app: FastifyInstance, opts: { dir?: string }): Promise<void> {
+  const dir = opts.dir ?? findConsoleDir();
   for (const f of FILES) {
     // Read once at start-up: a missing or unreadable file stops the daemon now instead of failing a request later.
     const body = readFileSync(dir + f.file);

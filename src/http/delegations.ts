@@ -1,17 +1,18 @@
-import { Type, type Static } from 'typebox';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import { Type, type Static, type TSchema } from 'typebox';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { Config } from '../config.js';
 import { normaliseBaseUrl } from '../config.js';
 import { badJson, forbidden, invalidParam, missingToken, notFound, unknownToken } from '../errors.js';
 import type { DelegationEngine } from '../delegations/engine.js';
-import { SOURCE_ROUTES, type Delegation } from '../delegations/model.js';
+import { DELEGATION_STATES, SOURCE_ROUTES, type Delegation, type DelegationState } from '../delegations/model.js';
 import { checkHomeserverUrl } from '../homeserver/address-guard.js';
 import { LiveKitAuthError, type LiveKitAuth, type Participant } from '../livekit/auth.js';
 import { bearerToken, isAdminToken } from './auth.js';
 
 const ActionName = Type.String({ minLength: 1, maxLength: 255, pattern: '^[A-Za-z0-9._~:-]+$' });
 
-export const DelegationBody = Type.Object(
+const DelegationBody = Type.Object(
   {
     homeserver: Type.String({ minLength: 1, maxLength: 2048 }),
     dialect: Type.Union([Type.Literal('futures'), Type.Literal('delayed_events')]),
@@ -22,12 +23,38 @@ export const DelegationBody = Type.Object(
   },
   { additionalProperties: false },
 );
-type DelegationBody = Static<typeof DelegationBody>;
 
 const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 64 }) }, { additionalProperties: false });
 
+const Nullable = <T extends TSchema>(t: T) => Type.Union([t, Type.Null()]);
+const State = Type.Unsafe<DelegationState>({ type: 'string', enum: [...DELEGATION_STATES] });
+
 /** What a participant or an admin sees of a delegation: never its token. */
-export function publicView(d: Delegation) {
+const DelegationView = Type.Object({
+  delegation_id: Type.String(),
+  state: State,
+  dialect: Type.Union([Type.Literal('futures'), Type.Literal('delayed_events')]),
+  /** The route the delegation arrived through (e.g. `/get_token`). */
+  route: Type.String(),
+  timeout_ms: Type.Integer(),
+  room: Type.String(),
+  identity: Type.String(),
+  created_at: Type.Number(),
+  expires_at: Type.Number(),
+  next_refresh_at: Nullable(Type.Number()),
+  pending_action: Nullable(Type.Union([Type.Literal('leave'), Type.Literal('connection_lost')])),
+  outcome: Nullable(Type.String()),
+});
+
+const Registered = Type.Object({
+  delegation_id: Type.String(),
+  state: State,
+  room: Type.String(),
+  identity: Type.String(),
+  expires_at: Type.Number(),
+});
+
+export function publicView(d: Delegation): Static<typeof DelegationView> {
   return {
     delegation_id: d.id,
     state: d.state,
@@ -44,10 +71,12 @@ export function publicView(d: Delegation) {
   };
 }
 
-export function delegationRoutes(
+export async function delegationRoutes(
   app: FastifyInstance,
   deps: { config: Config; engine: DelegationEngine; auth: LiveKitAuth; limitParticipant: (req: FastifyRequest, identity: string, room: string) => Promise<void> },
-): void {
+): Promise<void> {
+  // Only JSON bodies reach the API; without this Fastify would hand text/plain bodies to the schema as strings.
+  app.removeContentTypeParser('text/plain');
   const { config, engine, auth } = deps;
 
   const participantOf = async (req: FastifyRequest): Promise<Participant> => {
@@ -73,7 +102,9 @@ export function delegationRoutes(
     return d;
   };
 
-  app.post<{ Body: DelegationBody }>('/v1/delegations', { schema: { body: DelegationBody } }, async (req, reply) => {
+  const routes = app.withTypeProvider<TypeBoxTypeProvider>();
+
+  routes.post('/v1/delegations', { schema: { body: DelegationBody, response: { 200: Registered, 201: Registered } } }, async (req, reply) => {
     const participant = await participantOf(req);
     await deps.limitParticipant(req, participant.identity, participant.room);
     const body = req.body;
@@ -102,11 +133,11 @@ export function delegationRoutes(
     return reply.status(created ? 201 : 200).send({ delegation_id: view.delegation_id, state: view.state, room: view.room, identity: view.identity, expires_at: view.expires_at });
   });
 
-  app.get<{ Params: Static<typeof IdParams> }>('/v1/delegations/:id', { schema: { params: IdParams } }, async (req) => {
+  routes.get('/v1/delegations/:id', { schema: { params: IdParams, response: { 200: DelegationView } } }, async (req) => {
     return publicView(await authorisedDelegation(req, req.params.id));
   });
 
-  app.delete<{ Params: Static<typeof IdParams> }>('/v1/delegations/:id', { schema: { params: IdParams } }, async (req) => {
+  routes.delete('/v1/delegations/:id', { schema: { params: IdParams, response: { 200: DelegationView } } }, async (req) => {
     const d = await authorisedDelegation(req, req.params.id);
     const after = (await engine.revoke(d.id)) ?? d;
     return publicView(after);

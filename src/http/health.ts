@@ -2,13 +2,15 @@ import type { FastifyInstance } from 'fastify';
 import type { Metrics } from '../metrics.js';
 import type { Store } from '../store/store.js';
 
-export function healthRoutes(app: FastifyInstance, deps: { store: Store; metrics: Metrics; isShuttingDown: () => boolean; isStarted: () => boolean }): void {
-  app.get('/livez', async () => ({ status: 'ok' }));
+/** Probes and the Prometheus scrape; none of them counts against a client address's rate limit. */
+export async function healthRoutes(app: FastifyInstance, deps: { store: Store; metrics: Metrics; isShuttingDown: () => boolean; isStarted: () => boolean }): Promise<void> {
+  const config = { exemptFromRateLimit: true };
+  app.get('/livez', { config }, async () => ({ status: 'ok' }));
 
   // lk-jwt-service's probe (and its healthcheck binary): the process answers, empty 200 (facts section 1.6).
-  app.get('/healthz', async (_req, reply) => reply.status(200).send());
+  app.get('/healthz', { config }, async (_req, reply) => reply.status(200).send());
 
-  app.get('/readyz', async (_req, reply) => {
+  app.get('/readyz', { config }, async (_req, reply) => {
     const problems: string[] = [];
     if (deps.isShuttingDown()) problems.push('shutting down');
     if (!deps.isStarted()) problems.push('starting');
@@ -21,7 +23,7 @@ export function healthRoutes(app: FastifyInstance, deps: { store: Store; metrics
     return { status: 'ok' };
   });
 
-  app.get('/metrics', async (_req, reply) => {
+  app.get('/metrics', { config }, async (_req, reply) => {
     const body = await deps.metrics.registry.metrics();
     return reply.header('content-type', deps.metrics.registry.contentType).send(body);
   });

@@ -1,13 +1,12 @@
 /**
  * What every POST route of lk-jwt-service's surface shares (facts section 1.1): the body is decoded whatever its
  * Content-Type says, every answer (errors, 405 and OPTIONS included) carries the same CORS headers so that Element
- * Call's cross-origin probe can read it, and errors are `{errcode, error}`. Applied to an encapsulated scope, so
- * neither the app's JSON parser nor its error mapping is involved.
+ * Call's cross-origin probe can read it; errors are the app's `{errcode, error}`. Applied to an encapsulated scope, so
+ * the app's JSON parser is not involved.
  */
-import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { toMatrixError } from './errors.js';
+import type { FastifyInstance } from 'fastify';
 
-export const LK_JWT_CORS_HEADERS = {
+const LK_JWT_CORS_HEADERS = {
   'content-type': 'application/json',
   'access-control-allow-origin': '*',
   'access-control-allow-methods': 'POST',
@@ -20,11 +19,6 @@ export function lkJwtScope(scope: FastifyInstance): void {
   // onSend also runs for the app-wide 503 sent from its onRequest hook while shutting down.
   scope.addHook('onSend', async (_req, reply) => {
     reply.headers(LK_JWT_CORS_HEADERS);
-  });
-  scope.setErrorHandler((err: FastifyError, req: FastifyRequest, reply: FastifyReply) => {
-    const m = toMatrixError(err);
-    if (m.status >= 500 && m.status !== 503) req.log.error({ err }, 'request failed');
-    void reply.status(m.status).send(m.toJSON());
   });
 }
 

@@ -21,12 +21,12 @@ import { MatrixError, badJson } from '../errors.js';
 import type { Metrics } from '../metrics.js';
 import { lkJwtMethods, lkJwtScope } from './lk-jwt-scope.js';
 
-export const GET_TOKEN_PATH = '/get_token';
-export const SFU_GET_PATH = '/sfu/get';
+const GET_TOKEN_PATH = '/get_token';
+const SFU_GET_PATH = '/sfu/get';
 
 /** `route` label of `tokens_issued_total`. */
-export type TokenRoute = 'get_token' | 'sfu_get';
-export type TokenOutcome = 'full_access' | 'restricted' | 'refused' | 'failed';
+type TokenRoute = 'get_token' | 'sfu_get';
+type TokenOutcome = 'full_access' | 'restricted' | 'refused' | 'failed';
 
 export interface TokenDeps {
   config: Config;
@@ -91,143 +91,141 @@ function checkDelayPair(delayId: string, delayTimeout: number): void {
   if ((delayId !== '') !== (delayTimeout > 0)) throw badJson(PARTIAL_DELAY);
 }
 
-export async function tokenRoutes(app: FastifyInstance, deps: TokenDeps): Promise<void> {
-  await app.register(async (plain) => {
-    const scope = plain.withTypeProvider<TypeBoxTypeProvider>();
-    const { config } = deps;
-    const log = deps.logger.child({ component: 'token' });
-    lkJwtScope(scope);
-    lkJwtMethods(scope, GET_TOKEN_PATH);
-    lkJwtMethods(scope, SFU_GET_PATH);
+export async function tokenRoutes(plain: FastifyInstance, deps: TokenDeps): Promise<void> {
+  const scope = plain.withTypeProvider<TypeBoxTypeProvider>();
+  const { config } = deps;
+  const log = deps.logger.child({ component: 'token' });
+  lkJwtScope(scope);
+  lkJwtMethods(scope, GET_TOKEN_PATH);
+  lkJwtMethods(scope, SFU_GET_PATH);
 
-    scope.addHook('onResponse', async (req: FastifyRequest, reply: FastifyReply) => {
-      if (req.method !== 'POST') return;
-      const route: TokenRoute = req.routeOptions.url === SFU_GET_PATH ? 'sfu_get' : 'get_token';
-      const issued = (req as { tokenOutcome?: TokenOutcome }).tokenOutcome;
-      const outcome: TokenOutcome = reply.statusCode === 200 && issued ? issued : reply.statusCode >= 500 ? 'failed' : 'refused';
-      deps.metrics.tokensIssued.inc({ route, outcome });
-    });
-
-    scope.post(
-      GET_TOKEN_PATH,
-      {
-        schema: { body: GetTokenBody, response: responses },
-        preValidation: decodedAs<GetTokenRequest>(GET_TOKEN_REQUEST),
-      },
-      async (req) => {
-        const b = req.body;
-        if (!b.room_id || !b.slot_id) throw badJson('The request body is missing `room_id` or `slot_id`');
-        if (!b.member.id || !b.member.claimed_user_id || !b.member.claimed_device_id) {
-          throw badJson('The request body `member` is missing a `id`, `claimed_user_id` or `claimed_device_id`');
-        }
-        if (!b.openid_token.access_token || !b.openid_token.matrix_server_name) {
-          throw badJson('The request body `openid_token` is missing a `access_token` or `matrix_server_name`');
-        }
-        checkDelayPair(b.delay_id, b.delay_timeout);
-        return issue(req, {
-          route: 'get_token',
-          serverName: b.openid_token.matrix_server_name,
-          accessToken: b.openid_token.access_token,
-          claimedUserId: b.member.claimed_user_id,
-          delayId: b.delay_id,
-          delayTimeout: b.delay_timeout,
-          names: (sub) => ({
-            room: liveKitRoomName(b.room_id, b.slot_id),
-            identity: liveKitIdentity(sub, b.member.claimed_device_id, b.member.id),
-            // Element Call's Compatibility mode joins with the raw identity in the legacy room.
-            altRoom: legacyRoomName(b.room_id),
-            altIdentity: legacyIdentity(sub, b.member.claimed_device_id),
-          }),
-        });
-      },
-    );
-
-    scope.post(
-      SFU_GET_PATH,
-      {
-        schema: { body: SfuGetBody, response: responses },
-        preValidation: decodedAs<SfuGetRequest>(SFU_GET_REQUEST),
-      },
-      async (req) => {
-        const b = req.body;
-        if (!b.room) throw badJson('Missing room parameter');
-        if (!b.openid_token.access_token || !b.openid_token.matrix_server_name) throw badJson('Missing OpenID token parameters');
-        checkDelayPair(b.delay_id, b.delay_timeout);
-        return issue(req, {
-          route: 'sfu_get',
-          serverName: b.openid_token.matrix_server_name,
-          accessToken: b.openid_token.access_token,
-          claimedUserId: null,
-          delayId: b.delay_id,
-          delayTimeout: b.delay_timeout,
-          // lk-jwt-service does not check device_id here: an empty one yields an identity ending in ':'.
-          names: (sub) => ({ room: liveKitRoomName(b.room, LEGACY_SLOT_ID), identity: legacyIdentity(sub, b.device_id), altRoom: null, altIdentity: null }),
-        });
-      },
-    );
-
-    /** Steps 6-10 of facts section 1.2, shared by both routes. */
-    async function issue(req: FastifyRequest, r: TokenRequest): Promise<{ url: string; jwt: string }> {
-      const delegate = r.delayId !== '';
-      // Ours (contract section 6): the accepted delay range, checked before any outgoing call.
-      if (delegate && (r.delayTimeout < config.minTimeoutMs || r.delayTimeout > config.maxTimeoutMs)) {
-        throw badJson(`delay_timeout must be between ${config.minTimeoutMs} and ${config.maxTimeoutMs} ms`);
-      }
-      const sub = await openIdUser(deps.resolver, r.serverName, r.accessToken, log);
-      if (sub === null) throw unauthorised();
-      if (r.claimedUserId !== null && sub !== r.claimedUserId) {
-        log.info({ server_name: r.serverName }, 'OpenID token belongs to another user than member.claimed_user_id');
-        throw unauthorised();
-      }
-      const fullAccess = isServerNameAllowed(r.serverName, config);
-      if (delegate && !fullAccess) throw badJson('Delegation of delayed events is only supported for full access users');
-
-      const names = r.names(sub);
-      const [apiKey, apiSecret] = [config.livekitSigningKey, config.livekitKeys.get(config.livekitSigningKey)!];
-      let jwt: string;
-      try {
-        jwt = await mintLiveKitToken(apiKey, apiSecret, {
-          identity: names.identity,
-          room: names.room,
-          canPublish: fullAccess || config.restrictedUsersCanPublish,
-          canUpdateOwnMetadata: config.canUpdateOwnMetadata,
-        });
-      } catch (err) {
-        log.error({ err }, 'minting a LiveKit token failed');
-        throw new MatrixError(500, 'M_UNKNOWN', 'Internal Server Error');
-      }
-
-      if (fullAccess) {
-        // The client-server API is resolved before the room is created, so a refused delegation leaves no room.
-        const csApi = delegate ? await usableCsApi(deps.resolver, r.serverName, config, log) : null;
-        if (delegate && !csApi) throw badJson('Unable to resolve client-server API');
-        try {
-          await deps.rooms.createRoom({ name: names.room, ...CREATE_ROOM_OPTIONS });
-        } catch (err) {
-          // Only status and code: LiveKit's error messages can quote the bearer token they refused.
-          const { status, code } = err as { status?: number; code?: string };
-          log.warn({ status, code }, 'CreateRoom failed');
-          throw new MatrixError(500, 'M_UNKNOWN', 'Unable to create room on SFU');
-        }
-        if (csApi) {
-          if (deps.isShuttingDown()) throw new MatrixError(503, 'M_UNKNOWN', 'Service is shutting down');
-          const { delegation, created } = await deps.engine.register({
-            dialect: 'delayed_events',
-            homeserver: csApi.url,
-            token: r.delayId,
-            accessToken: null,
-            timeoutMs: r.delayTimeout,
-            actions: { leave: 'leave', connection_lost: 'connection_lost' },
-            ...names,
-            source: r.route,
-            replaceSameParticipant: true,
-            client: req.ip,
-          });
-          log.debug({ delegation_id: delegation.id, created, route: r.route }, 'delegation accepted with a token request');
-        }
-      }
-      (req as { tokenOutcome?: TokenOutcome }).tokenOutcome = fullAccess ? 'full_access' : 'restricted';
-      return { url: config.livekitUrl, jwt };
-    }
+  scope.addHook('onResponse', async (req: FastifyRequest, reply: FastifyReply) => {
+    if (req.method !== 'POST') return;
+    const route: TokenRoute = req.routeOptions.url === SFU_GET_PATH ? 'sfu_get' : 'get_token';
+    const issued = (req as { tokenOutcome?: TokenOutcome }).tokenOutcome;
+    const outcome: TokenOutcome = reply.statusCode === 200 && issued ? issued : reply.statusCode >= 500 ? 'failed' : 'refused';
+    deps.metrics.tokensIssued.inc({ route, outcome });
   });
+
+  scope.post(
+    GET_TOKEN_PATH,
+    {
+      schema: { body: GetTokenBody, response: responses },
+      preValidation: decodedAs<GetTokenRequest>(GET_TOKEN_REQUEST),
+    },
+    async (req) => {
+      const b = req.body;
+      if (!b.room_id || !b.slot_id) throw badJson('The request body is missing `room_id` or `slot_id`');
+      if (!b.member.id || !b.member.claimed_user_id || !b.member.claimed_device_id) {
+        throw badJson('The request body `member` is missing a `id`, `claimed_user_id` or `claimed_device_id`');
+      }
+      if (!b.openid_token.access_token || !b.openid_token.matrix_server_name) {
+        throw badJson('The request body `openid_token` is missing a `access_token` or `matrix_server_name`');
+      }
+      checkDelayPair(b.delay_id, b.delay_timeout);
+      return issue(req, {
+        route: 'get_token',
+        serverName: b.openid_token.matrix_server_name,
+        accessToken: b.openid_token.access_token,
+        claimedUserId: b.member.claimed_user_id,
+        delayId: b.delay_id,
+        delayTimeout: b.delay_timeout,
+        names: (sub) => ({
+          room: liveKitRoomName(b.room_id, b.slot_id),
+          identity: liveKitIdentity(sub, b.member.claimed_device_id, b.member.id),
+          // Element Call's Compatibility mode joins with the raw identity in the legacy room.
+          altRoom: legacyRoomName(b.room_id),
+          altIdentity: legacyIdentity(sub, b.member.claimed_device_id),
+        }),
+      });
+    },
+  );
+
+  scope.post(
+    SFU_GET_PATH,
+    {
+      schema: { body: SfuGetBody, response: responses },
+      preValidation: decodedAs<SfuGetRequest>(SFU_GET_REQUEST),
+    },
+    async (req) => {
+      const b = req.body;
+      if (!b.room) throw badJson('Missing room parameter');
+      if (!b.openid_token.access_token || !b.openid_token.matrix_server_name) throw badJson('Missing OpenID token parameters');
+      checkDelayPair(b.delay_id, b.delay_timeout);
+      return issue(req, {
+        route: 'sfu_get',
+        serverName: b.openid_token.matrix_server_name,
+        accessToken: b.openid_token.access_token,
+        claimedUserId: null,
+        delayId: b.delay_id,
+        delayTimeout: b.delay_timeout,
+        // lk-jwt-service does not check device_id here: an empty one yields an identity ending in ':'.
+        names: (sub) => ({ room: liveKitRoomName(b.room, LEGACY_SLOT_ID), identity: legacyIdentity(sub, b.device_id), altRoom: null, altIdentity: null }),
+      });
+    },
+  );
+
+  /** Steps 6-10 of facts section 1.2, shared by both routes. */
+  async function issue(req: FastifyRequest, r: TokenRequest): Promise<{ url: string; jwt: string }> {
+    const delegate = r.delayId !== '';
+    // Ours (contract section 6): the accepted delay range, checked before any outgoing call.
+    if (delegate && (r.delayTimeout < config.minTimeoutMs || r.delayTimeout > config.maxTimeoutMs)) {
+      throw badJson(`delay_timeout must be between ${config.minTimeoutMs} and ${config.maxTimeoutMs} ms`);
+    }
+    const sub = await openIdUser(deps.resolver, r.serverName, r.accessToken, log);
+    if (sub === null) throw unauthorised();
+    if (r.claimedUserId !== null && sub !== r.claimedUserId) {
+      log.info({ server_name: r.serverName }, 'OpenID token belongs to another user than member.claimed_user_id');
+      throw unauthorised();
+    }
+    const fullAccess = isServerNameAllowed(r.serverName, config);
+    if (delegate && !fullAccess) throw badJson('Delegation of delayed events is only supported for full access users');
+
+    const names = r.names(sub);
+    const [apiKey, apiSecret] = [config.livekitSigningKey, config.livekitKeys.get(config.livekitSigningKey)!];
+    let jwt: string;
+    try {
+      jwt = await mintLiveKitToken(apiKey, apiSecret, {
+        identity: names.identity,
+        room: names.room,
+        canPublish: fullAccess || config.restrictedUsersCanPublish,
+        canUpdateOwnMetadata: config.canUpdateOwnMetadata,
+      });
+    } catch (err) {
+      log.error({ err }, 'minting a LiveKit token failed');
+      throw new MatrixError(500, 'M_UNKNOWN', 'Internal Server Error');
+    }
+
+    if (fullAccess) {
+      // The client-server API is resolved before the room is created, so a refused delegation leaves no room.
+      const csApi = delegate ? await usableCsApi(deps.resolver, r.serverName, config, log) : null;
+      if (delegate && !csApi) throw badJson('Unable to resolve client-server API');
+      try {
+        await deps.rooms.createRoom({ name: names.room, ...CREATE_ROOM_OPTIONS });
+      } catch (err) {
+        // Only status and code: LiveKit's error messages can quote the bearer token they refused.
+        const { status, code } = err as { status?: number; code?: string };
+        log.warn({ status, code }, 'CreateRoom failed');
+        throw new MatrixError(500, 'M_UNKNOWN', 'Unable to create room on SFU');
+      }
+      if (csApi) {
+        if (deps.isShuttingDown()) throw new MatrixError(503, 'M_UNKNOWN', 'Service is shutting down');
+        const { delegation, created } = await deps.engine.register({
+          dialect: 'delayed_events',
+          homeserver: csApi.url,
+          token: r.delayId,
+          accessToken: null,
+          timeoutMs: r.delayTimeout,
+          actions: { leave: 'leave', connection_lost: 'connection_lost' },
+          ...names,
+          source: r.route,
+          replaceSameParticipant: true,
+          client: req.ip,
+        });
+        log.debug({ delegation_id: delegation.id, created, route: r.route }, 'delegation accepted with a token request');
+      }
+    }
+    (req as { tokenOutcome?: TokenOutcome }).tokenOutcome = fullAccess ? 'full_access' : 'restricted';
+    return { url: config.livekitUrl, jwt };
+  }
 }

@@ -1,10 +1,10 @@
 import type { FastifyInstance } from 'fastify';
 import type { WebSocket } from 'ws';
-import type { LifecycleEvent } from '../delegations/engine.js';
+import type { LifecycleEvent } from '../delegations/model.js';
 import { bearerToken, isAdminToken } from './auth.js';
 
 /** A watcher further behind than this is dropped: it must never slow the daemon or grow its memory. */
-export const WATCH_MAX_BUFFERED_BYTES = 1024 * 1024;
+const WATCH_MAX_BUFFERED_BYTES = 1024 * 1024;
 const AUTH_TIMEOUT_MS = 5_000;
 /** WebSocket close code (RFC 6455 private range) for a refused admin token. */
 const CLOSE_UNAUTHORIZED = 4401;
@@ -50,7 +50,7 @@ export class WatchHub {
  * browsers, which cannot set headers on a WebSocket) in the first message `{"type":"auth","token":"..."}`; never in
  * the URL, where proxies would log it.
  */
-export function watchRoutes(app: FastifyInstance, deps: { adminToken: string; hub: WatchHub }): void {
+export async function watchRoutes(app: FastifyInstance, deps: { adminToken: string; hub: WatchHub }): Promise<void> {
   const subscribe = (socket: WebSocket): void => {
     socket.send(JSON.stringify({ type: 'ready' }));
     deps.hub.add(socket);

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { DisconnectReason } from '@livekit/protocol';
 import type { FastifyInstance } from 'fastify';
 import type { Clock } from '../clock.js';
-import { MatrixError } from '../errors.js';
+import { matrixError, shuttingDown, unavailable } from '../errors.js';
 import { LiveKitAuthError, type LiveKitAuth } from '../livekit/auth.js';
 import { PARTICIPANT_EVENTS, joinedAtMs, webhookEventLabel } from '../livekit/classify.js';
 import { DEDUPE_WINDOW_MS, type WebhookIntake } from '../livekit/webhook-intake.js';
@@ -18,12 +18,12 @@ const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
  * LiveKit's signed webhooks, on `/livekit/webhook` and lk-jwt-service's `/sfu_webhook`. The body is verified on its
  * exact bytes before it is parsed, then recorded durably, then acknowledged; the delegations change after that.
  */
-export function webhookRoutes(app: FastifyInstance, deps: { auth: LiveKitAuth; intake: WebhookIntake; metrics: Metrics; clock: Clock; isShuttingDown: () => boolean }): void {
+export async function webhookRoutes(app: FastifyInstance, deps: { auth: LiveKitAuth; intake: WebhookIntake; metrics: Metrics; clock: Clock; isShuttingDown: () => boolean }): Promise<void> {
   app.removeAllContentTypeParsers();
   app.addContentTypeParser(['application/webhook+json', 'application/json'], { parseAs: 'buffer', bodyLimit: WEBHOOK_BODY_LIMIT }, (_req, body, done) => done(null, body));
 
   const handler = async (req: { body: unknown; headers: Record<string, string | string[] | undefined> }) => {
-    if (deps.isShuttingDown()) throw new MatrixError(503, 'M_UNKNOWN', 'The service is shutting down');
+    if (deps.isShuttingDown()) throw shuttingDown();
     const raw = req.body;
     let text: string;
     try {
@@ -31,7 +31,7 @@ export function webhookRoutes(app: FastifyInstance, deps: { auth: LiveKitAuth; i
       text = utf8.decode(raw);
     } catch {
       deps.metrics.webhooks.inc({ event: 'unverified', outcome: 'rejected' });
-      throw new MatrixError(401, 'M_UNKNOWN_TOKEN', 'Webhook body is not UTF-8 text');
+      throw matrixError('M_UNKNOWN_TOKEN', 'Webhook body is not UTF-8 text');
     }
     const authorization = typeof req.headers.authorization === 'string' ? req.headers.authorization : undefined;
     let event;
@@ -40,7 +40,7 @@ export function webhookRoutes(app: FastifyInstance, deps: { auth: LiveKitAuth; i
     } catch (err) {
       deps.metrics.webhooks.inc({ event: 'unverified', outcome: 'rejected' });
       if (err instanceof LiveKitAuthError) {
-        throw new MatrixError(401, authorization ? 'M_UNKNOWN_TOKEN' : 'M_MISSING_TOKEN', `Webhook rejected: ${err.message}`);
+        throw matrixError(authorization ? 'M_UNKNOWN_TOKEN' : 'M_MISSING_TOKEN', `Webhook rejected: ${err.message}`);
       }
       throw err;
     }
@@ -72,7 +72,7 @@ export function webhookRoutes(app: FastifyInstance, deps: { auth: LiveKitAuth; i
       fresh = await deps.intake.record(rec);
     } catch {
       deps.metrics.webhooks.inc({ event: label, outcome: 'store_error' });
-      throw new MatrixError(503, 'M_UNKNOWN', 'Could not record the webhook; retry');
+      throw unavailable('Could not record the webhook; retry');
     }
     if (!fresh) {
       deps.metrics.webhooks.inc({ event: label, outcome: 'duplicate' });
@@ -83,6 +83,8 @@ export function webhookRoutes(app: FastifyInstance, deps: { auth: LiveKitAuth; i
     return { status: 'accepted' };
   };
 
-  app.post('/livekit/webhook', handler);
-  app.post('/sfu_webhook', handler);
+  // LiveKit's webhooks all come from one address: never throttle them.
+  const config = { exemptFromRateLimit: true };
+  app.post('/livekit/webhook', { config }, handler);
+  app.post('/sfu_webhook', { config }, handler);
 }

@@ -3,7 +3,7 @@ export class RollingCount {
   private readonly buckets: number[];
   private readonly stamps: number[];
 
-  constructor(private readonly windowMs = 60_000) {
+  constructor(windowMs = 60_000) {
     const n = Math.ceil(windowMs / 1000);
     this.buckets = new Array<number>(n).fill(0);
     this.stamps = new Array<number>(n).fill(-1);

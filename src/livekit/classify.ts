@@ -1,4 +1,4 @@
-import type { Departure } from '../delegations/machine.js';
+import type { Departure } from '../delegations/model.js';
 
 /** LiveKit's DisconnectReason names, as they appear in proto3 JSON (UNKNOWN_REASON is the omitted zero value). */
 const LEAVE_REASONS = new Set(['CLIENT_INITIATED', 'PARTICIPANT_REMOVED', 'ROOM_DELETED', 'ROOM_CLOSED']);
@@ -6,7 +6,7 @@ const CONTINUING_REASONS = new Set(['DUPLICATE_IDENTITY', 'MIGRATION']);
 
 /** Webhook event names we act on; anything else is counted as `other`. */
 export const PARTICIPANT_EVENTS = ['participant_joined', 'participant_left', 'participant_connection_aborted', 'room_finished'] as const;
-export type ParticipantEventName = (typeof PARTICIPANT_EVENTS)[number];
+type ParticipantEventName = (typeof PARTICIPANT_EVENTS)[number];
 export const WEBHOOK_EVENT_LABELS = [...PARTICIPANT_EVENTS, 'other'] as const;
 
 export function webhookEventLabel(event: string): (typeof WEBHOOK_EVENT_LABELS)[number] {

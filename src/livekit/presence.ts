@@ -3,7 +3,8 @@
  * RoomService report, delegated or not. A delegation registered after its participant joined binds to the session
  * found here, and events for a session that is no longer the identity's current one are recognised as stale.
  */
-import type { Departure } from '../delegations/machine.js';
+import type { Clock } from '../clock.js';
+import type { Departure } from '../delegations/model.js';
 
 export type PresenceVerdict = 'current' | 'stale';
 
@@ -29,16 +30,33 @@ interface Entry {
 
 const ENDED_SIDS_KEPT = 4;
 
-export function presenceKey(room: string, identity: string): string {
+function presenceKey(room: string, identity: string): string {
   return `${room}\u0000${identity}`;
+}
+
+export interface PresenceRetention {
+  clock: Clock;
+  /** How long an ended session is remembered (the contract asks for at least SIDECAR_JOIN_TIMEOUT_MS). */
+  retentionMs: number;
 }
 
 export class PresenceTracker {
   private entries = new Map<string, Entry>();
   private byRoom = new Map<string, Set<string>>();
+  /**
+   * Ends in the order they were seen, as parallel arrays: each later end of a key queues it again, and a queued
+   * end that no longer matches its entry (rejoined, or ended again later) is skipped when it reaches the head.
+   */
+  private endedKeys: string[] = [];
+  private endedAts: number[] = [];
+  private endedHead = 0;
+
+  /** Without `retention`, ended sessions are forgotten only by explicit `prune` calls. */
+  constructor(private readonly retention: PresenceRetention | null = null) {}
 
   /** A session became active. Returns `stale` when this sid already ended (a late or replayed join). */
   joined(room: string, identity: string, sid: string, joinedAt: number | null = null): PresenceVerdict {
+    this.pruneExpired();
     const key = presenceKey(room, identity);
     const e = this.entries.get(key);
     if (e?.ended.includes(sid)) return 'stale';
@@ -65,11 +83,13 @@ export class PresenceTracker {
    * (a join we never saw); `stale` when it already ended or another session has replaced it.
    */
   departed(room: string, identity: string, sid: string, at: number, departure: Departure = 'connection_lost'): PresenceVerdict {
+    this.pruneExpired();
     const key = presenceKey(room, identity);
     const e = this.entries.get(key);
     if (!e) {
       this.entries.set(key, { sid, active: false, joinedAt: null, endedAt: at, ended: [sid], ends: [{ sid, departure, at }] });
       this.indexRoom(room, key);
+      this.queueEnd(key, at);
       return 'current';
     }
     if (e.ended.includes(sid)) return 'stale';
@@ -82,6 +102,7 @@ export class PresenceTracker {
     e.endedAt = at;
     pushEnded(e, sid);
     pushEnd(e, { sid, departure, at });
+    this.queueEnd(key, at);
     return 'current';
   }
 
@@ -92,6 +113,7 @@ export class PresenceTracker {
 
   /** Every active session of the room ends (room_finished). Returns the identities that were active. */
   roomFinished(room: string, at: number): Array<{ identity: string; sid: string }> {
+    this.pruneExpired();
     const ended: Array<{ identity: string; sid: string }> = [];
     for (const key of this.byRoom.get(room) ?? []) {
       const e = this.entries.get(key);
@@ -100,6 +122,7 @@ export class PresenceTracker {
       e.endedAt = at;
       pushEnded(e, e.sid);
       pushEnd(e, { sid: e.sid, departure: 'connection_lost', at });
+      this.queueEnd(key, at);
       ended.push({ identity: key.slice(room.length + 1), sid: e.sid });
     }
     return ended;
@@ -110,21 +133,41 @@ export class PresenceTracker {
     return e?.active ? e.sid : null;
   }
 
-  /** Forget sessions that ended before `before` (kept at least the join timeout, per the contract). */
+  /**
+   * Forget sessions that ended before `before`, oldest end first. Ends are queued as they are seen, so an end that
+   * arrived out of order waits behind a younger one: memory stays bounded by the ends of one retention period.
+   */
   prune(before: number): void {
-    for (const [key, e] of this.entries) {
-      if (!e.active && e.endedAt !== null && e.endedAt < before) {
-        this.entries.delete(key);
-        const room = key.slice(0, key.indexOf('\u0000'));
-        const keys = this.byRoom.get(room);
-        keys?.delete(key);
-        if (keys && keys.size === 0) this.byRoom.delete(room);
-      }
+    while (this.endedHead < this.endedKeys.length && this.endedAts[this.endedHead]! < before) {
+      const key = this.endedKeys[this.endedHead]!;
+      const at = this.endedAts[this.endedHead]!;
+      this.endedHead++;
+      const e = this.entries.get(key);
+      if (!e || e.active || e.endedAt !== at) continue;
+      this.entries.delete(key);
+      const room = key.slice(0, key.indexOf('\u0000'));
+      const keys = this.byRoom.get(room);
+      keys?.delete(key);
+      if (keys && keys.size === 0) this.byRoom.delete(room);
+    }
+    if (this.endedHead > 1024 && this.endedHead * 2 > this.endedKeys.length) {
+      this.endedKeys = this.endedKeys.slice(this.endedHead);
+      this.endedAts = this.endedAts.slice(this.endedHead);
+      this.endedHead = 0;
     }
   }
 
   get size(): number {
     return this.entries.size;
+  }
+
+  private pruneExpired(): void {
+    if (this.retention) this.prune(this.retention.clock.now() - this.retention.retentionMs);
+  }
+
+  private queueEnd(key: string, at: number): void {
+    this.endedKeys.push(key);
+    this.endedAts.push(at);
   }
 
   private indexRoom(room: string, key: string): void {

@@ -2,7 +2,7 @@ import { ParticipantInfo_State, type ParticipantInfo } from '@livekit/protocol';
 import type { Logger } from 'pino';
 import type { Clock, TimerHandle } from '../clock.js';
 import type { DelegationEngine } from '../delegations/engine.js';
-import type { Delegation } from '../delegations/model.js';
+import { participantKeysOf, type Delegation } from '../delegations/model.js';
 import { OriginLimiter } from '../homeserver/limiter.js';
 import { joinedAtMs } from './classify.js';
 
@@ -136,9 +136,7 @@ export class Reconciler {
     if (!poll) return;
     poll.inFlight = true;
     try {
-      const candidates: Array<[string, string]> = [[d.room, d.identity]];
-      if (d.altIdentity) candidates.push([d.altRoom ?? d.room, d.altIdentity]);
-      for (const [room, identity] of candidates) {
+      for (const { room, identity } of participantKeysOf(d)) {
         await this.limiter.acquire({ rank: 0, deadline: d.joinDeadline ?? 0 });
         if (this.stopped) return;
         try {
@@ -191,9 +189,7 @@ export class Reconciler {
 
 /** Whether a delegation's participant is in LiveKit's lists: unknown unless every room it may be in was listed. */
 function presenceIn(d: Delegation, listed: Map<string, Map<string, unknown>>): 'present' | 'absent' | 'unknown' {
-  const pairs: Array<[string, string]> = [[d.room, d.identity]];
-  if (d.altIdentity) pairs.push([d.altRoom ?? d.room, d.altIdentity]);
-  for (const [room, identity] of pairs) {
+  for (const { room, identity } of participantKeysOf(d)) {
     const present = listed.get(room);
     if (!present) return 'unknown';
     if (present.has(identity)) return 'present';

@@ -1,7 +1,8 @@
 import type { Logger } from 'pino';
-import type { Clock } from '../clock.js';
+import { sleep, type Clock } from '../clock.js';
 import type { DelegationEngine } from '../delegations/engine.js';
-import type { FeedMessage, Store, WebhookRecord } from '../store/store.js';
+import { GroupCommit } from '../lib/group-commit.js';
+import type { AppliedWebhooks, FeedMessage, Store, WebhookRecord } from '../store/store.js';
 
 /** How long an event id is remembered, and how old an event may be before it is ignored as stale. */
 export const DEDUPE_WINDOW_MS = 10 * 60_000;
@@ -12,8 +13,7 @@ export const DEDUPE_WINDOW_MS = 10 * 60_000;
  * delegations strictly in arrival order. Records left unprocessed by a crash are applied again at start-up.
  */
 export class WebhookIntake {
-  private batch: Array<{ rec: WebhookRecord; resolve: (isNew: boolean) => void; reject: (err: unknown) => void }> = [];
-  private flushScheduled = false;
+  private readonly records = new GroupCommit<WebhookRecord, boolean>((recs) => this.commit(recs));
   private processing: Promise<void> = Promise.resolve();
   private readonly started = new Set<Promise<void>>();
   private pruneAt = 0;
@@ -25,20 +25,17 @@ export class WebhookIntake {
       engine: DelegationEngine;
       clock: Clock;
       logger: Logger;
-      /** False with the replicated store: every replica applies records from the shared stream instead. */
-      appliesLocally: boolean;
+      /**
+       * Bookkeeping of applied records when this process applies what it records (`Topology.applied`); null when
+       * every replica applies records from the shared stream instead.
+       */
+      applied: AppliedWebhooks | null;
     },
   ) {}
 
   /** Resolves true for a new event, false for a duplicate, once the record is durable; rejects if it is not. */
   record(rec: WebhookRecord): Promise<boolean> {
-    return new Promise((resolve, reject) => {
-      this.batch.push({ rec, resolve, reject });
-      if (!this.flushScheduled) {
-        this.flushScheduled = true;
-        setImmediate(() => void this.flush());
-      }
-    });
+    return this.records.submit(rec);
   }
 
   /**
@@ -47,14 +44,15 @@ export class WebhookIntake {
    * commit.
    */
   enqueue(rec: WebhookRecord): void {
-    if (!this.deps.appliesLocally) return;
-    const done: Promise<void> = this.apply(rec).finally(() => this.started.delete(done));
+    const applied = this.deps.applied;
+    if (!applied) return;
+    const done: Promise<void> = this.apply(rec, applied).finally(() => this.started.delete(done));
     this.started.add(done);
   }
 
   /** Applies a message of the replicated store's stream, in stream order. */
   enqueueFeed(m: FeedMessage): Promise<void> {
-    this.processing = this.processing.then(() => (m.kind === 'webhook' ? this.apply(m.record) : this.applyControl(m)));
+    this.processing = this.processing.then(() => (m.kind === 'webhook' ? this.apply(m.record, null) : this.applyControl(m)));
     return this.processing;
   }
 
@@ -65,7 +63,7 @@ export class WebhookIntake {
 
   /** Re-applies records a previous process acknowledged but did not finish. */
   async recover(): Promise<number> {
-    const pending = await this.deps.store.pendingWebhooks();
+    const pending = (await this.deps.applied?.pendingWebhooks()) ?? [];
     for (const rec of pending) this.enqueue(rec);
     await this.idle();
     return pending.length;
@@ -76,32 +74,34 @@ export class WebhookIntake {
     await Promise.all([this.processing, ...this.started]);
   }
 
-  private async flush(): Promise<void> {
-    this.flushScheduled = false;
-    const batch = this.batch;
-    this.batch = [];
+  private async commit(recs: WebhookRecord[]): Promise<boolean[]> {
     try {
-      const fresh = await this.deps.store.recordWebhooks(batch.map((b) => b.rec));
-      batch.forEach((b, i) => b.resolve(fresh[i] ?? false));
+      const fresh = await this.deps.store.recordWebhooks(recs);
+      return recs.map((_, i) => fresh[i] ?? false);
     } catch (err) {
       this.deps.logger.error({ err }, 'could not record webhooks');
-      for (const b of batch) b.reject(err);
-    }
-    const now = this.deps.clock.now();
-    if (now >= this.pruneAt) {
-      this.pruneAt = now + 60_000;
-      await this.deps.store.pruneWebhooks(now - DEDUPE_WINDOW_MS - 60_000).catch((err) => this.deps.logger.warn({ err }, 'could not prune webhook records'));
+      throw err;
+    } finally {
+      void this.pruneIfDue();
     }
   }
 
-  private async apply(rec: WebhookRecord): Promise<void> {
+  private async pruneIfDue(): Promise<void> {
+    const now = this.deps.clock.now();
+    if (!this.deps.applied || now < this.pruneAt) return;
+    this.pruneAt = now + 60_000;
+    await this.deps.applied.pruneWebhooks(now - DEDUPE_WINDOW_MS - 60_000).catch((err) => this.deps.logger.warn({ err }, 'could not prune webhook records'));
+  }
+
+  /** Applies a record; `applied`, when the record's bookkeeping is this process's, learns that it was. */
+  private async apply(rec: WebhookRecord, applied: AppliedWebhooks | null): Promise<void> {
     try {
       await this.deps.engine.processWebhook(rec);
     } catch (err) {
       this.deps.logger.error({ err: { message: (err as Error).message }, event_id: rec.id }, 'could not apply a webhook; retrying');
       // Presence already holds the event, so a retry catches the participant's delegations up from it.
       for (let attempt = 1; !this.stopping; attempt++) {
-        await new Promise((r) => setTimeout(r, Math.min(5_000, 250 * 2 ** attempt)));
+        await sleep(this.deps.clock, Math.min(5_000, 250 * 2 ** attempt));
         try {
           await this.deps.engine.catchUpFor(rec);
           break;
@@ -111,8 +111,9 @@ export class WebhookIntake {
       }
       if (this.stopping) return;
     }
+    if (!applied) return;
     try {
-      await this.deps.store.markWebhooksProcessed([rec.id]);
+      await applied.markWebhooksProcessed([rec.id]);
     } catch (err) {
       // Applying twice is harmless: the record is applied again at the next start.
       this.deps.logger.warn({ err: { message: (err as Error).message }, event_id: rec.id }, 'could not mark a webhook processed');

@@ -2,6 +2,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import type { Clock, TimerHandle } from '../clock.js';
+import type { RedisKeys } from './redis-keys.js';
 
 /** How delegations are split between replicas. Fixed: changing it would move every delegation. */
 export const SHARD_COUNT = 32;
@@ -41,7 +42,7 @@ export class ShardLeases implements ShardOwnership {
   constructor(
     private readonly deps: {
       redis: Redis;
-      prefix: string;
+      keys: RedisKeys;
       clock: Clock;
       logger: Logger;
       leaseMs: number;
@@ -62,10 +63,6 @@ export class ShardLeases implements ShardOwnership {
     return this.held.size;
   }
 
-  ownerKey(shard: number): string {
-    return `${this.deps.prefix}shard:${shard}:owner`;
-  }
-
   /** Takes a first share of the shards, then keeps renewing and rebalancing. */
   async start(): Promise<void> {
     await this.tick();
@@ -80,9 +77,9 @@ export class ShardLeases implements ShardOwnership {
     for (const [shard, h] of this.held) {
       this.held.delete(shard);
       this.deps.onLose(shard);
-      await redis.eval(RELEASE, 1, this.ownerKey(shard), h.value).catch(() => undefined);
+      await redis.eval(RELEASE, 1, this.deps.keys.shardOwner(shard), h.value).catch(() => undefined);
     }
-    await redis.zrem(`${this.deps.prefix}replicas`, this.replicaId).catch(() => undefined);
+    await redis.zrem(this.deps.keys.replicas(), this.replicaId).catch(() => undefined);
   }
 
   private get renewEveryMs(): number {
@@ -103,25 +100,25 @@ export class ShardLeases implements ShardOwnership {
 
   /** One round: drop leases we can no longer vouch for, renew the rest, then move towards our fair share. */
   async tick(): Promise<void> {
-    const { redis, prefix, clock, leaseMs } = this.deps;
+    const { redis, keys, clock, leaseMs } = this.deps;
     const now = clock.now();
     // Stop acting well before a lease we failed to renew can expire and be taken by another replica.
     for (const [shard, h] of this.held) {
       if (now - h.renewedAt > leaseMs - 2 * this.renewEveryMs) this.lose(shard, 'lease not renewed in time');
     }
-    await redis.zadd(`${prefix}replicas`, now, this.replicaId);
-    await redis.zremrangebyscore(`${prefix}replicas`, '-inf', now - 3 * leaseMs);
+    await redis.zadd(keys.replicas(), now, this.replicaId);
+    await redis.zremrangebyscore(keys.replicas(), '-inf', now - 3 * leaseMs);
     // A replica counts as alive while its heartbeat is younger than a lease: a dead one stops counting about when
     // its leases run out, so the survivors' fair share grows just as its shards become free.
-    const replicas = await redis.zcount(`${prefix}replicas`, now - leaseMs, '+inf');
+    const replicas = await redis.zcount(keys.replicas(), now - leaseMs, '+inf');
     for (const [shard, h] of this.held) {
-      const ok = await redis.eval(RENEW, 1, this.ownerKey(shard), h.value, String(leaseMs));
+      const ok = await redis.eval(RENEW, 1, this.deps.keys.shardOwner(shard), h.value, String(leaseMs));
       if (Number(ok) === 1) h.renewedAt = now;
       else this.lose(shard, 'lease taken over');
     }
     if (this.stopped) return;
     const fairShare = Math.ceil(SHARD_COUNT / Math.max(1, replicas));
-    const owners = await redis.mget(Array.from({ length: SHARD_COUNT }, (_, s) => this.ownerKey(s)));
+    const owners = await redis.mget(Array.from({ length: SHARD_COUNT }, (_, s) => this.deps.keys.shardOwner(s)));
     if (this.held.size > fairShare) {
       // Give shards back only to a replica that has fewer than its share, so nothing moves while counts settle.
       const counts = new Map<string, number>();
@@ -131,13 +128,13 @@ export class ShardLeases implements ShardOwnership {
       for (const shard of [...this.held.keys()].slice(fairShare)) {
         const h = this.held.get(shard)!;
         this.lose(shard, 'rebalancing');
-        await redis.eval(RELEASE, 1, this.ownerKey(shard), h.value);
+        await redis.eval(RELEASE, 1, this.deps.keys.shardOwner(shard), h.value);
       }
       return;
     }
     for (let shard = 0; shard < SHARD_COUNT && this.held.size < fairShare; shard++) {
       if (this.held.has(shard) || owners[shard]) continue;
-      const fence = Number(await redis.eval(ACQUIRE, 2, this.ownerKey(shard), `${prefix}shard:${shard}:fence`, this.replicaId, String(leaseMs)));
+      const fence = Number(await redis.eval(ACQUIRE, 2, this.deps.keys.shardOwner(shard), keys.shardFence(shard), this.replicaId, String(leaseMs)));
       if (fence > 0) {
         this.held.set(shard, { value: `${this.replicaId}:${fence}`, renewedAt: now });
         this.deps.logger.info({ shard, fence }, 'shard acquired');
@@ -147,7 +144,7 @@ export class ShardLeases implements ShardOwnership {
           this.deps.logger.error({ err, shard }, 'could not load an acquired shard; releasing it');
           const h = this.held.get(shard);
           this.lose(shard, 'load failed');
-          if (h) await redis.eval(RELEASE, 1, this.ownerKey(shard), h.value).catch(() => undefined);
+          if (h) await redis.eval(RELEASE, 1, this.deps.keys.shardOwner(shard), h.value).catch(() => undefined);
         }
       }
     }

@@ -2,8 +2,9 @@ import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { isTerminal, type Delegation, type DelegationSecrets } from '../delegations/model.js';
+import { GroupCommit } from '../lib/group-commit.js';
 import { SecretBox } from './secret-box.js';
-import { DuplicateTokenError, type DelegationFilter, type Store, type WebhookRecord } from './store.js';
+import { DuplicateTokenError, type AppliedWebhooks, type DelegationFilter, type Store, type WebhookRecord } from './store.js';
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS delegations (
@@ -90,7 +91,7 @@ const READ_COLUMNS = [
 const READ = READ_COLUMNS.join(', ');
 type Values = Array<string | number | null>;
 
-export class StoreLockedError extends Error {
+class StoreLockedError extends Error {
   constructor(path: string) {
     super(`the SQLite store ${path} is in use by another futures-sidecar process (one process owns a SQLite file)`);
     this.name = 'StoreLockedError';
@@ -101,7 +102,7 @@ export class StoreLockedError extends Error {
  * The embedded store: one SQLite file in WAL mode, owned exclusively by this process. better-sqlite3 is
  * synchronous, so each method's write is committed when it returns.
  */
-export class SqliteStore implements Store {
+export class SqliteStore implements Store, AppliedWebhooks {
   readonly kind = 'sqlite' as const;
   private readonly db: Database.Database;
   private readonly box: SecretBox;
@@ -147,11 +148,11 @@ export class SqliteStore implements Store {
     };
   }
 
-  async insertDelegation(d: Delegation, secrets: DelegationSecrets): Promise<void> {
+  async insertDelegation(d: Delegation, secrets: DelegationSecrets, tokenKey: string): Promise<void> {
     try {
       this.stmts.insert.run({
         ...toRow(d),
-        token_key: d.tokenKey,
+        token_key: tokenKey,
         dialect: d.dialect,
         homeserver: d.homeserver,
         room: d.room,
@@ -173,35 +174,22 @@ export class SqliteStore implements Store {
   }
 
   /**
-   * Group commit: updates made in the same event-loop turn share one transaction, and each caller's promise settles
-   * when that transaction has committed. Reads flush first, so a read always sees every write made before it.
+   * Updates made in the same event-loop turn share one transaction. Reads flush first, so a read always sees every
+   * write made before it.
    */
-  private queued: Array<() => void> = [];
-  private waiting: Array<{ resolve: () => void; reject: (err: unknown) => void }> = [];
+  private readonly writes = new GroupCommit<() => void, void>((writes) => {
+    this.db.transaction(() => {
+      for (const w of writes) w();
+    })();
+    return [];
+  });
 
   private write(apply: () => void): Promise<void> {
-    return new Promise((resolve, reject) => {
-      if (this.queued.length === 0) setImmediate(() => this.flush());
-      this.queued.push(apply);
-      this.waiting.push({ resolve, reject });
-    });
+    return this.writes.submit(apply);
   }
 
   private flush(): void {
-    if (this.queued.length === 0) return;
-    const writes = this.queued;
-    const waiting = this.waiting;
-    this.queued = [];
-    this.waiting = [];
-    try {
-      this.db.transaction(() => {
-        for (const w of writes) w();
-      })();
-    } catch (err) {
-      for (const w of waiting) w.reject(err);
-      return;
-    }
-    for (const w of waiting) w.resolve();
+    void this.writes.flush();
   }
 
   saveDelegation(d: Delegation): Promise<void> {
@@ -246,10 +234,15 @@ export class SqliteStore implements Store {
     this.flush();
     const where: string[] = [];
     const params: Array<string | number> = [];
-    if (filter.room !== undefined) (where.push('room = ?'), params.push(filter.room));
-    if (filter.identity !== undefined) (where.push('identity = ?'), params.push(filter.identity));
-    if (filter.state !== undefined) (where.push('state = ?'), params.push(filter.state));
-    if (filter.cursor !== undefined) (where.push('id > ?'), params.push(filter.cursor));
+    const condition = (sql: string, value: string | undefined): void => {
+      if (value === undefined) return;
+      where.push(sql);
+      params.push(value);
+    };
+    condition('room = ?', filter.room);
+    condition('identity = ?', filter.identity);
+    condition('state = ?', filter.state);
+    condition('id > ?', filter.cursor);
     const sql = `SELECT ${READ} FROM delegations ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY id LIMIT ?`;
     const rows = this.db.prepare(sql).raw(true).all(...params, filter.limit + 1) as Values[];
     const items = rows.slice(0, filter.limit).map(fromValues);
@@ -321,7 +314,6 @@ function fromValues(v: Values): Delegation {
   const [id, dialect, homeserver, room, identity, altIdentity, altRoom, sid, leave, lost, timeoutMs, state, source, createdAt, updatedAt, expiresAt, lastRefreshAt, nextRefreshAt, refreshFailures, joinDeadline, graceDeadline, disconnectedAt, pendingAction, nextActionAt, actionFailures, outcome] = v;
   return {
     id: id as string,
-    tokenKey: '',
     dialect: dialect as Delegation['dialect'],
     homeserver: homeserver as string,
     room: room as string,

@@ -38,21 +38,19 @@ export class DuplicateTokenError extends Error {
   }
 }
 
-export class StoreUnavailableError extends Error {
-  constructor(cause: unknown) {
-    super(`store unavailable: ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
-    this.name = 'StoreUnavailableError';
-  }
-}
-
 /**
- * Durable state. Every method resolves only once what it wrote is durable (for SQLite: committed in WAL).
- * Implementations: `SqliteStore` (embedded default), `RedisStore` (replicas).
+ * Durable state every backend keeps: the delegations, their secrets, and the webhook journal (each event recorded
+ * once). Every method resolves only once what it wrote is durable (for SQLite: committed in WAL). Implementations:
+ * `SqliteStore` (embedded default), `RedisStore` (replicas). Who acts on which delegation, and how recorded events
+ * reach it, is the `Topology`'s.
  */
 export interface Store {
   readonly kind: 'sqlite' | 'redis';
-  /** Creates a delegation; throws DuplicateTokenError when its tokenKey exists. */
-  insertDelegation(d: Delegation, secrets: DelegationSecrets): Promise<void>;
+  /**
+   * Creates a delegation; throws DuplicateTokenError when `tokenKey` (the idempotency key of its token, see
+   * `tokenKeyOf`) exists. Only the store's index keeps the key: nothing in memory needs it.
+   */
+  insertDelegation(d: Delegation, secrets: DelegationSecrets, tokenKey: string): Promise<void>;
   /** Writes a delegation's mutable fields. */
   saveDelegation(d: Delegation): Promise<void>;
   getDelegation(id: string): Promise<Delegation | undefined>;
@@ -68,11 +66,18 @@ export interface Store {
    * false when its id was already recorded.
    */
   recordWebhooks(records: WebhookRecord[]): Promise<boolean[]>;
+  /** Throws when the store cannot be reached. */
+  ping(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/**
+ * Which recorded webhooks this process has applied, kept by a store whose process applies every webhook it records
+ * (a single node): what a crash left unapplied is applied again at the next start.
+ */
+export interface AppliedWebhooks {
   markWebhooksProcessed(ids: string[]): Promise<void>;
   pendingWebhooks(): Promise<WebhookRecord[]>;
   /** Forget processed webhook ids received before `before` (they are kept at least the dedupe window). */
   pruneWebhooks(before: number): Promise<void>;
-  /** Throws when the store cannot be reached. */
-  ping(): Promise<void>;
-  close(): Promise<void>;
 }

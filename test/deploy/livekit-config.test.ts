@@ -64,7 +64,7 @@ async function startLiveKit(config: Record<string, unknown>, dir: string): Promi
     await Promise.race([waitFor('livekit-server to answer', async () => (await fetch(url)).ok, 30_000, 100), refused]);
   } catch (err) {
     proc.kill('SIGKILL');
-    throw new Error(`${(err as Error).message}\n${output.join('')}`);
+    throw new Error(`${(err as Error).message}\n${output.join('')}`, { cause: err });
   }
   refused.catch(() => undefined);
   return {

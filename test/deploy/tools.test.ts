@@ -19,7 +19,6 @@ const read = (path: string): string => readFileSync(join(REPO_ROOT, path), 'utf8
 const RELEASE = 'futures-sidecar';
 const NAMESPACE = 'livekit';
 
-/* eslint-disable @typescript-eslint/no-explicit-any -- rendered Kubernetes objects are walked as plain data */
 type K8s = { apiVersion: string; kind: string; metadata: { name: string; namespace?: string; labels?: Record<string, string> }; [key: string]: any };
 type Container = {
   name: string;

@@ -21,7 +21,7 @@ declare const document: PageDocument;
 export const CHROMIUM_PATH = process.env.SIDECAR_TEST_CHROMIUM ?? '/usr/bin/chromium';
 
 /** As root in a container: no sandbox; nothing that phones home or updates itself during a test. */
-export const CHROMIUM_ARGS = [
+const CHROMIUM_ARGS = [
   '--headless',
   '--no-sandbox',
   '--disable-gpu',

@@ -1,9 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { listenOnLoopback } from './listen.js';
+import { listenOnLoopback, readRawBody } from './listen.js';
 
 /** One event a future (or a plain send) carries: `{type, content, state_key?}` as in the futures draft. */
-export interface EventSpec {
+interface EventSpec {
   type: string;
   content: Record<string, unknown>;
   state_key?: string;
@@ -272,15 +272,6 @@ function stateKeyOf(roomId: string, type: string, stateKey: string): string {
 
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-function readRawBody(req: IncomingMessage): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    req.on('data', (chunk: Buffer) => chunks.push(chunk));
-    req.on('end', () => resolve(Buffer.concat(chunks)));
-    req.on('error', reject);
-  });
 }
 
 function isManagement(route: Route): route is ManagementRoute {

@@ -9,7 +9,7 @@ import {
   WebhookEvent,
 } from '@livekit/protocol';
 import { AccessToken, TokenVerifier } from 'livekit-server-sdk';
-import { listenOnLoopback } from './listen.js';
+import { listenOnLoopback, readRawBody } from './listen.js';
 
 export type DisconnectReasonName = keyof typeof DisconnectReason;
 export type ParticipantStateName = keyof typeof ParticipantInfo_State;
@@ -88,7 +88,7 @@ export interface SignWebhookOptions {
   signer?: 'livekit' | 'sdk';
 }
 
-export function webhookBodySha256(body: string): string {
+function webhookBodySha256(body: string): string {
   return createHash('sha256').update(body, 'utf8').digest('base64');
 }
 
@@ -257,7 +257,7 @@ export async function mintParticipantToken(opts: {
 export type RoomServiceMethod = 'ListParticipants' | 'GetParticipant' | 'CreateRoom';
 
 /** The settings a `CreateRoom` call asked for (proto3 JSON leaves zeros out; they are 0 here). */
-export interface CreateRoomParams {
+interface CreateRoomParams {
   emptyTimeout: number;
   departureTimeout: number;
   maxParticipants: number;
@@ -469,15 +469,6 @@ export class FakeRoomService {
 function writeJson(res: ServerResponse, reply: TwirpReply): void {
   res.writeHead(reply.status, { 'Content-Type': 'application/json' });
   res.end(JSON.stringify(reply.body));
-}
-
-function readRawBody(req: IncomingMessage): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    req.on('data', (chunk: Buffer) => chunks.push(chunk));
-    req.on('end', () => resolve(Buffer.concat(chunks)));
-    req.on('error', reject);
-  });
 }
 
 export async function startFakeRoomService(opts: ApiKeyPair): Promise<FakeRoomService> {

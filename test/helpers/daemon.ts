@@ -85,24 +85,27 @@ export interface ChildDaemon {
   kill(signal: NodeJS.Signals): void;
 }
 
-/** The daemon as its own process (`tsx src/main.ts --dev`), for crash and signal tests. */
+/**
+ * The daemon as its own process (`tsx src/main.ts --dev`), for crash and signal tests. Without `port` it listens on
+ * a port the kernel picks and reports in its log: a port probed free beforehand can be taken by another worker (or
+ * by an outgoing connection's source port) before the child binds it.
+ */
 export async function spawnDaemon(env: Record<string, string>, port?: number): Promise<ChildDaemon> {
-  const p = port ?? (await freePort());
   const proc = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', '--dev'], {
-    env: { ...process.env, ...testEnv(env), SIDECAR_PORT: String(p), SIDECAR_HOST: '127.0.0.1', LOG_LEVEL: env.LOG_LEVEL ?? 'info' },
+    env: { ...process.env, ...testEnv(env), SIDECAR_PORT: String(port ?? 0), SIDECAR_HOST: '127.0.0.1', LOG_LEVEL: env.LOG_LEVEL ?? 'info' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const output: string[] = [];
   proc.stdout!.on('data', (d) => output.push(...String(d).split('\n').filter(Boolean)));
   proc.stderr!.on('data', (d) => output.push(...String(d).split('\n').filter(Boolean)));
   const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
-  const url = `http://127.0.0.1:${p}`;
   const deadline = Date.now() + 20_000;
+  let url: string | null = port === undefined ? null : `http://127.0.0.1:${port}`;
   for (;;) {
     if (proc.exitCode !== null) throw new Error(`daemon exited early (${proc.exitCode}):\n${output.join('\n')}`);
+    url ??= listeningAddress(output);
     try {
-      const res = await fetch(`${url}/readyz`);
-      if (res.ok) break;
+      if (url && (await fetch(`${url}/readyz`)).ok) break;
     } catch {
       // not listening yet
     }
@@ -113,6 +116,20 @@ export async function spawnDaemon(env: Record<string, string>, port?: number): P
     await sleep(100);
   }
   return { url, proc, output, exited, kill: (s) => proc.kill(s) };
+}
+
+/** The address from the daemon's "listening" log line, once it is there. */
+function listeningAddress(output: string[]): string | null {
+  for (const line of output) {
+    if (!line.includes('futures-sidecar listening')) continue;
+    try {
+      const address = (JSON.parse(line) as { address?: unknown }).address;
+      if (typeof address === 'string') return address;
+    } catch {
+      // not a JSON log line
+    }
+  }
+  return null;
 }
 
 export function sleep(ms: number): Promise<void> {

@@ -15,7 +15,7 @@ export interface RedisServer {
   stop(): Promise<void>;
 }
 
-export const redisAvailable = spawnSync('redis-server', ['--version']).status === 0;
+const redisAvailable = spawnSync('redis-server', ['--version']).status === 0;
 
 /**
  * Whether Redis tests run here. Without `redis-server` they are skipped with a loud notice, unless

@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startFakeHomeserver, type FakeHomeserver } from '../fakes/homeserver.js';
 import { mintParticipantToken, type WebhookSender } from '../fakes/livekit.js';
 import { ADMIN_TOKEN, API_KEY, API_SECRET, api, sleep, startDaemon, type RunningDaemon } from '../helpers/daemon.js';
+import { metricValue } from '../helpers/metrics.js';
 import { createHomeserverToken, delegate, delegationState, uniqueName, webhookSender } from '../helpers/scenario.js';
 
 /** Bad input gets the contract's status and errcode, and changes no state. */
@@ -176,8 +177,7 @@ describe('the delegation API', () => {
       expect(unsigned).toMatchObject({ status: 401, body: { errcode: 'M_MISSING_TOKEN' } });
       await sleep(300);
       expect((await delegationState(d.url, p)).state).toBe('connected');
-      const metrics = await (await fetch(`${d.url}/metrics`)).text();
-      expect(metrics).toMatch(/futures_sidecar_webhooks_total\{event="unverified",outcome="rejected"\} 5/);
+      expect(await metricValue(d.daemon.metrics.registry, 'futures_sidecar_webhooks_total', { event: 'unverified', outcome: 'rejected' })).toBe(5);
     });
 
     it('accepts a webhook on the lk-jwt-service alias /sfu_webhook', async () => {

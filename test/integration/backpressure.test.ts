@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startFakeHomeserver, type FakeHomeserver } from '../fakes/homeserver.js';
 import { mintParticipantToken, type WebhookSender } from '../fakes/livekit.js';
 import { API_KEY, API_SECRET, api, sleep, startDaemon, waitFor, type RunningDaemon } from '../helpers/daemon.js';
+import { metricValue } from '../helpers/metrics.js';
 import { actionsFired, createHomeserverToken, delegate, refreshCalls, uniqueName, webhookSender, type Participant } from '../helpers/scenario.js';
 
 /**
@@ -51,7 +52,6 @@ describe('homeserver back-pressure', () => {
     }
     const limited = hs.calls.filter((c) => c.status === 429).length;
     expect(limited).toBeLessThanOrEqual(2);
-    const metrics = await (await fetch(`${d.url}/metrics`)).text();
-    expect(metrics).toMatch(/futures_sidecar_delegations_registered_total\{dialect="futures",outcome="overloaded"\} 1/);
+    expect(await metricValue(d.daemon.metrics.registry, 'futures_sidecar_delegations_registered_total', { dialect: 'futures', outcome: 'overloaded' })).toBe(1);
   }, 60_000);
 });

@@ -2,12 +2,11 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from
 import { startFakeHomeserver, type FakeHomeserver } from '../fakes/homeserver.js';
 import { startFakeRoomService, type FakeRoomService, type WebhookSender } from '../fakes/livekit.js';
 import { API_KEY, API_SECRET, sleep, startDaemon, waitFor, type RunningDaemon } from '../helpers/daemon.js';
+import { metricValue } from '../helpers/metrics.js';
 import { actionsFired, delegate, delegationState, webhookSender } from '../helpers/scenario.js';
 
-async function corrections(url: string, kind: string): Promise<number> {
-  const text = await (await fetch(`${url}/metrics`)).text();
-  const m = new RegExp(`futures_sidecar_reconcile_corrections_total\\{kind="${kind}"\\} (\\d+)`).exec(text);
-  return m ? Number(m[1]) : 0;
+function corrections(d: RunningDaemon, kind: string): Promise<number> {
+  return metricValue(d.daemon.metrics.registry, 'futures_sidecar_reconcile_corrections_total', { kind });
 }
 
 /** When webhooks go missing, LiveKit's RoomService (a Twirp fake, called by livekit-server-sdk) fills the gap. */
@@ -42,7 +41,7 @@ describe('reconciliation with LiveKit', () => {
     rs.join(p.room, { sid: p.sid, identity: p.identity, state: 'ACTIVE' });
     await waitFor('connected by the join poll', async () => (await delegationState(d.url, p)).state === 'connected', 5000);
     expect(rs.calls.some((c) => c.method === 'GetParticipant' && c.identity === p.identity && c.status === 200)).toBe(true);
-    expect(await corrections(d.url, 'joined')).toBeGreaterThanOrEqual(1);
+    expect(await corrections(d, 'joined')).toBeGreaterThanOrEqual(1);
     await lk.participantLeft(p.room, p, 'CLIENT_INITIATED');
     await waitFor('leave fired for the polled session', () => actionsFired(hs, p.token).length === 1);
   });
@@ -66,7 +65,7 @@ describe('reconciliation with LiveKit', () => {
     expect(Date.now() - t0).toBeGreaterThanOrEqual(900);
     await waitFor('connection_lost fired', () => actionsFired(hs, p.token).length === 1, 5000);
     expect((await delegationState(d.url, p)).pending_action).toBe('connection_lost');
-    expect(await corrections(d.url, 'lost')).toBe(1);
+    expect(await corrections(d, 'lost')).toBe(1);
   });
 
   it('rebinds to the new session LiveKit lists for the identity, without firing', async () => {
@@ -75,7 +74,7 @@ describe('reconciliation with LiveKit', () => {
     await lk.participantJoined(p.room, p);
     rs.leave(p.room, p.identity);
     rs.join(p.room, { sid: `${p.sid}-new`, identity: p.identity, state: 'ACTIVE' });
-    await waitFor('rebound', async () => (await corrections(d.url, 'rebound')) >= 1, 5000);
+    await waitFor('rebound', async () => (await corrections(d, 'rebound')) >= 1, 5000);
     await sleep(2500);
     expect((await delegationState(d.url, p)).state).toBe('connected');
     expect(actionsFired(hs, p.token)).toEqual([]);
@@ -85,8 +84,10 @@ describe('reconciliation with LiveKit', () => {
     const p = await delegate(d.url, hs, 'futures');
     await lk.participantJoined(p.room, p);
     await waitFor('connected', async () => (await delegationState(d.url, p)).state === 'connected');
+    const listed = (): number => rs.calls.filter((c) => c.method === 'ListParticipants').length;
+    const before = listed();
     rs.setFailing(503);
-    await sleep(2500);
+    await waitFor('two reconcile cycles answered with errors', () => listed() >= before + 2, 10_000);
     rs.setFailing(null);
     rs.setDown(true);
     await sleep(2500);
@@ -111,7 +112,7 @@ describe('reconciliation with LiveKit', () => {
     await waitFor('connected again by the poll', async () => (await delegationState(d.url, p)).state === 'connected', 4500);
     await sleep(5500);
     expect(actionsFired(hs, p.token)).toEqual([]);
-    expect(await corrections(d.url, 'rejoined')).toBe(1);
+    expect(await corrections(d, 'rejoined')).toBe(1);
   });
 
   it('does not take the session that just dropped, still listed by LiveKit, for a rejoin', async () => {

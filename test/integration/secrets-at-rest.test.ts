@@ -140,7 +140,7 @@ for (const backend of BACKENDS) {
     it('holds no token, delay id or access token in its bytes when SIDECAR_TOKEN_KEY is set', async () => {
       const env = { ...backend.env(), SIDECAR_TOKEN_KEY: newKey() };
       const d = await startDaemon(env);
-      let delegated: Delegated[] = [];
+      let delegated: Delegated[];
       try {
         delegated = await delegateBoth(d, hs, 60_000);
         await waitFor('first refreshes', () => delegated.every((x) => successfulRefreshes(hs, x.token).length > 0));
@@ -154,7 +154,7 @@ for (const backend of BACKENDS) {
     it('holds them in plain without a key, so the search above can fail', async () => {
       const env = backend.env();
       const d = await startDaemon(env);
-      let delegated: Delegated[] = [];
+      let delegated: Delegated[];
       try {
         delegated = await delegateBoth(d, hs, 60_000);
       } finally {
@@ -181,7 +181,7 @@ for (const backend of BACKENDS) {
 
       const restartedAt = Date.now();
       const second = await startDaemon({ ...base, SIDECAR_TOKEN_KEY: currentKey, SIDECAR_TOKEN_OLD_KEYS: oldKey });
-      let added: Delegated[] = [];
+      let added: Delegated[];
       try {
         await waitFor('refreshes after the rotation', () => old.every((x) => successfulRefreshes(hs, x.token, restartedAt).length > 0), 8_000);
         for (const x of old) {

@@ -9,7 +9,7 @@ import { DelegationEngine } from '../../src/delegations/engine.js';
 import { isTerminal, type Delegation, type Dialect } from '../../src/delegations/model.js';
 import { MatrixError } from '../../src/errors.js';
 import type { CallResult, HomeserverCall, HomeserverClient } from '../../src/homeserver/client.js';
-import type { HomeserverOutcome } from '../../src/delegations/machine.js';
+import type { HomeserverOutcome } from '../../src/homeserver/outcome.js';
 import { Metrics } from '../../src/metrics.js';
 import { SqliteStore } from '../../src/store/sqlite.js';
 import type { WebhookRecord } from '../../src/store/store.js';

@@ -4,14 +4,13 @@ import {
   nextDueAt,
   registerDelegation,
   transition,
-  type Departure,
   type DelegationEvent,
-  type HomeserverOutcome,
   type MachineContext,
   type MachineSettings,
   type Transition,
 } from '../../src/delegations/machine.js';
-import { REFRESHING_STATES, isTerminal, type Delegation } from '../../src/delegations/model.js';
+import { REFRESHING_STATES, isTerminal, type Delegation, type Departure } from '../../src/delegations/model.js';
+import type { HomeserverOutcome } from '../../src/homeserver/outcome.js';
 import { fcParams, seededRandom } from './support.js';
 
 /**
@@ -120,7 +119,6 @@ class Caller {
         id: 'dg_prop',
         dialect: 'futures',
         homeserver: 'https://hs.example',
-        tokenKey: 'k',
         room: 'room',
         identity: 'alice',
         altIdentity: null,

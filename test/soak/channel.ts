@@ -30,7 +30,7 @@ export interface ChannelStats {
   rejected: number;
 }
 
-export type DeliveryStatus = 'queued' | 'delivered' | 'lost' | 'dropped' | 'rejected';
+type DeliveryStatus = 'queued' | 'delivered' | 'lost' | 'dropped' | 'rejected';
 
 export interface Delivery {
   id: string;

@@ -1,7 +1,7 @@
 import type { DisconnectReasonName } from '../fakes/livekit.js';
 import { Prng } from './prng.js';
 
-export type Dialect = 'futures' | 'delayed_events';
+type Dialect = 'futures' | 'delayed_events';
 
 /** How a participant's time in the call ends. */
 export type Fate = 'leave' | 'drop' | 'aborted' | 'stay';
@@ -121,7 +121,7 @@ export function soakBoundMs(o: SoakOptions): number {
   return 30_000 + o.driveMs + settleWindowMs(o).max + 60_000 + o.kills * 25_000;
 }
 
-export interface Interruption {
+interface Interruption {
   /** After the first join. */
   atMs: number;
   /** `reconnect`: the connection times out and a new session joins after `gapMs`; `duplicate`: a new session replaces the old one. */

@@ -18,7 +18,7 @@ import { FULL_SOAK, makePlan, settleWindowMs, soakBoundMs, type Fate, type LifeP
 import { Prng } from './prng.js';
 import { DaemonSupervisor } from './supervisor.js';
 
-export { FULL_SOAK, SHORT_SOAK, soakBoundMs, type SoakOptions } from './plan.js';
+export { SHORT_SOAK, type SoakOptions } from './plan.js';
 
 type ActionKind = 'leave' | 'connection_lost';
 
@@ -40,7 +40,7 @@ interface Life {
   timeline: string[];
 }
 
-export interface Violation {
+interface Violation {
   kind: 'false_fire' | 'missed_refresh' | 'fired_twice' | 'departed_without_action' | 'not_delegated' | 'wrong_action';
   participant: number;
   detail: string;
@@ -145,7 +145,7 @@ export async function runSoak(input: Partial<SoakOptions> & { onProgress?: (line
   const world = new World(o, plan, rs, channel, hs.url);
   const faults = new HomeserverFaults(hs, o, new Prng(o.seed).fork(0x7fff_0003));
   let aborted = false;
-  let exitCode: number | null = null;
+  let exitCode: number | null;
   let outage: { fromS: number; toS: number } | null = null;
   let phase = 'starting';
   const elapsedS = (at = Date.now()) => (at - t0) / 1000;

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { ManualClock } from '../../src/clock.js';
-import { AdmissionControl, CLIENT_SHARE, IDENTITY_SHARE, PROVISIONAL_LEASE_MS } from '../../src/delegations/admission.js';
+import { HomeserverLoad, CLIENT_SHARE, IDENTITY_SHARE, PROVISIONAL_LEASE_MS } from '../../src/delegations/homeserver-load.js';
 import { HistoryStore } from '../../src/delegations/history.js';
 import { InternTable } from '../../src/lib/intern-table.js';
 
@@ -9,12 +9,12 @@ const ORIGIN = 'https://hs.example';
 function control(budget = 1, maxOrigins = 10) {
   const clock = new ManualClock();
   const idle: string[] = [];
-  const admission = new AdmissionControl({ budget, maxOrigins, clock, onOriginIdle: (o) => idle.push(o) });
+  const admission = new HomeserverLoad({ budget, maxOrigins, clock, onOriginIdle: (o) => idle.push(o) });
   return { clock, idle, admission };
 }
 
 /** What the engine does for a new delegation: check, track, hold. */
-function admit(a: AdmissionControl, id: string, req: { load: number; identity?: string; client?: string | null; origin?: string }) {
+function admit(a: HomeserverLoad, id: string, req: { load: number; identity?: string; client?: string | null; origin?: string }) {
   const full = { origin: req.origin ?? ORIGIN, load: req.load, room: 'room', identity: req.identity ?? id, client: req.client ?? null };
   const refusal = a.check(full);
   if (refusal) return refusal;

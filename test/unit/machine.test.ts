@@ -16,7 +16,6 @@ function fresh(sid: string | null = null): Delegation {
       id: 'dg_1',
       dialect: 'futures',
       homeserver: 'https://hs.example',
-      tokenKey: 'k',
       room: 'room',
       identity: 'alice',
       altIdentity: null,

@@ -1,0 +1,65 @@
+/** The default key prefix (SIDECAR_REDIS_PREFIX); every replica of one deployment must use the same. */
+export const DEFAULT_REDIS_PREFIX = 'futures-sidecar:';
+
+/** Every Redis key the daemon reads or writes, in one place, under one prefix. */
+export class RedisKeys {
+  constructor(readonly prefix: string = DEFAULT_REDIS_PREFIX) {}
+
+  /** A delegation, as JSON. */
+  delegation(id: string): string {
+    return `${this.prefix}d:${id}`;
+  }
+
+  /** A delegation's secrets, sealed. */
+  secrets(id: string): string {
+    return `${this.prefix}s:${id}`;
+  }
+
+  /** Token key -> delegation id: the idempotency index. */
+  tokenKey(tokenKey: string): string {
+    return `${this.prefix}tk:${tokenKey}`;
+  }
+
+  /** Ids of a shard's open delegations. */
+  openInShard(shard: number): string {
+    return `${this.prefix}open:${shard}`;
+  }
+
+  /** Every delegation id, lexically ordered, for listing. */
+  allDelegations(): string {
+    return `${this.prefix}all`;
+  }
+
+  room(room: string): string {
+    return `${this.prefix}room:${room}`;
+  }
+
+  identity(identity: string): string {
+    return `${this.prefix}ident:${identity}`;
+  }
+
+  /** A webhook id's dedupe mark. */
+  webhook(eventId: string): string {
+    return `${this.prefix}wh:${eventId}`;
+  }
+
+  /** The stream of webhooks and control messages every replica reads. */
+  events(): string {
+    return `${this.prefix}events`;
+  }
+
+  /** A shard's lease: `replica:fence` of its holder. */
+  shardOwner(shard: number): string {
+    return `${this.prefix}shard:${shard}:owner`;
+  }
+
+  /** A shard's fencing counter. */
+  shardFence(shard: number): string {
+    return `${this.prefix}shard:${shard}:fence`;
+  }
+
+  /** Replicas by last heartbeat. */
+  replicas(): string {
+    return `${this.prefix}replicas`;
+  }
+}
