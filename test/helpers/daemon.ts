@@ -20,6 +20,9 @@ export function tempDbPath(name = 'sidecar'): string {
 export function testEnv(overrides: Record<string, string> = {}): Record<string, string> {
   return {
     SIDECAR_STORE: `sqlite:${tempDbPath()}`,
+    // Nothing listens on port 1: reconciliation fails fast instead of asking whatever LiveKit another process on
+    // this machine runs at the default 127.0.0.1:7880 (tests that need RoomService set their own fake's URL).
+    LIVEKIT_URL: 'http://127.0.0.1:1',
     SIDECAR_RECONNECT_GRACE_MS: '600',
     SIDECAR_JOIN_TIMEOUT_MS: '60000',
     SIDECAR_MIN_TIMEOUT_MS: '1000',

@@ -80,6 +80,7 @@ describe('restarts', () => {
     expect(await first.exited).toBe(0);
   });
 
+  // Two processes, a drain, and futures that outlive it: more than the default 30 s on a loaded machine.
   it('exits 0 on SIGTERM with a homeserver call in flight, fires nothing, and the next process carries on', async () => {
     const env = { SIDECAR_STORE: `sqlite:${tempDbPath('term')}`, SIDECAR_SHUTDOWN_TIMEOUT_MS: '3000' };
     const first = await spawn(env);
@@ -113,7 +114,7 @@ describe('restarts', () => {
     for (const p of ps) expect(hs.status(p.token)).toBe('pending');
     second.kill('SIGTERM');
     expect(await second.exited).toBe(0);
-  });
+  }, 90_000);
 
   it('refuses to start with a bad setting, naming it, and exits 2', async () => {
     const { spawnSync } = await import('node:child_process');
