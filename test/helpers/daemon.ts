@@ -155,9 +155,16 @@ export async function waitFor<T>(what: string, check: () => T | Promise<T>, time
   }
 }
 
-export async function api(url: string, method: string, path: string, opts: { token?: string; body?: unknown; rawBody?: string; contentType?: string } = {}): Promise<{ status: number; body: any }> {
+export async function api(
+  url: string,
+  method: string,
+  path: string,
+  /** `forwardedFor`: the client address a trusted proxy would report (the daemon must trust 127.0.0.1 as a proxy). */
+  opts: { token?: string; body?: unknown; rawBody?: string; contentType?: string; forwardedFor?: string } = {},
+): Promise<{ status: number; body: any }> {
   const headers: Record<string, string> = {};
   if (opts.token) headers.authorization = `Bearer ${opts.token}`;
+  if (opts.forwardedFor) headers['x-forwarded-for'] = opts.forwardedFor;
   let body: string | undefined;
   if (opts.rawBody !== undefined) body = opts.rawBody;
   else if (opts.body !== undefined) body = JSON.stringify(opts.body);

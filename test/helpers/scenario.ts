@@ -38,14 +38,18 @@ export async function delegate(
   daemonUrl: string,
   hs: FakeHomeserver,
   dialect: DialectName,
-  opts: { room?: string; identity?: string; timeoutMs?: number } = {},
+  opts: { room?: string; identity?: string; timeoutMs?: number; forwardedFor?: string } = {},
 ): Promise<Participant> {
   const room = opts.room ?? uniqueName('room');
   const identity = opts.identity ?? uniqueName('user');
   const timeoutMs = opts.timeoutMs ?? 4000;
   const jwt = await mintParticipantToken({ apiKey: API_KEY, apiSecret: API_SECRET, identity, room });
   const token = await createHomeserverToken(hs, dialect, `!${room}:hs`, timeoutMs);
-  const res = await api(daemonUrl, 'POST', '/v1/delegations', { token: jwt, body: { homeserver: hs.url, dialect, token, timeout_ms: timeoutMs } });
+  const res = await api(daemonUrl, 'POST', '/v1/delegations', {
+    token: jwt,
+    body: { homeserver: hs.url, dialect, token, timeout_ms: timeoutMs },
+    ...(opts.forwardedFor ? { forwardedFor: opts.forwardedFor } : {}),
+  });
   if (res.status !== 201) throw new Error(`delegation failed: ${res.status} ${JSON.stringify(res.body)}`);
   return { identity, room, sid: `PA_${randomBytes(4).toString('hex')}`, jwt, token, delegationId: res.body.delegation_id };
 }

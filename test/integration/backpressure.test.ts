@@ -17,7 +17,9 @@ describe('homeserver back-pressure', () => {
 
   beforeAll(async () => {
     hs = await startFakeHomeserver({ rateLimit: { perSecond: 1, burst: 5 } });
-    d = await startDaemon({ SIDECAR_HOMESERVER_RATE: '1' });
+    // Each participant comes from its own address (through a trusted proxy): one address may hold only a share of a
+    // homeserver with delegations it has not accepted yet, and this test is about the homeserver's whole budget.
+    d = await startDaemon({ SIDECAR_HOMESERVER_RATE: '1', SIDECAR_TRUST_PROXY: '127.0.0.1' });
     lk = webhookSender(d.url);
   });
   afterAll(async () => {
@@ -30,10 +32,10 @@ describe('homeserver back-pressure', () => {
     const room = uniqueName('room');
     // Registered together, so that their first refreshes queue together however slow the machine is today (one by
     // one, a loaded machine took long enough for the limiter to refill and the queue was gone before the leave).
-    const ps: Participant[] = await Promise.all(Array.from({ length: 7 }, () => delegate(d.url, hs, 'futures', { room, timeoutMs: TIMEOUT_MS })));
+    const ps: Participant[] = await Promise.all(Array.from({ length: 7 }, (_, i) => delegate(d.url, hs, 'futures', { room, timeoutMs: TIMEOUT_MS, forwardedFor: `198.51.100.${i + 1}` })));
     const jwt = await mintParticipantToken({ apiKey: API_KEY, apiSecret: API_SECRET, identity: uniqueName('late'), room });
     const token = await createHomeserverToken(hs, 'futures', `!${room}:hs`, TIMEOUT_MS);
-    const refused = await api(d.url, 'POST', '/v1/delegations', { token: jwt, body: { homeserver: hs.url, dialect: 'futures', token, timeout_ms: TIMEOUT_MS } });
+    const refused = await api(d.url, 'POST', '/v1/delegations', { token: jwt, body: { homeserver: hs.url, dialect: 'futures', token, timeout_ms: TIMEOUT_MS }, forwardedFor: '198.51.100.8' });
     expect(refused).toMatchObject({ status: 429, body: { errcode: 'M_LIMIT_EXCEEDED' } });
 
     // Seven first refreshes were queued at once: five go out in the burst, two wait. A leave now must not wait.
