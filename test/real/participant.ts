@@ -6,8 +6,10 @@
  *
  * A process may host several participants (the 30-participant scenario). It reads commands from stdin and writes
  * events to stdout, one JSON object a line, each prefixed with "@@rig " so library logs cannot be mistaken for them.
- *   stdin:  {"cmd":"disconnect","i":0}  leave the LiveKit room on purpose (CLIENT_INITIATED); Matrix is left alone so
- *                                       that the daemon, not the client, must send the delayed leave
+ *   stdin:  {"cmd":"close","i":0}  the tab is closed: the Matrix client stops without sending anything and the LiveKit
+ *                                  room is left on purpose (CLIENT_INITIATED, as livekit-client does on pagehide), so
+ *                                  the daemon, not the client, must send the delayed leave. (A client left running
+ *                                  would see its membership emptied and join again with a new delayed leave.)
  *           {"cmd":"exit"}              disconnect everything and exit
  *   stdout: {"ev":"joined","i":0,"delayId":"…","stateKey":"…","identity":"…"}, {"ev":"delegated","i":0,"status":200},
  *           {"ev":"livekit","i":0,"what":"disconnected"|"reconnecting"|"reconnected","reason":…}, {"ev":"error",…}
@@ -149,8 +151,11 @@ async function main() {
   for await (const line of createInterface({ input: process.stdin })) {
     const cmd = JSON.parse(line) as { cmd: string; i?: number };
     const targets = cmd.i === undefined ? running : [running[cmd.i]!];
-    if (cmd.cmd === 'disconnect') {
-      for (const p of targets) await p.lk.disconnect();
+    if (cmd.cmd === 'close') {
+      for (const p of targets) {
+        p.mx.stopClient();
+        await p.lk.disconnect();
+      }
       out({ ev: 'done', cmd: cmd.cmd, i: cmd.i });
     } else if (cmd.cmd === 'exit') {
       for (const p of running) {

@@ -57,6 +57,8 @@ export interface Rig {
   /** Is the member's membership emptied (its delayed leave sent)? */
   left(call: Call, m: Member): Promise<boolean>;
   livekitLists(call: Call, m: Member): Promise<boolean>;
+  /** The last lines each process printed, for a failed test's message. */
+  diagnostics(): string;
   stop(): Promise<void>;
 }
 
@@ -154,6 +156,16 @@ export async function startRig(opts: RigOptions = {}): Promise<Rig> {
     async livekitLists(c, m) {
       const list = await livekit.rooms.listParticipants(c.livekitRoom);
       return list.some((p) => p.identity === m.identity);
+    },
+    diagnostics() {
+      const tail = (lines: string[]) => lines.slice(-40).join('\n');
+      return [
+        `--- daemon\n${tail(daemon.output)}`,
+        `--- livekit\n${livekit.output().split('\n').slice(-20).join('\n')}`,
+        `--- synapse log: ${synapse.logPath}`,
+        `--- webhooks\n${JSON.stringify(webhooks)}`,
+        ...calls.map((c, k) => `--- participants of call ${k}\n${tail(c.participants.log)}\n${JSON.stringify(c.participants.events)}`),
+      ].join('\n');
     },
     async stop() {
       for (const c of calls) c.participants.proc.kill('SIGKILL');

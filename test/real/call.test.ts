@@ -1,0 +1,68 @@
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { membershipGone, membershipsHeld, recordFigure, webhookFor } from './judge.js';
+import { peersTestsEnabled } from './peers.js';
+import { startRig, type Rig } from './rig.js';
+
+// Scenarios 1, 2 and 5 of contract section 9 against a real Synapse, LiveKit and MatrixRTC participants.
+const enabled = peersTestsEnabled('real servers: leave, crash, long call');
+const GRACE_MS = 3_000;
+
+describe.runIf(enabled).sequential('real servers: leave, crash, long call', () => {
+  let rig: Rig;
+  beforeAll(async () => {
+    rig = await startRig({ daemonEnv: { SIDECAR_RECONNECT_GRACE_MS: String(GRACE_MS) } });
+  }, 180_000);
+  afterEach((ctx) => {
+    if (ctx.task.result?.state === 'fail') console.log(rig.diagnostics());
+  });
+  afterAll(async () => {
+    await rig?.stop();
+  }, 60_000);
+
+  for (const delegate of ['v1', 'compat'] as const) {
+    it(`1 (${delegate}): a participant who leaves on purpose has its delayed leave sent within 2 s of LiveKit's participant_left`, async () => {
+      const call = await rig.startCall(1, { delayMs: 10_000, delegate });
+      const m = call.members[0]!;
+      expect(await rig.left(call, m)).toBe(false);
+      const asked = Date.now();
+      call.participants.send({ cmd: 'close', i: 0 });
+      const gone = await membershipGone(rig, call, m, 30_000);
+      const left = await webhookFor(rig, m, ['participant_left'], asked);
+      expect(left.reason).toBe('CLIENT_INITIATED');
+      await recordFigure({ figure: 'webhook_to_gone', kind: 'leave', delegate, ms: gone - left.at });
+      expect(gone).toBeGreaterThanOrEqual(left.at - 50); // not before LiveKit said so (clock is shared: same machine)
+      expect(gone - left.at).toBeLessThan(2_000);
+      call.participants.send({ cmd: 'exit' });
+    }, 180_000);
+  }
+
+  it('2: a SIGKILLed participant is left after the grace, never while LiveKit still lists it', async () => {
+    const call = await rig.startCall(1, { delayMs: 10_000, delegate: 'v1' });
+    const m = call.members[0]!;
+    const killed = Date.now();
+    call.participants.proc.kill('SIGKILL');
+    let leftWhileListed = false;
+    let lastListed = killed;
+    const gone = await membershipGone(rig, call, m, 90_000, (listed, left) => {
+      if (listed) lastListed = Date.now();
+      if (listed && left) leftWhileListed = true;
+    });
+    expect(leftWhileListed).toBe(false);
+    const lost = await webhookFor(rig, m, ['participant_left', 'participant_connection_aborted'], killed);
+    await recordFigure({ figure: 'webhook_to_gone', kind: 'sigkill', reason: lost.reason ?? 'UNKNOWN_REASON', ms: gone - lost.at, killed_to_webhook_ms: lost.at - killed });
+    expect(gone).toBeGreaterThanOrEqual(lastListed - 200);
+    expect(gone - lost.at).toBeGreaterThanOrEqual(GRACE_MS - 100);
+    expect(gone - lost.at).toBeLessThan(GRACE_MS + 2_000);
+  }, 180_000);
+
+  it('5: a call much longer than its delay (10 s delay, 60 s call): Synapse never sends the leave while the participants are connected', async () => {
+    const [a, b] = await Promise.all([rig.startCall(1, { delayMs: 10_000, delegate: 'v1' }), rig.startCall(1, { delayMs: 10_000, delegate: 'compat' })]);
+    await Promise.all([membershipsHeld(rig, a, a.members, 60_000, '(v1)'), membershipsHeld(rig, b, b.members, 60_000, '(compat)')]);
+    for (const call of [a, b]) {
+      expect(await rig.livekitLists(call, call.members[0]!)).toBe(true);
+      call.participants.send({ cmd: 'close', i: 0 });
+      await membershipGone(rig, call, call.members[0]!, 30_000);
+      call.participants.send({ cmd: 'exit' });
+    }
+  }, 240_000);
+});

@@ -1,0 +1,54 @@
+import { sleep } from '../helpers/daemon.js';
+import type { Call, Member, Rig, WebhookSeen } from './rig.js';
+
+/**
+ * Verdicts come from Synapse's room state (contract section 9), never from the daemon. These poll Synapse and
+ * LiveKit with deadlines; none waits a fixed time for something to happen.
+ */
+
+/** Waits until the member's membership is emptied in Synapse and returns the emptying event's server timestamp. */
+export async function membershipGone(rig: Rig, call: Call, m: Member, timeoutMs: number, onPoll?: (listed: boolean, left: boolean) => void): Promise<number> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const listed = onPoll ? await rig.livekitLists(call, m).catch(() => false) : false;
+    const ev = await rig.membership(call, m);
+    if (!ev) throw new Error(`no membership event for ${m.userId}`);
+    const left = Object.keys(ev.content).length === 0;
+    onPoll?.(listed, left);
+    if (left) return ev.origin_server_ts;
+    if (Date.now() > deadline) throw new Error(`membership of ${m.userId} not emptied within ${timeoutMs} ms`);
+    await sleep(100);
+  }
+}
+
+/** Holds for `ms`, failing at once if any member's membership is emptied meanwhile (a leave sent early). */
+export async function membershipsHeld(rig: Rig, call: Call, members: Member[], ms: number, note = ''): Promise<number> {
+  const until = Date.now() + ms;
+  let polls = 0;
+  while (Date.now() < until) {
+    for (const m of members) {
+      if (await rig.left(call, m)) throw new Error(`the leave of ${m.userId} was sent while it was still in the call ${note}`);
+    }
+    polls++;
+    await sleep(250);
+  }
+  return polls;
+}
+
+export async function webhookFor(rig: Rig, m: Member, events: string[], after = 0, timeoutMs = 60_000): Promise<WebhookSeen> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const w = rig.webhooks.find((x) => x.identity === m.identity && events.includes(x.event) && x.at >= after);
+    if (w) return w;
+    if (Date.now() > deadline) throw new Error(`no ${events.join('/')} webhook for ${m.identity} within ${timeoutMs} ms: ${JSON.stringify(rig.webhooks)}`);
+    await sleep(50);
+  }
+}
+
+/** Appends a measured figure to a JSON-lines file for docs/interop.md (RIG_FIGURES=path). */
+export async function recordFigure(figure: Record<string, unknown>): Promise<void> {
+  const path = process.env.RIG_FIGURES;
+  if (!path) return;
+  const { appendFileSync } = await import('node:fs');
+  appendFileSync(path, `${JSON.stringify({ ...figure, at: new Date().toISOString() })}\n`);
+}
