@@ -52,3 +52,21 @@ export async function recordFigure(figure: Record<string, unknown>): Promise<voi
   const { appendFileSync } = await import('node:fs');
   appendFileSync(path, `${JSON.stringify({ ...figure, at: new Date().toISOString() })}\n`);
 }
+
+/** The restarts of one delayed event that Synapse answered 200, from Synapse's own access log. */
+export function restartsAt(rig: Rig, delayId: string): number[] {
+  return rig.synapse
+    .accessLog()
+    .filter((r) => r.path.includes(delayId) && (r.path.endsWith('/restart') || r.method === 'POST') && r.status === 200 && !r.path.endsWith('/send'))
+    .map((r) => r.ts);
+}
+
+export async function nextRestart(rig: Rig, delayId: string, after: number, timeoutMs = 60_000): Promise<number> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const t = restartsAt(rig, delayId).find((ts) => ts > after);
+    if (t !== undefined) return t;
+    if (Date.now() > deadline) throw new Error(`Synapse saw no restart of the delayed leave within ${timeoutMs} ms`);
+    await sleep(100);
+  }
+}
