@@ -34,7 +34,9 @@ export async function startLiveKit(opts: LiveKitOptions): Promise<LiveKit> {
   const config = {
     port,
     bind_addresses: [nodeIp],
-    rtc: { tcp_port: tcpPort, udp_port: udpPort, node_ip: nodeIp, use_external_ip: false, enable_loopback_candidate: true },
+    // Only the advertised address: LiveKit otherwise opens its UDP port on every interface and may answer a
+    // participant from an address the participant has no route back to (a namespace knows only its veth pair).
+    rtc: { tcp_port: tcpPort, udp_port: udpPort, node_ip: nodeIp, use_external_ip: false, enable_loopback_candidate: nodeIp === '127.0.0.1', ips: { includes: [`${nodeIp}/32`] } },
     keys: { [RIG_API_KEY]: RIG_API_SECRET },
     webhook: { api_key: RIG_API_KEY, urls: [opts.webhookUrl] },
     room: { auto_create: false },
