@@ -1,5 +1,5 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { membershipGone, membershipsHeld, recordFigure, webhookFor } from './judge.js';
+import { membershipGone, membershipsHeld, recordFigure, restartsAt, webhookFor } from './judge.js';
 import { peersTestsEnabled } from './peers.js';
 import { startRig, type Rig } from './rig.js';
 
@@ -56,13 +56,30 @@ describe.runIf(enabled).sequential('real servers: leave, crash, long call', () =
   }, 180_000);
 
   it('5: a call much longer than its delay (10 s delay, 60 s call): Synapse never sends the leave while the participants are connected', async () => {
-    const [a, b] = await Promise.all([rig.startCall(1, { delayMs: 10_000, delegate: 'v1' }), rig.startCall(1, { delayMs: 10_000, delegate: 'compat' })]);
-    await Promise.all([membershipsHeld(rig, a, a.members, 60_000, '(v1)'), membershipsHeld(rig, b, b.members, 60_000, '(compat)')]);
-    for (const call of [a, b]) {
+    // Alongside: a 60 s delay on v1, and a client that keeps its event alive itself with matrix-js-sdk's defaults
+    // (8 s delay, restart every 5 s), to count the restarts each costs Synapse (docs/interop.md).
+    const [a, b, c, d] = await Promise.all([
+      rig.startCall(1, { delayMs: 10_000, delegate: 'v1' }),
+      rig.startCall(1, { delayMs: 10_000, delegate: 'compat' }),
+      rig.startCall(1, { delayMs: 60_000, delegate: 'v1' }),
+      rig.startCall(1, { delayMs: 8_000, delegate: 'none' }),
+    ]);
+    const from = Date.now();
+    await Promise.all([a, b, c, d].map((call, k) => membershipsHeld(rig, call, call.members, 60_000, `(call ${k})`)));
+    const to = Date.now();
+    const perHour = (call: typeof a) => Math.round((restartsAt(rig, call.members[0]!.delayId).filter((t) => t >= from && t <= to).length * 3_600_000) / (to - from));
+    const counts = { v1_10s: perHour(a), compat_10s: perHour(b), v1_60s: perHour(c), self_kept_sdk_defaults: perHour(d) };
+    await recordFigure({ figure: 'restarts_per_participant_hour', window_ms: to - from, ...counts });
+    // The daemon restarts at half the delay (SIDECAR_REFRESH_AT 0.5): about 720/h for 10 s, 120/h for 60 s.
+    expect(counts.v1_10s).toBeGreaterThan(360);
+    expect(counts.v1_60s).toBeLessThan(counts.v1_10s);
+    expect(counts.self_kept_sdk_defaults).toBeGreaterThan(0);
+    for (const call of [a, b, c]) {
       expect(await rig.livekitLists(call, call.members[0]!)).toBe(true);
       call.participants.send({ cmd: 'close', i: 0 });
       await membershipGone(rig, call, call.members[0]!, 30_000);
       call.participants.send({ cmd: 'exit' });
     }
+    d.participants.send({ cmd: 'exit' });
   }, 240_000);
 });
