@@ -1,5 +1,5 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { membershipGone, membershipsHeld, recordFigure, restartsAt, webhookFor } from './judge.js';
+import { membershipGone, membershipsHeld, recordFigure, restartsAt, sendsOf, webhookFor } from './judge.js';
 import { peersTestsEnabled } from './peers.js';
 import { startRig, type Rig } from './rig.js';
 
@@ -25,14 +25,15 @@ describe.runIf(enabled).sequential('real servers: leave, crash, long call', () =
       const m = call.members[0]!;
       expect(await rig.left(call, m)).toBe(false);
       const asked = Date.now();
-      call.participants.send({ cmd: 'close', i: 0 });
+      call.participants.send({ cmd: 'close' });
       const gone = await membershipGone(rig, call, m, 30_000);
       const left = await webhookFor(rig, m, ['participant_left'], asked);
       expect(left.reason).toBe('CLIENT_INITIATED');
       await recordFigure({ figure: 'webhook_to_gone', kind: 'leave', delegate, ms: gone - left.at });
       expect(gone).toBeGreaterThanOrEqual(left.at - 50); // not before LiveKit said so (clock is shared: same machine)
       expect(gone - left.at).toBeLessThan(2_000);
-      call.participants.send({ cmd: 'exit' });
+      // Sent by the daemon (its calls carry no access token), not by the participant's own SDK.
+      expect(await sendsOf(rig, m.delayId)).toEqual([null]);
     }, 180_000);
   }
 
@@ -76,9 +77,9 @@ describe.runIf(enabled).sequential('real servers: leave, crash, long call', () =
     expect(counts.self_kept_sdk_defaults).toBeGreaterThan(0);
     for (const call of [a, b, c]) {
       expect(await rig.livekitLists(call, call.members[0]!)).toBe(true);
-      call.participants.send({ cmd: 'close', i: 0 });
+      call.participants.send({ cmd: 'close' });
       await membershipGone(rig, call, call.members[0]!, 30_000);
-      call.participants.send({ cmd: 'exit' });
+      expect(await sendsOf(rig, call.members[0]!.delayId)).toEqual([null]);
     }
     d.participants.send({ cmd: 'exit' });
   }, 240_000);

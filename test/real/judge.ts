@@ -70,3 +70,19 @@ export async function nextRestart(rig: Rig, delayId: string, after: number, time
     await sleep(100);
   }
 }
+
+/**
+ * Who sent each successful `send` of a delayed event, per Synapse's log: null for an unauthenticated call (the
+ * daemon). Waits for the first one: Synapse logs a request after answering it, so the state change can be seen first.
+ */
+export async function sendsOf(rig: Rig, delayId: string, timeoutMs = 10_000): Promise<Array<string | null>> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const sends = rig.synapse
+      .accessLog()
+      .filter((r) => r.path.includes(delayId) && r.path.endsWith('/send') && r.status === 200)
+      .map((r) => r.user);
+    if (sends.length > 0 || Date.now() > deadline) return sends;
+    await sleep(100);
+  }
+}

@@ -1,5 +1,5 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { membershipGone, membershipsHeld, recordFigure, restartsAt } from './judge.js';
+import { membershipGone, membershipsHeld, recordFigure, restartsAt, sendsOf } from './judge.js';
 import { peersTestsEnabled } from './peers.js';
 import { startRig, type Rig } from './rig.js';
 
@@ -45,6 +45,7 @@ describe.runIf(enabled).sequential('real servers: 33 participants at Synapse def
       status_429: limited,
       last_leave_after_close_ms: Math.max(...gone) - closing,
     });
+    for (const c of calls) for (const m of c.members) expect(await sendsOf(rig, m.delayId)).toEqual([null]); // the daemon sent them
     // Synapse answered 429s at most now and then: the daemon paces itself to the homeserver's rate.
     expect(limited).toBeLessThanOrEqual(mgmt.length * 0.05);
   }, 900_000);

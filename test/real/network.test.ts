@@ -69,7 +69,7 @@ describe.runIf(enabled).sequential('real servers: network cut', () => {
     await recordFigure({ figure: 'network_restore', cut_to_drop_ms: dropped - cut, drop_to_back_ms: back - dropped, sdk: call.participants.events.filter((e) => e.ev === 'livekit').map((e) => String(e.what)), webhooks: rig.webhooks.filter((w) => w.identity === m.identity && w.at >= cut).map((w) => `${w.event}:${w.reason ?? ''}`) });
     // Past the end of the grace and two delays more: the delegation is still kept alive.
     await membershipsHeld(rig, call, [m], GRACE_MS + 20_000, 'though the participant came back within the grace');
-    call.participants.send({ cmd: 'close', i: 0 });
+    call.participants.send({ cmd: 'close' });
     await membershipGone(rig, call, m, 30_000);
   }, 300_000);
 });

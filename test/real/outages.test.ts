@@ -1,6 +1,6 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { sleep } from '../helpers/daemon.js';
-import { membershipGone, membershipsHeld, nextRestart, recordFigure, webhookFor } from './judge.js';
+import { membershipGone, membershipsHeld, nextRestart, recordFigure, sendsOf, webhookFor } from './judge.js';
 import { peersTestsEnabled } from './peers.js';
 import { startRig, type Rig } from './rig.js';
 
@@ -30,10 +30,11 @@ describe.runIf(enabled).sequential('real servers: daemon, Synapse and LiveKit ou
     await membershipsHeld(rig, call, [m], 30_000, 'after the daemon restart');
     expect(await nextRestart(rig, m.delayId, restarted)).toBeGreaterThan(first);
     const asked = Date.now();
-    call.participants.send({ cmd: 'close', i: 0 });
+    call.participants.send({ cmd: 'close' });
     const gone = await membershipGone(rig, call, m, 30_000);
     const left = await webhookFor(rig, m, ['participant_left'], asked);
     expect(gone - left.at).toBeLessThan(2_000);
+    expect(await sendsOf(rig, m.delayId)).toEqual([null]); // by the restarted daemon
   }, 180_000);
 
   it('7: Synapse stopped for less than the remaining delay, then started: nothing lost, nothing sent early', async () => {
@@ -51,8 +52,9 @@ describe.runIf(enabled).sequential('real servers: daemon, Synapse and LiveKit ou
     // Two delays on: the daemon's restarts must have resumed after the outage for the membership to hold.
     await membershipsHeld(rig, call, [m], 2 * delayMs, 'after the Synapse outage');
     expect(await nextRestart(rig, m.delayId, down + outage)).toBeGreaterThan(down);
-    call.participants.send({ cmd: 'close', i: 0 });
+    call.participants.send({ cmd: 'close' });
     await membershipGone(rig, call, m, 30_000);
+    expect(await sendsOf(rig, m.delayId)).toEqual([null]);
   }, 240_000);
 
   it('8: LiveKit restarted mid-call: recorded outcome, and the membership agrees with what LiveKit lists afterwards', async () => {
@@ -71,7 +73,7 @@ describe.runIf(enabled).sequential('real servers: daemon, Synapse and LiveKit ou
     await recordFigure({ figure: 'livekit_restart', outcome: settle.outcome, webhooks: hooks, sdk, gone_after_restart_ms: settle.goneAt ? settle.goneAt - restarted : null });
     if (settle.outcome === 'rejoined') {
       await membershipsHeld(rig, call, [m], 25_000, 'though the participant is back in LiveKit');
-      call.participants.send({ cmd: 'close', i: 0 });
+      call.participants.send({ cmd: 'close' });
       await membershipGone(rig, call, m, 30_000);
     } else {
       expect(settle.goneAt! - restarted).toBeGreaterThanOrEqual(0);

@@ -6,10 +6,12 @@
  *
  * A process may host several participants (the 30-participant scenario). It reads commands from stdin and writes
  * events to stdout, one JSON object a line, each prefixed with "@@rig " so library logs cannot be mistaken for them.
- *   stdin:  {"cmd":"close","i":0}  the tab is closed: the Matrix client stops without sending anything and the LiveKit
- *                                  room is left on purpose (CLIENT_INITIATED, as livekit-client does on pagehide), so
- *                                  the daemon, not the client, must send the delayed leave. (A client left running
- *                                  would see its membership emptied and join again with a new delayed leave.)
+ *   stdin:  {"cmd":"close"}  the tab is closed: every LiveKit room is left on purpose (CLIENT_INITIATED, as
+ *                            livekit-client does on pagehide), then the process is gone at once (SIGKILL to itself),
+ *                            so the daemon, not the client, must send the delayed leave. The Matrix client cannot just
+ *                            be stopped: matrix-js-sdk's stopClient() stops the MatrixRTC session, which sends the
+ *                            delayed leave itself (MatrixRTCSession.stop -> MembershipManager.leave); and a client left
+ *                            running sees its membership emptied and joins again with a new delayed leave.
  *           {"cmd":"exit"}              disconnect everything and exit
  *   stdout: {"ev":"joined","i":0,"delayId":"…","stateKey":"…","identity":"…"}, {"ev":"delegated","i":0,"status":200},
  *           {"ev":"livekit","i":0,"what":"disconnected"|"reconnecting"|"reconnected","reason":…}, {"ev":"error",…}
@@ -149,14 +151,11 @@ async function main() {
   }
   out({ ev: 'all-joined', n: running.length });
   for await (const line of createInterface({ input: process.stdin })) {
-    const cmd = JSON.parse(line) as { cmd: string; i?: number };
-    const targets = cmd.i === undefined ? running : [running[cmd.i]!];
+    const cmd = JSON.parse(line) as { cmd: string };
     if (cmd.cmd === 'close') {
-      for (const p of targets) {
-        p.mx.stopClient();
-        await p.lk.disconnect();
-      }
-      out({ ev: 'done', cmd: cmd.cmd, i: cmd.i });
+      for (const p of running) await p.lk.disconnect();
+      out({ ev: 'done', cmd: cmd.cmd });
+      process.kill(process.pid, 'SIGKILL');
     } else if (cmd.cmd === 'exit') {
       for (const p of running) {
         await p.lk.disconnect().catch(() => undefined);

@@ -49,6 +49,8 @@ export function spawnParticipants(specs: ParticipantSpec[], opts: { wrap?: strin
     }
   });
   proc.stderr!.on('data', (d) => log.push(String(d)));
+  // A participant that closed is gone; a late command to it must not take the suite down with EPIPE.
+  proc.stdin!.on('error', () => undefined);
   const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
   return {
     proc,

@@ -35,6 +35,15 @@ export interface SynapseUser {
   deviceId: string;
 }
 
+export interface AccessLogEntry {
+  method: string;
+  path: string;
+  status: number;
+  ts: number;
+  /** The authenticated requester, or null for a request without an access token. */
+  user: string | null;
+}
+
 export interface StateEvent {
   content: Record<string, unknown>;
   origin_server_ts: number;
@@ -48,7 +57,7 @@ export interface Synapse {
   dir: string;
   logPath: string;
   /** The HTTP requests Synapse logged (its access log), as "METHOD path" lines with their status. */
-  accessLog(): { method: string; path: string; status: number; ts: number }[];
+  accessLog(): AccessLogEntry[];
   register(localpart: string): Promise<SynapseUser>;
   /** A state event as Synapse holds it now, or null if the room has none of that type and key. */
   state(asUser: SynapseUser, roomId: string, type: string, stateKey: string): Promise<StateEvent | null>;
@@ -142,10 +151,10 @@ export async function startSynapse(opts: SynapseOptions = {}): Promise<Synapse> 
     accessLog() {
       // e.g. `<ts> - synapse.access.http.1234 - INFO - 127.0.0.1 - 1234 - {@a:localhost} Processed request: ... 138B 200 "POST /_matrix/... HTTP/1.1" ...`
       const lines = readFileSync(logPath, 'utf8').split('\n');
-      const out: { method: string; path: string; status: number; ts: number }[] = [];
+      const out: AccessLogEntry[] = [];
       for (const line of lines) {
-        const m = / - synapse\.access\.http\.\d+ - INFO - .* \d+B (\d{3})!? "(GET|POST|PUT|DELETE|OPTIONS|HEAD) ([^ ]+) HTTP/.exec(line);
-        if (m) out.push({ status: Number(m[1]), method: m[2]!, path: m[3]!, ts: Date.parse(line.slice(0, 23).replace(' ', 'T').replace(',', '.')) });
+        const m = / - synapse\.access\.http\.\d+ - INFO - .* - \{([^}]*)\} Processed request: .* \d+B (\d{3})!? "(GET|POST|PUT|DELETE|OPTIONS|HEAD) ([^ ]+) HTTP/.exec(line);
+        if (m) out.push({ user: m[1] === 'None' ? null : m[1]!, status: Number(m[2]), method: m[3]!, path: m[4]!, ts: Date.parse(line.slice(0, 23).replace(' ', 'T').replace(',', '.')) });
       }
       return out;
     },
