@@ -56,6 +56,33 @@ describe.runIf(enabled).sequential('real servers: leave, crash, long call', () =
     expect(gone - lost.at).toBeLessThan(GRACE_MS + 2_000);
   }, 180_000);
 
+  it('1+2 in numbers: 12 participants leave at once, 12 more lose their process at once; webhook to membership gone for each', async () => {
+    // One process hosts each group's participants, so closing or killing it ends all of them together.
+    const [leaving, crashing] = await Promise.all([rig.startCall(12, { delayMs: 10_000, delegate: 'v1' }), rig.startCall(12, { delayMs: 10_000, delegate: 'v1' })]);
+    const asked = Date.now();
+    leaving.participants.send({ cmd: 'close' });
+    crashing.participants.proc.kill('SIGKILL');
+    const leaveMs = await Promise.all(
+      leaving.members.map(async (m) => {
+        const gone = await membershipGone(rig, leaving, m, 30_000);
+        return gone - (await webhookFor(rig, m, ['participant_left'], asked)).at;
+      }),
+    );
+    const lostMs = await Promise.all(
+      crashing.members.map(async (m) => {
+        const gone = await membershipGone(rig, crashing, m, 90_000);
+        return gone - (await webhookFor(rig, m, ['participant_left', 'participant_connection_aborted'], asked)).at;
+      }),
+    );
+    await recordFigure({ figure: 'webhook_to_gone_sample', kind: 'leave', grace_ms: 0, ms: leaveMs });
+    await recordFigure({ figure: 'webhook_to_gone_sample', kind: 'process_killed', grace_ms: GRACE_MS, ms: lostMs });
+    for (const ms of leaveMs) expect(ms).toBeLessThan(2_000);
+    for (const ms of lostMs) {
+      expect(ms).toBeGreaterThanOrEqual(GRACE_MS - 100);
+      expect(ms).toBeLessThan(GRACE_MS + 2_000);
+    }
+  }, 300_000);
+
   it('5: a call much longer than its delay (10 s delay, 60 s call): Synapse never sends the leave while the participants are connected', async () => {
     // Alongside: a 60 s delay on v1, and a client that keeps its event alive itself with matrix-js-sdk's defaults
     // (8 s delay, restart every 5 s), to count the restarts each costs Synapse (docs/interop.md).
@@ -68,8 +95,8 @@ describe.runIf(enabled).sequential('real servers: leave, crash, long call', () =
     const from = Date.now();
     await Promise.all([a, b, c, d].map((call, k) => membershipsHeld(rig, call, call.members, 60_000, `(call ${k})`)));
     const to = Date.now();
-    const perHour = (call: typeof a) => Math.round((restartsAt(rig, call.members[0]!.delayId).filter((t) => t >= from && t <= to).length * 3_600_000) / (to - from));
-    const counts = { v1_10s: perHour(a), compat_10s: perHour(b), v1_60s: perHour(c), self_kept_sdk_defaults: perHour(d) };
+    const perHour = (call: typeof a, by: 'any' | 'daemon' = 'daemon') => Math.round((restartsAt(rig, call.members[0]!.delayId, by).filter((t) => t >= from && t <= to).length * 3_600_000) / (to - from));
+    const counts = { v1_10s: perHour(a), compat_10s: perHour(b), v1_60s: perHour(c), self_kept_sdk_defaults: perHour(d, 'any') };
     await recordFigure({ figure: 'restarts_per_participant_hour', window_ms: to - from, ...counts });
     // The daemon restarts at half the delay (SIDECAR_REFRESH_AT 0.5): about 720/h for 10 s, 120/h for 60 s.
     expect(counts.v1_10s).toBeGreaterThan(360);

@@ -53,20 +53,25 @@ export async function recordFigure(figure: Record<string, unknown>): Promise<voi
   appendFileSync(path, `${JSON.stringify({ ...figure, at: new Date().toISOString() })}\n`);
 }
 
-/** The restarts of one delayed event that Synapse answered 200, from Synapse's own access log. */
-export function restartsAt(rig: Rig, delayId: string): number[] {
+/**
+ * The restarts of one delayed event that Synapse answered 200, from Synapse's own access log; `daemon` keeps only
+ * those made without an access token (the daemon's; the SDK authenticates its own).
+ */
+export function restartsAt(rig: Rig, delayId: string, by: 'any' | 'daemon' = 'any'): number[] {
   return rig.synapse
     .accessLog()
-    .filter((r) => r.path.includes(delayId) && (r.path.endsWith('/restart') || r.method === 'POST') && r.status === 200 && !r.path.endsWith('/send'))
+    .filter((r) => r.path.includes(delayId) && r.method === 'POST' && r.status === 200 && !r.path.endsWith('/send') && !r.path.endsWith('/cancel'))
+    .filter((r) => by === 'any' || r.user === null)
     .map((r) => r.ts);
 }
 
+/** The first restart by the daemon after `after`, waited for. */
 export async function nextRestart(rig: Rig, delayId: string, after: number, timeoutMs = 60_000): Promise<number> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const t = restartsAt(rig, delayId).find((ts) => ts > after);
+    const t = restartsAt(rig, delayId, 'daemon').find((ts) => ts > after);
     if (t !== undefined) return t;
-    if (Date.now() > deadline) throw new Error(`Synapse saw no restart of the delayed leave within ${timeoutMs} ms`);
+    if (Date.now() > deadline) throw new Error(`Synapse saw no restart of the delayed leave by the daemon within ${timeoutMs} ms`);
     await sleep(100);
   }
 }
