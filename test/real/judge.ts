@@ -21,13 +21,25 @@ export async function membershipGone(rig: Rig, call: Call, m: Member, timeoutMs:
   }
 }
 
-/** Holds for `ms`, failing at once if any member's membership is emptied meanwhile (a leave sent early). */
+/**
+ * Holds for `ms`, failing at once if any member's membership is emptied or replaced meanwhile. Replaced counts: a
+ * MatrixRTC client that is still running answers its membership being emptied by joining again at once, so an early
+ * leave can show only as a new membership event.
+ */
 export async function membershipsHeld(rig: Rig, call: Call, members: Member[], ms: number, note = ''): Promise<number> {
+  const joinEvents = new Map<string, string>();
+  for (const m of members) {
+    const ev = await rig.membership(call, m);
+    if (!ev || Object.keys(ev.content).length === 0) throw new Error(`the leave of ${m.userId} was sent while it was still in the call ${note}`);
+    joinEvents.set(m.stateKey, ev.event_id);
+  }
   const until = Date.now() + ms;
   let polls = 0;
   while (Date.now() < until) {
     for (const m of members) {
-      if (await rig.left(call, m)) throw new Error(`the leave of ${m.userId} was sent while it was still in the call ${note}`);
+      const ev = await rig.membership(call, m);
+      if (!ev || Object.keys(ev.content).length === 0) throw new Error(`the leave of ${m.userId} was sent while it was still in the call ${note}`);
+      if (ev.event_id !== joinEvents.get(m.stateKey)) throw new Error(`the membership of ${m.userId} was replaced (left and joined again) while it was in the call ${note}`);
     }
     polls++;
     await sleep(250);
