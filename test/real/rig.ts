@@ -62,14 +62,28 @@ export interface Rig {
   stop(): Promise<void>;
 }
 
+/** Starts the peers; whatever was started is stopped again if a later one fails, so no server outlives the suite. */
 export async function startRig(opts: RigOptions = {}): Promise<Rig> {
+  const started: Array<() => Promise<unknown>> = [];
+  try {
+    return await assembleRig(opts, started);
+  } catch (err) {
+    for (const stop of started.reverse()) await stop().catch(() => undefined);
+    throw err;
+  }
+}
+
+async function assembleRig(opts: RigOptions, started: Array<() => Promise<unknown>>): Promise<Rig> {
   const synapse = await startSynapse({ defaultDelayedEventLimit: opts.defaultDelayedEventLimit });
+  started.push(() => synapse.stop());
   const daemonHost = opts.daemonHost ?? '127.0.0.1';
   const daemonPort = await freePort();
   const daemonUrl = `http://${daemonHost}:${daemonPort}`;
   const webhooks: WebhookSeen[] = [];
   const proxy = await webhookProxy(`http://127.0.0.1:${daemonPort}`, webhooks, daemonHost === '127.0.0.1');
+  started.push(() => new Promise((r) => proxy.server.close(r)));
   const livekit = await startLiveKit({ webhookUrl: `${proxy.url}/livekit/webhook`, nodeIp: opts.livekitIp });
+  started.push(() => livekit.stop());
   const store = `sqlite:${join(mkdtempSync(join(tmpdir(), 'futures-sidecar-rig-')), 'sidecar.db')}`;
   const hsOverride = `${synapse.serverName}=${synapse.url}`;
   const daemonEnv = {
@@ -85,6 +99,7 @@ export async function startRig(opts: RigOptions = {}): Promise<Rig> {
     ...opts.daemonEnv,
   };
   let daemon = await spawnDaemon(daemonEnv, daemonPort);
+  started.push(async () => daemon.kill('SIGKILL'));
   const observer = await synapse.register('observer');
   const calls: Call[] = [];
   let users = 0;
@@ -131,7 +146,12 @@ export async function startRig(opts: RigOptions = {}): Promise<Rig> {
         members.push({ userId: user.userId, deviceId, identity, stateKey: `_${user.userId}_${deviceId}_m.call` });
       }
       const participants = spawnParticipants(specs, { wrap: call.wrap });
-      await participants.waitEvent((e) => e.ev === 'all-joined', `${n} participants to join`, 60_000 + n * 10_000);
+      try {
+        await participants.waitEvent((e) => e.ev === 'all-joined', `${n} participants to join`, 60_000 + n * 10_000);
+      } catch (err) {
+        participants.proc.kill('SIGKILL');
+        throw err;
+      }
       const full: Member[] = members.map((m, k) => {
         const joined = participants.events.find((e) => e.ev === 'joined' && e.i === k)!;
         if (joined.identity !== m.identity) throw new Error(`participant ${k} joined LiveKit as ${String(joined.identity)}, expected ${m.identity}`);
