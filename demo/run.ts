@@ -9,6 +9,7 @@
  * the contract promises, 1 otherwise.
  *
  * `DEMO_LOG_LEVEL=debug npm run demo` adds the daemon's own log lines (JSON) to the output.
+ * `npm run demo -- --real` plays a story on the real Synapse, LiveKit and MatrixRTC participants instead (demo/real.ts).
  */
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -474,7 +475,7 @@ function report(
   return failed === 0 ? 0 : 1;
 }
 
-main().then(
+(process.argv.includes('--real') ? import('./real.js').then((m) => m.runRealDemo((line) => console.log(line))) : main()).then(
   (code) => {
     process.exitCode = code;
     // Everything is closed by now; this only guards against a handle someone forgot.

@@ -2,11 +2,12 @@ import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { PEERS_DIR } from '../real/peers.js';
 
 export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
 /** Where `npm run tools:install` (helm, promtool, kustomize) and `npm run peers:install` (livekit-server) put binaries. */
-export const PEERS_BIN = join(process.env.SIDECAR_PEERS_DIR ?? join(REPO_ROOT, '.peers'), 'bin');
+export const PEERS_BIN = join(PEERS_DIR, 'bin');
 
 export type DeployTool = 'helm' | 'promtool' | 'kustomize';
 

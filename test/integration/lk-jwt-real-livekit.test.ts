@@ -5,14 +5,15 @@
  * real participants and Synapse's OpenID tokens belongs to the real-server rig (test/real).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { RoomServiceClient } from 'livekit-server-sdk';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { legacyRoomName, liveKitRoomName } from '../../src/compat/livekit-names.js';
 import { startFakeMatrixFederation, type FakeMatrixFederation } from '../fakes/matrix-federation.js';
 import { freePort, waitFor } from '../helpers/daemon.js';
+import { livekitServerEnabled, toolPath } from '../helpers/deploy-tools.js';
 import { loopbackBind, spawnBareDaemon, type BareDaemon } from '../helpers/lk-jwt.js';
 import { selfSignedLoopbackCert } from '../helpers/tls.js';
 
@@ -20,16 +21,9 @@ const KEY = 'lkkey';
 const SECRET = 'lk-secret-0123456789abcdef0123456789';
 const ROOM_ID = '!real:example.org';
 
-/** The project's peers folder first (installed by its own script), then the machine's warm cache. */
-const LIVEKIT_BINARY = [join(resolve(process.env.SIDECAR_PEERS_DIR ?? '.peers'), 'bin/livekit-server'), '/tmp/warm/bin/server'].find((p) => existsSync(p));
-const required = process.env.SIDECAR_TEST_REQUIRE_PEERS === '1';
-if (!LIVEKIT_BINARY) {
-  const notice = 'lk-jwt-real-livekit: no LiveKit server binary (.peers/bin/livekit-server); install the peers to run it';
-  if (required) throw new Error(`${notice} (SIDECAR_TEST_REQUIRE_PEERS=1)`);
-  console.warn(`\n!!! SKIPPED ${notice} !!!\n`);
-}
+const LIVEKIT_BINARY = toolPath('livekit-server');
 
-describe.skipIf(!LIVEKIT_BINARY)('lk-jwt-service routes against a real LiveKit server', () => {
+describe.skipIf(!livekitServerEnabled('lk-jwt-service routes against a real LiveKit server'))('lk-jwt-service routes against a real LiveKit server', () => {
   let livekit: ChildProcess;
   let livekitUrl: string;
   let fed: FakeMatrixFederation;
@@ -59,7 +53,7 @@ describe.skipIf(!LIVEKIT_BINARY)('lk-jwt-service routes against a real LiveKit s
         '  level: warn',
       ].join('\n'),
     );
-    livekit = spawn(LIVEKIT_BINARY!, ['--config', join(dir, 'livekit.yaml')], { stdio: ['ignore', 'pipe', 'pipe'] });
+    livekit = spawn(LIVEKIT_BINARY, ['--config', join(dir, 'livekit.yaml')], { stdio: ['ignore', 'pipe', 'pipe'] });
     livekit.stdout!.on('data', (d) => output.push(String(d)));
     livekit.stderr!.on('data', (d) => output.push(String(d)));
     livekitUrl = `ws://127.0.0.1:${port}`;
