@@ -28,6 +28,17 @@ export interface LiveKit {
 }
 
 export async function startLiveKit(opts: LiveKitOptions): Promise<LiveKit> {
+  // A port found free can be taken before LiveKit binds it (other suites run beside this one): try fresh ports then.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startLiveKitOnFreePorts(opts);
+    } catch (err) {
+      if (attempt >= 3 || !/address already in use/.test((err as Error).message)) throw err;
+    }
+  }
+}
+
+async function startLiveKitOnFreePorts(opts: LiveKitOptions): Promise<LiveKit> {
   const dir = mkdtempSync(join(tmpdir(), 'futures-sidecar-livekit-'));
   const nodeIp = opts.nodeIp ?? '127.0.0.1';
   const [port, tcpPort, udpPort] = [await freePort(), await freePort(), await freeUdpPort()];
@@ -49,22 +60,33 @@ export async function startLiveKit(opts: LiveKitOptions): Promise<LiveKit> {
   let proc: ChildProcess | null = null;
   let output = '';
   const start = async () => {
-    proc = spawn(LIVEKIT_SERVER, ['--config', configPath], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
-    proc.stdout!.on('data', (d) => (output += String(d)));
-    proc.stderr!.on('data', (d) => (output += String(d)));
-    const p = proc;
-    await waitFor(
-      'LiveKit to answer',
-      async () => {
-        if (p.exitCode !== null) throw new Error(`livekit-server exited (${p.exitCode}): ${output.slice(-2000)}`);
-        await rooms.listRooms();
-        return true;
-      },
-      30_000,
-      100,
-    );
+    const p = spawn(LIVEKIT_SERVER, ['--config', configPath], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+    proc = p;
+    p.stdout!.on('data', (d) => (output += String(d)));
+    p.stderr!.on('data', (d) => (output += String(d)));
+    // An exit (a port taken, a config refused) is the answer at once, not after the whole wait.
+    const exited = new Promise<never>((_, reject) => p.once('close', (code) => reject(new Error(`livekit-server exited (${code}): ${output.slice(-2000)}`))));
+    exited.catch(() => undefined);
+    await Promise.race([
+      waitFor(
+        'LiveKit to answer',
+        async () => {
+          await rooms.listRooms();
+          return true;
+        },
+        30_000,
+        100,
+      ),
+      exited,
+    ]);
   };
-  await start();
+  try {
+    await start();
+  } catch (err) {
+    const p = proc as ChildProcess | null;
+    if (p && p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
+    throw err;
+  }
   return {
     httpUrl,
     wsUrl: httpUrl.replace(/^http/, 'ws'),
