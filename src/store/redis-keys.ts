@@ -58,6 +58,11 @@ export class RedisKeys {
     return `${this.prefix}shard:${shard}:fence`;
   }
 
+  /** A homeserver origin's load across the cluster: each replica's confirmed load and each new delegation's hold. */
+  originLoad(origin: string): string {
+    return `${this.prefix}load:${origin}`;
+  }
+
   /** Replicas by last heartbeat. */
   replicas(): string {
     return `${this.prefix}replicas`;
