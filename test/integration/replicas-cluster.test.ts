@@ -1,11 +1,13 @@
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startFakeHomeserver, type FakeHomeserver } from '../fakes/homeserver.js';
+import { liveKitIdentity, liveKitRoomName } from '../../src/compat/livekit-names.js';
 import { mintParticipantToken } from '../fakes/livekit.js';
-import { API_KEY, API_SECRET, api, spawnDaemon, waitFor, type ChildDaemon } from '../helpers/daemon.js';
+import { startFakeMatrixFederation, type FakeMatrixFederation } from '../fakes/matrix-federation.js';
+import { ADMIN_TOKEN, API_KEY, API_SECRET, api, spawnDaemon, waitFor, type ChildDaemon } from '../helpers/daemon.js';
 import { shardOf } from '../../src/store/shard-leases.js';
 import { redisTestsEnabled, startRedis, type RedisServer } from '../helpers/redis.js';
-import { createHomeserverToken, refreshCalls, uniqueName } from '../helpers/scenario.js';
+import { actionsFired, createHomeserverToken, refreshCalls, uniqueName, webhookSender } from '../helpers/scenario.js';
 
 /**
  * Issue 18: replicas on one Redis see the cluster, not only the shards they own. Admission weighs a homeserver's
@@ -54,12 +56,33 @@ async function fill(urls: string[], hs: FakeHomeserver): Promise<{ admitted: Reg
   throw new Error('never refused');
 }
 
+const SERVER = 'example.com';
+const ALICE = '@alice:example.com';
+const DEVICE = 'DEVICE';
+const MEMBER_ID = 'member-1';
+const ROOM_ID = '!room:example.com';
+const SLOT_ID = 'm.call#';
+const ALICE_OPENID = 'openid-token-alice-5d1e';
+
+/** Element Call's body for `/delegate_delayed_leave` (lk-jwt-service's shape). */
+function compatBody(delayId: string): Record<string, unknown> {
+  return {
+    room_id: ROOM_ID,
+    slot_id: SLOT_ID,
+    openid_token: { access_token: ALICE_OPENID, token_type: 'Bearer', matrix_server_name: SERVER, expires_in: 3600 },
+    member: { id: MEMBER_ID, claimed_user_id: ALICE, claimed_device_id: DEVICE },
+    delay_id: delayId,
+    delay_timeout: 10_000,
+  };
+}
+
 describe.runIf(redisTestsEnabled('replicas-cluster'))('replicas see the cluster (issue 18)', () => {
   let redis: RedisServer;
   let hs: FakeHomeserver;
   let client: Redis;
   const replicas: ChildDaemon[] = [];
   let single: ChildDaemon;
+  let fed: FakeMatrixFederation;
 
   const common = { SIDECAR_HOMESERVER_RATE: '1', SIDECAR_TRUST_PROXY: 'true', SIDECAR_MAX_DELEGATIONS_PER_IDENTITY: '10' };
 
@@ -67,7 +90,9 @@ describe.runIf(redisTestsEnabled('replicas-cluster'))('replicas see the cluster 
     redis = await startRedis();
     hs = await startFakeHomeserver();
     client = new Redis(redis.url);
-    const env = { ...common, SIDECAR_STORE: redis.url, SIDECAR_REDIS_LEASE_MS: String(LEASE_MS) };
+    fed = await startFakeMatrixFederation({ tokens: { [ALICE_OPENID]: ALICE } });
+    const compat = { SIDECAR_ALLOW_PRIVATE_ADDRESSES: 'true', SIDECAR_CS_API_URL_OVERRIDES: `${SERVER}=${hs.url}`, SIDECAR_FEDERATION_URL_OVERRIDES: `${SERVER}=${fed.url}` };
+    const env = { ...common, ...compat, SIDECAR_STORE: redis.url, SIDECAR_REDIS_LEASE_MS: String(LEASE_MS) };
     for (let i = 0; i < 3; i++) replicas.push(await spawnDaemon(env));
     single = await spawnDaemon(common);
     await waitFor('every shard owned, spread over the three', async () => {
@@ -78,6 +103,7 @@ describe.runIf(redisTestsEnabled('replicas-cluster'))('replicas see the cluster 
   afterAll(async () => {
     for (const r of [...replicas, single]) if (r && r.proc.exitCode === null) r.kill('SIGKILL');
     client?.disconnect();
+    await fed?.close();
     await hs?.close();
     await redis?.stop();
   });
@@ -87,6 +113,66 @@ describe.runIf(redisTestsEnabled('replicas-cluster'))('replicas see the cluster 
     const owner = await client.get(`${PREFIX}shard:${shardOf(id)}:owner`);
     return replicas.findIndex((r) => owner?.startsWith(`${r.proc.pid}-`));
   }
+
+  /** A delegation as any replica reads it from the shared store (admin API). */
+  async function stored(id: string): Promise<{ state: string }> {
+    const res = await api(replicas[0]!.url, 'GET', `/v1/admin/delegations/${id}`, { token: ADMIN_TOKEN });
+    expect(res.status).toBe(200);
+    return res.body;
+  }
+
+  it("replaces Element Call's delegation for the same participant when the new one lands on a replica that does not own the old one", async () => {
+    const room = liveKitRoomName(ROOM_ID, SLOT_ID);
+    const idsInRoom = async () => (await api(replicas[1]!.url, 'GET', `/v1/admin/delegations?room=${encodeURIComponent(room)}`, { token: ADMIN_TOKEN })).body.delegations as Array<{ delegation_id: string; state: string }>;
+    const delayOf = () => hs.createDelayedEvent({ roomId: ROOM_ID, eventType: 'org.matrix.msc3401.call.member', stateKey: `_${ALICE}_${DEVICE}`, content: {}, delayMs: 10_000 });
+
+    const first = await delayOf();
+    expect((await api(replicas[0]!.url, 'POST', '/delegate_delayed_leave', { body: compatBody(first) })).status).toBe(200);
+    const [old] = await idsInRoom();
+    expect(old).toBeDefined();
+    await waitFor('the first delegation restarted by its owner', () => refreshCalls(hs, first) >= 1, 10_000);
+    const ownerOfOld = await owned(old!.delegation_id);
+    expect(ownerOfOld).toBeGreaterThanOrEqual(0);
+
+    // The replacement goes to a replica that does not own the old delegation.
+    const via = replicas[(ownerOfOld + 1) % 3]!;
+    const second = await delayOf();
+    expect((await api(via.url, 'POST', '/delegate_delayed_leave', { body: compatBody(second) })).status).toBe(200);
+    expect((await stored(old!.delegation_id)).state, 'the old delegation is revoked by the time the new one is accepted').toBe('revoked');
+    const open = (await idsInRoom()).filter((d) => d.state !== 'revoked');
+    expect(open).toHaveLength(1);
+    const restartsOfFirst = hs.calls.filter((c) => c.handle === first && c.op !== 'create').length;
+
+    // The participant leaves: only the new delegation's leave is sent; the old one is left alone.
+    const participant = { sid: 'PA_replaced', identity: liveKitIdentity(ALICE, DEVICE, MEMBER_ID) };
+    const lk = webhookSender(replicas[ownerOfOld]!.url);
+    await lk.participantJoined(room, participant);
+    await lk.participantLeft(room, participant, 'CLIENT_INITIATED');
+    await waitFor('the new delegation\'s leave sent', () => hs.status(second) === 'sent', 10_000);
+    expect(hs.status(first)).toBe('pending');
+    expect(hs.calls.filter((c) => c.handle === first && c.op !== 'create')).toHaveLength(restartsOfFirst);
+  });
+
+  it('revokes through a replica that does not own the delegation: the owner stops acting on it', async () => {
+    const room = uniqueName('room');
+    const target = await register(replicas[0]!.url, hs, { room });
+    const control = await register(replicas[0]!.url, hs, { room });
+    expect([target.status, control.status]).toEqual([201, 201]);
+    const owner = await owned(target.reg.id);
+    const via = replicas[(owner + 1) % 3]!;
+    const res = await api(via.url, 'DELETE', `/v1/delegations/${target.reg.id}`, { token: target.reg.jwt });
+    expect(res).toMatchObject({ status: 200, body: { state: 'revoked' } });
+
+    const lk = webhookSender(replicas[2]!.url);
+    for (const r of [target.reg, control.reg]) {
+      const p = { sid: `PA_${r.identity}`, identity: r.identity };
+      await lk.participantJoined(room, p);
+      await lk.participantLeft(room, p, 'CLIENT_INITIATED');
+    }
+    await waitFor('the control delegation\'s leave fired', () => actionsFired(hs, control.reg.token).length === 1, 10_000);
+    expect(actionsFired(hs, target.reg.token)).toEqual([]);
+    expect(hs.status(target.reg.token)).toBe('pending');
+  });
 
   it('refuses registrations spread over three replicas for one homeserver at the same total as one process', async () => {
     const one = await fill([single.url], hs);
