@@ -12,7 +12,8 @@ import { DuplicateTokenError, type FeedMessage, type Store, type WebhookRecord }
 import { OWNS_EVERYTHING, type Ownership } from '../topology/topology.js';
 import { Admission, REFRESH_CAPACITY_SHARE, type AdmissionLimits } from './admission.js';
 import { EffectRunner } from './effect-runner.js';
-import type { HistoryEntry, HistoryStore } from './history.js';
+import { DEFAULT_HISTORY_LIMITS, type HistoryEntry, type HistoryStore } from './history.js';
+import { HistoryJournal } from './history-journal.js';
 import { HomeserverLoad, type ClusterLoad } from './homeserver-load.js';
 import { nextDueAt, registerDelegation, transition, type DelegationEvent, type Effect, type MachineSettings } from './machine.js';
 import { isTerminal, participantKeysOf, tokenKeyOf, type Delegation, type DelegationSource, type Dialect, type LifecycleEvent } from './model.js';
@@ -76,6 +77,7 @@ export class DelegationEngine {
   private readonly admission: Admission;
   private readonly schedule: Schedule;
   private readonly ownership: Ownership;
+  private readonly journal: HistoryJournal;
   readonly presence: PresenceTracker;
 
   constructor(
@@ -107,7 +109,8 @@ export class DelegationEngine {
       cluster: deps.clusterLoad ?? null,
     });
     this.open = new OpenDelegations(settings.refreshAt, load);
-    this.narrator = new Narrator({ clock, logger, metrics, ...(deps.history ? { history: deps.history } : {}) });
+    this.journal = new HistoryJournal({ store: deps.store, perDelegation: DEFAULT_HISTORY_LIMITS.perDelegation, logger });
+    this.narrator = new Narrator({ clock, logger, metrics, journal: this.journal, ...(deps.history ? { history: deps.history } : {}) });
     this.admission = new Admission({ open: this.open, limits: deps.limits, narrator: this.narrator, logger, cluster: deps.clusterLoad ?? null });
     this.effects = new EffectRunner({
       store: deps.store,
@@ -156,9 +159,14 @@ export class DelegationEngine {
     return this.narrator.history;
   }
 
-  /** What happened to a delegation, oldest first (kept in memory, bounded). */
-  history(id: string): HistoryEntry[] {
-    return this.narrator.historyOf(id);
+  /**
+   * What happened to a delegation, oldest first: from the store, which keeps it across restarts and takeovers
+   * (bounded per delegation); from memory when the store has none (a write that failed).
+   */
+  async history(id: string): Promise<HistoryEntry[]> {
+    await this.journal.flush();
+    const stored = await this.deps.store.historyOf(id);
+    return stored.length > 0 ? stored : this.narrator.historyOf(id);
   }
 
   async register(req: RegistrationRequest): Promise<{ delegation: Delegation; created: boolean }> {
@@ -371,6 +379,7 @@ export class DelegationEngine {
     const drained = this.effects.drain(deadline);
     this.schedule.stop();
     await drained;
+    await this.journal.flush();
   }
 
   /** Totals for the operator console. */

@@ -15,6 +15,11 @@ export class RedisKeys {
     return `${this.prefix}s:${id}`;
   }
 
+  /** A delegation's history lines (JSON), the newest last, trimmed and expiring. */
+  history(id: string): string {
+    return `${this.prefix}hist:${id}`;
+  }
+
   /** Token key -> delegation id: the idempotency index. */
   tokenKey(tokenKey: string): string {
     return `${this.prefix}tk:${tokenKey}`;

@@ -222,4 +222,38 @@ describe.runIf(redisTestsEnabled('replicas-cluster'))('replicas see the cluster 
       await hs2.close();
     }
   }, 120_000);
+
+  it("shows a delegation's history through any replica, and after its owner died and another took it over", async () => {
+    const alive = replicas.filter((r) => r.proc.exitCode === null && r.proc.signalCode === null);
+    expect(alive.length).toBe(2);
+    const room = uniqueName('room');
+    const jwtFor = async (identity: string) => mintParticipantToken({ apiKey: API_KEY, apiSecret: API_SECRET, identity, room });
+    const identity = uniqueName('user');
+    const jwt = await jwtFor(identity);
+    const token = await createHomeserverToken(hs, 'futures', `!${room}:hs`, 4000);
+    const res = await api(alive[0]!.url, 'POST', '/v1/delegations', { token: jwt, body: { homeserver: hs.url, dialect: 'futures', token, timeout_ms: 4000 } });
+    expect(res.status).toBe(201);
+    const id = res.body.delegation_id as string;
+    const owner = alive[(await owned(id)) === replicas.indexOf(alive[0]!) ? 0 : 1]!;
+    const other = alive.find((r) => r !== owner)!;
+    await webhookSender(other.url).participantJoined(room, { sid: 'PA_hist', identity });
+
+    const lines = async (url: string) => ((await api(url, 'GET', `/v1/admin/delegations/${id}`, { token: ADMIN_TOKEN })).body.history as Array<{ what: string }>).map((e) => e.what);
+    const refreshLines = (ls: string[]) => ls.filter((l) => l.startsWith('refresh answered')).length;
+    const before = await waitFor('the owner\'s join and refresh, read through the other replica', async () => {
+      const ls = await lines(other.url);
+      return ls.some((l) => l.includes('-> connected')) && refreshLines(ls) >= 1 ? ls : null;
+    }, 10_000, 100);
+    const key = `${PREFIX}hist:${id}`;
+    expect(await client.llen(key)).toBe(before.length);
+    expect(await client.pttl(key)).toBeGreaterThan(0);
+
+    owner.kill('SIGKILL');
+    await owner.exited;
+    const survivorRefreshes = refreshLines(before);
+    await waitFor('the survivor took over and refreshed, continuing the history', async () => refreshLines(await lines(other.url)) > survivorRefreshes + 1, 20_000, 200);
+    const after = await lines(other.url);
+    expect(after.slice(0, before.length)).toEqual(before);
+    expect(hs.status(token)).toBe('pending');
+  }, 60_000);
 });
