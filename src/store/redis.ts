@@ -1,7 +1,8 @@
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import type { Delegation, DelegationSecrets } from '../delegations/model.js';
 import { isTerminal } from '../delegations/model.js';
+import { redisClient } from './redis-connection.js';
 import { RedisKeys } from './redis-keys.js';
 import { SecretBox } from './secret-box.js';
 import { SHARD_COUNT, shardOf, type ShardOwnership } from './shard-leases.js';
@@ -52,7 +53,7 @@ export class RedisStore implements Store {
     readonly url: string,
     opts: { keys?: RedisKeys; secretBox?: SecretBox; logger: Logger },
   ) {
-    this.redis = new Redis(url, REDIS_OPTIONS);
+    this.redis = redisClient(url, REDIS_OPTIONS);
     this.redis.on('error', (err: Error) => opts.logger.debug({ err: { message: err.message } }, 'redis connection error'));
     this.keys = opts.keys ?? new RedisKeys();
     this.box = opts.secretBox ?? new SecretBox(null);

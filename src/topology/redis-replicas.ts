@@ -1,4 +1,5 @@
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
+import { redisClient } from '../store/redis-connection.js';
 import type { Logger } from 'pino';
 import { sleep, type Clock } from '../clock.js';
 import { REDIS_OPTIONS, STREAM_MAXLEN, type RedisStore } from '../store/redis.js';
@@ -49,7 +50,7 @@ export class RedisReplicas implements Topology {
     // A replica's load counts for two lease times after its last heartbeat: a dead replica's share lapses about when
     // its shards' new owners (which count their delegations themselves) have taken over.
     this.clusterLoad = new RedisOriginLoad({ store, clock, logger: logger.child({ component: 'cluster-load' }), heartbeatMs: Math.max(500, Math.floor(leaseMs / 2)), ttlMs: 2 * leaseMs });
-    this.reader = new Redis(store.url, { ...REDIS_OPTIONS, commandTimeout: undefined });
+    this.reader = redisClient(store.url, { ...REDIS_OPTIONS, commandTimeout: undefined });
     this.reader.on('error', (err: Error) => logger.debug({ err: { message: err.message } }, 'redis connection error'));
   }
 
