@@ -230,8 +230,8 @@ describe.runIf(redisTestsEnabled('replicas-cluster'))('replicas see the cluster 
     const jwtFor = async (identity: string) => mintParticipantToken({ apiKey: API_KEY, apiSecret: API_SECRET, identity, room });
     const identity = uniqueName('user');
     const jwt = await jwtFor(identity);
-    const token = await createHomeserverToken(hs, 'futures', `!${room}:hs`, 4000);
-    const res = await api(alive[0]!.url, 'POST', '/v1/delegations', { token: jwt, body: { homeserver: hs.url, dialect: 'futures', token, timeout_ms: 4000 } });
+    const token = await createHomeserverToken(hs, 'futures', `!${room}:hs`, 8000);
+    const res = await api(alive[0]!.url, 'POST', '/v1/delegations', { token: jwt, body: { homeserver: hs.url, dialect: 'futures', token, timeout_ms: 8000 } });
     expect(res.status).toBe(201);
     const id = res.body.delegation_id as string;
     const owner = alive[(await owned(id)) === replicas.indexOf(alive[0]!) ? 0 : 1]!;
