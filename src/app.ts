@@ -116,6 +116,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
     history: new HistoryStore({ ...DEFAULT_HISTORY_LIMITS, bytes: config.historyMaxBytes }),
     ...(deps.random ? { random: deps.random } : {}),
     ownership: topology,
+    clusterLoad: topology.clusterLoad,
   });
   const intake = new WebhookIntake({ store, engine, clock, logger, applied: topology.applied });
   const auth = new LiveKitAuth(config.livekitKeys);

@@ -3,6 +3,7 @@
  * defaults; anything set explicitly still holds (contract section 4).
  */
 import { nameTheirs, translateLkJwtEnv } from './lk-jwt-env.js';
+import { parseSentinelUrl } from './store/redis-connection.js';
 import { DEFAULT_REDIS_PREFIX } from './store/redis-keys.js';
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
@@ -88,7 +89,7 @@ const FLAG_TO_ENV: Record<string, string> = {
   '--log-level': 'LOG_LEVEL',
 };
 
-export const USAGE = `Usage: futures-sidecar [--dev] [--host H] [--port P] [--store sqlite:PATH|redis://...]
+export const USAGE = `Usage: futures-sidecar [--dev] [--host H] [--port P] [--store sqlite:PATH|redis://...|redis+sentinel://...]
                        [--livekit-url URL] [--homeservers LIST] [--log-level LEVEL]
 Every setting is also an environment variable (see README.md, "Configuration"). --dev fills in
 development defaults (LiveKit's devkey: secret, SQLite under ./data, loopback, any homeserver).`;
@@ -205,8 +206,15 @@ export function loadConfig(input: Record<string, string | undefined>, opts: { de
     store = { kind: 'sqlite', path };
   } else if (/^rediss?:\/\//.test(storeRaw)) {
     store = { kind: 'redis', url: storeRaw };
+  } else if (storeRaw.startsWith('redis+sentinel://')) {
+    try {
+      parseSentinelUrl(storeRaw);
+      store = { kind: 'redis', url: storeRaw };
+    } catch (err) {
+      problems.push(`SIDECAR_STORE: ${(err as Error).message}`);
+    }
   } else {
-    problems.push(`SIDECAR_STORE must be sqlite:<path> or redis://..., got ${JSON.stringify(storeRaw.replace(/\/\/[^@/]*@/, '//***@'))}`);
+    problems.push(`SIDECAR_STORE must be sqlite:<path>, redis://... or redis+sentinel://host:port,.../master, got ${JSON.stringify(storeRaw.replace(/\/\/[^@/]*@/, '//***@'))}`);
   }
 
   const homeservers: HomeserverAllowList = { any: false, origins: new Set(), serverNames: new Set() };

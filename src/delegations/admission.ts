@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import { limitExceeded } from '../errors.js';
-import type { AdmissionRefusal } from './homeserver-load.js';
+import type { AdmissionRefusal, ClusterLoad } from './homeserver-load.js';
 import type { Dialect } from './model.js';
 import type { Narrator } from './narrator.js';
 import type { OpenDelegations } from './open-delegations.js';
@@ -44,13 +44,14 @@ export interface AdmissionRequest {
 
 /** Whether one more delegation fits the limits per participant, per room and per homeserver origin. */
 export class Admission {
-  constructor(private readonly deps: { open: OpenDelegations; limits: AdmissionLimits; narrator: Narrator; logger: Logger }) {}
+  constructor(private readonly deps: { open: OpenDelegations; limits: AdmissionLimits; narrator: Narrator; logger: Logger; cluster?: ClusterLoad | null }) {}
 
   /**
    * Throws the refusal for a new delegation the limits do not admit. `sameParticipant`: how many open delegations
-   * its participant keeps besides it.
+   * its participant keeps besides it. In a cluster, the homeserver's load is the cluster's, and the new delegation
+   * `id` is held there (until its owner confirms or drops it) when it fits.
    */
-  check(req: AdmissionRequest, sameParticipant: number): void {
+  async check(req: AdmissionRequest, sameParticipant: number, id: string): Promise<void> {
     const { open, limits, narrator } = this.deps;
     if (sameParticipant >= limits.maxPerIdentity) {
       narrator.registration(req.dialect, 'limited');
@@ -61,7 +62,9 @@ export class Admission {
       throw limitExceeded('Too many open delegations in this room', RETRY_AFTER_MS);
     }
     const origin = open.originOf(req.homeserver);
-    const refusal = open.load.check(this.loadRequest(req));
+    const load = this.loadRequest(req);
+    let refusal = open.load.check(load);
+    if (!refusal && this.deps.cluster && !(await this.deps.cluster.reserve(origin, id, load.load, limits.homeserverRate * REFRESH_CAPACITY_SHARE))) refusal = 'homeserver_full';
     if (refusal) {
       narrator.registration(req.dialect, refusal === 'homeserver_full' ? 'overloaded' : 'limited');
       this.deps.logger.warn({ refusal, homeserver_load: Number(open.load.loadOf(origin).toFixed(3)), rate: limits.homeserverRate }, 'new delegation refused by admission control');
@@ -74,9 +77,9 @@ export class Admission {
     this.deps.open.load.hold(id, this.loadRequest(req));
   }
 
-  /** Its first refresh was not accepted: it stops holding a share. */
-  release(id: string): void {
-    this.deps.open.load.release(id);
+  /** Its first refresh was not accepted: it stops holding a share (here and in the cluster). */
+  release(id: string, homeserver: string): void {
+    this.deps.open.load.endHold(id, this.deps.open.originOf(homeserver));
   }
 
   private loadRequest(req: AdmissionRequest) {

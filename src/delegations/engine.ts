@@ -12,8 +12,9 @@ import { DuplicateTokenError, type FeedMessage, type Store, type WebhookRecord }
 import { OWNS_EVERYTHING, type Ownership } from '../topology/topology.js';
 import { Admission, REFRESH_CAPACITY_SHARE, type AdmissionLimits } from './admission.js';
 import { EffectRunner } from './effect-runner.js';
-import type { HistoryEntry, HistoryStore } from './history.js';
-import { HomeserverLoad } from './homeserver-load.js';
+import { DEFAULT_HISTORY_LIMITS, type HistoryEntry, type HistoryStore } from './history.js';
+import { HistoryJournal } from './history-journal.js';
+import { HomeserverLoad, type ClusterLoad } from './homeserver-load.js';
 import { nextDueAt, registerDelegation, transition, type DelegationEvent, type Effect, type MachineSettings } from './machine.js';
 import { isTerminal, participantKeysOf, tokenKeyOf, type Delegation, type DelegationSource, type Dialect, type LifecycleEvent } from './model.js';
 import { Narrator } from './narrator.js';
@@ -57,6 +58,8 @@ export function presenceRetentionMs(settings: MachineSettings): number {
 /** How long an API revoke waits for the owning replica to apply it, and how often it looks. */
 const REMOTE_REVOKE_WAIT_MS = 3_000;
 const REMOTE_REVOKE_POLL_MS = 25;
+/** How many of one participant's delegations (open or ended) a cluster-wide lookup reads. */
+const PARTICIPANT_LOOKUP_LIMIT = 1000;
 /** A state change the store could not take, or a call that failed without an answer, is retried after this long. */
 const RETRY_MS = 1_000;
 
@@ -74,6 +77,7 @@ export class DelegationEngine {
   private readonly admission: Admission;
   private readonly schedule: Schedule;
   private readonly ownership: Ownership;
+  private readonly journal: HistoryJournal;
   readonly presence: PresenceTracker;
 
   constructor(
@@ -90,6 +94,8 @@ export class DelegationEngine {
       ownership?: Ownership;
       /** The console's history; bounded by the defaults when absent. */
       history?: HistoryStore;
+      /** Replicas: the load of every origin across the cluster, which admission weighs new delegations against. */
+      clusterLoad?: ClusterLoad | null;
     },
   ) {
     const { clock, logger, metrics, settings } = deps;
@@ -100,10 +106,12 @@ export class DelegationEngine {
       clock,
       // What the homeserver client keeps for an origin (limiter, dialect learnt) goes when no delegation uses it.
       onOriginIdle: (origin) => deps.homeservers.forgetOrigin(origin),
+      cluster: deps.clusterLoad ?? null,
     });
     this.open = new OpenDelegations(settings.refreshAt, load);
-    this.narrator = new Narrator({ clock, logger, metrics, ...(deps.history ? { history: deps.history } : {}) });
-    this.admission = new Admission({ open: this.open, limits: deps.limits, narrator: this.narrator, logger });
+    this.journal = new HistoryJournal({ store: deps.store, perDelegation: DEFAULT_HISTORY_LIMITS.perDelegation, logger });
+    this.narrator = new Narrator({ clock, logger, metrics, journal: this.journal, ...(deps.history ? { history: deps.history } : {}) });
+    this.admission = new Admission({ open: this.open, limits: deps.limits, narrator: this.narrator, logger, cluster: deps.clusterLoad ?? null });
     this.effects = new EffectRunner({
       store: deps.store,
       homeservers: deps.homeservers,
@@ -133,6 +141,11 @@ export class DelegationEngine {
     this.deps.logger.info({ open: loaded.length }, 'open delegations loaded');
   }
 
+  /** This replica's confirmed load per homeserver origin (republished to the cluster). */
+  confirmedLoad(): Iterable<[string, number]> {
+    return this.open.load.confirmedByOrigin();
+  }
+
   get openCount(): number {
     return this.open.size;
   }
@@ -146,9 +159,14 @@ export class DelegationEngine {
     return this.narrator.history;
   }
 
-  /** What happened to a delegation, oldest first (kept in memory, bounded). */
-  history(id: string): HistoryEntry[] {
-    return this.narrator.historyOf(id);
+  /**
+   * What happened to a delegation, oldest first: from the store, which keeps it across restarts and takeovers
+   * (bounded per delegation); from memory when the store has none (a write that failed).
+   */
+  async history(id: string): Promise<HistoryEntry[]> {
+    await this.journal.flush();
+    const stored = await this.deps.store.historyOf(id);
+    return stored.length > 0 ? stored : this.narrator.historyOf(id);
   }
 
   async register(req: RegistrationRequest): Promise<{ delegation: Delegation; created: boolean }> {
@@ -162,19 +180,20 @@ export class DelegationEngine {
       this.narrator.registration(req.dialect, 'existing');
       return { delegation: this.open.get(existing.id) ?? existing, created: false };
     }
-    const sameParticipant = this.open
-      .ofParticipant(req.room, req.identity)
-      .map((id) => this.open.get(id)!)
-      .filter((d) => d.room === req.room && d.identity === req.identity);
+    const sameParticipant = await this.openOfParticipant(req.room, req.identity);
     if (req.replaceSameParticipant) {
-      for (const old of sameParticipant) await this.apply(old.id, { type: 'revoke' }, 'replaced by a new delegation for the same participant');
+      for (const old of sameParticipant) {
+        if (this.open.has(old.id)) await this.apply(old.id, { type: 'revoke' }, 'replaced by a new delegation for the same participant');
+        else await this.revoke(old.id);
+      }
     }
-    this.admission.check(req, req.replaceSameParticipant ? 0 : sameParticipant.length);
+    const id = `dg_${randomBytes(12).toString('base64url')}`;
+    await this.admission.check(req, req.replaceSameParticipant ? 0 : sameParticipant.length, id);
     let sid: string | null = null;
     for (const { room, identity } of participantKeysOf(req)) sid ??= this.presence.activeSid(room, identity);
     const t = registerDelegation(
       {
-        id: `dg_${randomBytes(12).toString('base64url')}`,
+        id,
         dialect: req.dialect,
         homeserver: req.homeserver,
         room: req.room,
@@ -193,6 +212,7 @@ export class DelegationEngine {
     try {
       await this.deps.store.insertDelegation(t.delegation, { token: req.token, accessToken: req.accessToken }, tokenKey);
     } catch (err) {
+      this.admission.release(id, req.homeserver);
       if (err instanceof DuplicateTokenError) return this.register(req);
       throw err;
     }
@@ -206,6 +226,21 @@ export class DelegationEngine {
     this.admission.hold(t.delegation.id, req);
     this.narrator.changed(null, t.delegation, t.changes, 'registered', `registered (${req.dialect}, timeout ${req.timeoutMs} ms${sid ? ', participant already connected' : ''})`);
     return { delegation: t.delegation, created: true };
+  }
+
+  /**
+   * The open delegations of exactly this (room, identity): this process's, and in a cluster every replica's (from
+   * the shared store, so a replacement or the per-participant cap sees delegations other replicas own).
+   */
+  private async openOfParticipant(room: string, identity: string): Promise<Delegation[]> {
+    const local = this.open
+      .ofParticipant(room, identity)
+      .map((id) => this.open.get(id)!)
+      .filter((d) => d.room === room && d.identity === identity);
+    if (!this.ownership.shared) return local;
+    const stored = await this.deps.store.listDelegations({ room, identity, limit: PARTICIPANT_LOOKUP_LIMIT });
+    const ids = new Set(local.map((d) => d.id));
+    return [...local, ...stored.items.filter((d) => !ids.has(d.id) && !isTerminal(d.state))];
   }
 
   /** Revokes without calling the homeserver; a terminal delegation is returned as it is. */
@@ -344,6 +379,7 @@ export class DelegationEngine {
     const drained = this.effects.drain(deadline);
     this.schedule.stop();
     await drained;
+    await this.journal.flush();
   }
 
   /** Totals for the operator console. */
@@ -428,7 +464,7 @@ export class DelegationEngine {
 
   private async onAnswer(d: Delegation, effect: Effect, result: CallResult): Promise<void> {
     this.narrator.answered(d, effect, result, this.open.get(d.id));
-    if (effect.type === 'refresh' && result.outcome.kind !== 'ok') this.admission.release(d.id);
+    if (effect.type === 'refresh' && result.outcome.kind !== 'ok') this.admission.release(d.id, d.homeserver);
     // A refresh that went wrong while stopping is left for the next process: it has the rest of the timeout.
     if (effect.type === 'refresh' && this.effects.stopping && result.outcome.kind !== 'ok') return;
     const event: DelegationEvent = effect.type === 'refresh' ? { type: 'refresh_result', outcome: result.outcome } : { type: 'action_result', outcome: result.outcome };

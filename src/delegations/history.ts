@@ -47,7 +47,8 @@ export class HistoryStore {
     return [...(this.byId.get(id)?.entries ?? [])];
   }
 
-  add(id: string, at: number, what: string, state: DelegationState): void {
+  /** Adds a line (cut to `MAX_LINE_CHARS`) and returns it as kept. */
+  add(id: string, at: number, what: string, state: DelegationState): HistoryEntry {
     const line = what.length > MAX_LINE_CHARS ? `${what.slice(0, MAX_LINE_CHARS)}...` : what;
     let h = this.byId.get(id);
     if (!h) {
@@ -55,7 +56,8 @@ export class HistoryStore {
       this.total += h.bytes;
     }
     const cost = ENTRY_OVERHEAD_BYTES + line.length * 2;
-    h.entries.push({ at, what: line, state });
+    const entry = { at, what: line, state };
+    h.entries.push(entry);
     h.bytes += cost;
     this.total += cost;
     while (h.entries.length > this.limits.perDelegation) {
@@ -69,5 +71,6 @@ export class HistoryStore {
       this.byId.delete(oldest);
       this.total -= old.bytes;
     }
+    return entry;
   }
 }

@@ -22,6 +22,18 @@ interface Hold {
   until: number;
 }
 
+/**
+ * The load of every replica of a cluster, per origin (replicas on Redis): admission then weighs a new delegation
+ * against what the whole cluster refreshes, not only what this replica owns. Each replica publishes its confirmed
+ * load per origin; a new delegation's provisional hold is kept there by id until its owner confirms or drops it.
+ */
+export interface ClusterLoad {
+  /** Atomically: when the cluster's load of `origin` plus `load` fits `budget`, holds `load` for delegation `id`. */
+  reserve(origin: string, id: string, load: number, budget: number): Promise<boolean>;
+  /** This replica now carries `confirmed` for `origin`; the hold of `endHold` (if any) goes in the same step. */
+  publish(origin: string, confirmed: number, endHold?: string): void;
+}
+
 interface OriginLoad {
   /** Refresh calls/s of open delegations the homeserver has accepted at least one refresh of. */
   confirmed: number;
@@ -51,8 +63,14 @@ export class HomeserverLoad {
       maxOrigins: number;
       clock: Clock;
       onOriginIdle: (origin: string) => void;
+      cluster?: ClusterLoad | null;
     },
   ) {}
+
+  /** This replica's confirmed load per origin (what it republishes to the cluster). */
+  *confirmedByOrigin(): Iterable<[string, number]> {
+    for (const [origin, o] of this.origins) yield [origin, o.confirmed];
+  }
 
   /** Load an origin carries now, counted and held (for metrics and tests). */
   loadOf(origin: string): number {
@@ -84,7 +102,10 @@ export class HomeserverLoad {
     let o = this.origins.get(origin);
     if (!o) this.origins.set(origin, (o = { confirmed: 0, provisional: 0, open: 0 }));
     o.open++;
-    if (confirmed) o.confirmed += load;
+    if (confirmed) {
+      o.confirmed += load;
+      this.opts.cluster?.publish(origin, o.confirmed);
+    }
   }
 
   untrack(id: string, origin: string, load: number, confirmed: boolean): void {
@@ -93,6 +114,7 @@ export class HomeserverLoad {
     if (!o) return;
     o.open--;
     if (confirmed) o.confirmed -= load;
+    this.opts.cluster?.publish(origin, o.open <= 0 ? 0 : o.confirmed, id);
     if (o.open <= 0) {
       this.origins.delete(origin);
       this.opts.onOriginIdle(origin);
@@ -114,7 +136,15 @@ export class HomeserverLoad {
   confirm(id: string, origin: string, load: number, sign: 1 | -1 = 1): void {
     this.release(id);
     const o = this.origins.get(origin);
-    if (o) o.confirmed += sign * load;
+    if (!o) return;
+    o.confirmed += sign * load;
+    this.opts.cluster?.publish(origin, o.confirmed, id);
+  }
+
+  /** A delegation's first refresh was not accepted: its hold ends here and in the cluster. */
+  endHold(id: string, origin: string): void {
+    this.release(id);
+    this.opts.cluster?.publish(origin, this.origins.get(origin)?.confirmed ?? 0, id);
   }
 
   /** Stops holding capacity for a delegation (its first refresh was not accepted, or it ended). */

@@ -5,6 +5,7 @@ import { describeOutcome, type HomeserverOutcome } from '../homeserver/outcome.j
 import { RollingCount } from '../lib/rolling-count.js';
 import type { Metrics } from '../metrics.js';
 import { HistoryStore, type HistoryEntry } from './history.js';
+import type { HistoryJournal } from './history-journal.js';
 import type { Effect } from './machine.js';
 import { isTerminal, type Delegation, type Dialect, type LifecycleChange, type LifecycleEvent } from './model.js';
 
@@ -19,7 +20,7 @@ export class Narrator {
   private readonly refreshesLastMinute = new RollingCount();
   private readonly actionsLastMinute = new RollingCount();
 
-  constructor(private readonly deps: { clock: Clock; logger: Logger; metrics: Metrics; history?: HistoryStore }) {
+  constructor(private readonly deps: { clock: Clock; logger: Logger; metrics: Metrics; history?: HistoryStore; journal?: HistoryJournal }) {
     this.history = deps.history ?? new HistoryStore();
   }
 
@@ -34,7 +35,8 @@ export class Narrator {
   }
 
   note(d: Delegation, what: string): void {
-    this.history.add(d.id, this.deps.clock.now(), what, d.state);
+    const entry = this.history.add(d.id, this.deps.clock.now(), what, d.state);
+    this.deps.journal?.add(d.id, entry);
   }
 
   registration(dialect: Dialect, outcome: 'created' | 'existing' | 'forbidden' | 'limited' | 'overloaded'): void {

@@ -50,7 +50,7 @@ export async function adminRoutes(app: FastifyInstance, deps: { adminToken: stri
   app.get<{ Params: Static<typeof IdParams> }>('/v1/admin/delegations/:id', { schema: { params: IdParams } }, async (req) => {
     const d = await deps.engine.get(req.params.id);
     if (!d) throw notFound();
-    return { ...publicView(d), history: deps.engine.history(d.id) };
+    return { ...publicView(d), history: await deps.engine.history(d.id) };
   });
 
   app.delete<{ Params: Static<typeof IdParams> }>('/v1/admin/delegations/:id', { schema: { params: IdParams } }, async (req) => {

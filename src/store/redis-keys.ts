@@ -15,6 +15,11 @@ export class RedisKeys {
     return `${this.prefix}s:${id}`;
   }
 
+  /** A delegation's history lines (JSON), the newest last, trimmed and expiring. */
+  history(id: string): string {
+    return `${this.prefix}hist:${id}`;
+  }
+
   /** Token key -> delegation id: the idempotency index. */
   tokenKey(tokenKey: string): string {
     return `${this.prefix}tk:${tokenKey}`;
@@ -56,6 +61,11 @@ export class RedisKeys {
   /** A shard's fencing counter. */
   shardFence(shard: number): string {
     return `${this.prefix}shard:${shard}:fence`;
+  }
+
+  /** A homeserver origin's load across the cluster: each replica's confirmed load and each new delegation's hold. */
+  originLoad(origin: string): string {
+    return `${this.prefix}load:${origin}`;
   }
 
   /** Replicas by last heartbeat. */

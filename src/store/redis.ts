@@ -1,11 +1,13 @@
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import type { Delegation, DelegationSecrets } from '../delegations/model.js';
 import { isTerminal } from '../delegations/model.js';
+import { redisClient } from './redis-connection.js';
 import { RedisKeys } from './redis-keys.js';
 import { SecretBox } from './secret-box.js';
 import { SHARD_COUNT, shardOf, type ShardOwnership } from './shard-leases.js';
-import { DuplicateTokenError, type DelegationFilter, type Store, type WebhookRecord } from './store.js';
+import type { HistoryEntry } from '../delegations/history.js';
+import { DuplicateTokenError, HISTORY_RETENTION_MS, type DelegationFilter, type HistoryLine, type Store, type WebhookRecord } from './store.js';
 
 /** Event ids are remembered this long (the contract asks for at least the 10-minute dedupe window). */
 const DEDUPE_TTL_MS = 15 * 60_000;
@@ -51,7 +53,7 @@ export class RedisStore implements Store {
     readonly url: string,
     opts: { keys?: RedisKeys; secretBox?: SecretBox; logger: Logger },
   ) {
-    this.redis = new Redis(url, REDIS_OPTIONS);
+    this.redis = redisClient(url, REDIS_OPTIONS);
     this.redis.on('error', (err: Error) => opts.logger.debug({ err: { message: err.message } }, 'redis connection error'));
     this.keys = opts.keys ?? new RedisKeys();
     this.box = opts.secretBox ?? new SecretBox(null);
@@ -168,6 +170,24 @@ export class RedisStore implements Store {
       if (err) throw err;
       return Number(res) === 1;
     });
+  }
+
+  async appendHistory(lines: HistoryLine[], perDelegation: number): Promise<void> {
+    const p = this.redis.pipeline();
+    const ids = new Set<string>();
+    for (const { id, entry } of lines) {
+      p.rpush(this.keys.history(id), JSON.stringify(entry));
+      ids.add(id);
+    }
+    for (const id of ids) {
+      p.ltrim(this.keys.history(id), -perDelegation, -1);
+      p.pexpire(this.keys.history(id), HISTORY_RETENTION_MS);
+    }
+    for (const [err] of (await p.exec()) ?? []) if (err) throw err;
+  }
+
+  async historyOf(id: string): Promise<HistoryEntry[]> {
+    return (await this.redis.lrange(this.keys.history(id), 0, -1)).map((raw) => JSON.parse(raw) as HistoryEntry);
   }
 
   async ping(): Promise<void> {

@@ -4,7 +4,8 @@ import { dirname } from 'node:path';
 import { isTerminal, type Delegation, type DelegationSecrets } from '../delegations/model.js';
 import { GroupCommit } from '../lib/group-commit.js';
 import { SecretBox } from './secret-box.js';
-import { DuplicateTokenError, type AppliedWebhooks, type DelegationFilter, type Store, type WebhookRecord } from './store.js';
+import type { HistoryEntry } from '../delegations/history.js';
+import { DuplicateTokenError, HISTORY_RETENTION_MS, type AppliedWebhooks, type DelegationFilter, type HistoryLine, type Store, type WebhookRecord } from './store.js';
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS delegations (
@@ -56,6 +57,14 @@ CREATE TABLE IF NOT EXISTS webhooks (
 );
 CREATE INDEX IF NOT EXISTS webhooks_pending ON webhooks(processed) WHERE processed = 0;
 CREATE INDEX IF NOT EXISTS webhooks_received ON webhooks(received_at);
+CREATE TABLE IF NOT EXISTS delegation_history (
+  delegation_id TEXT NOT NULL,
+  at INTEGER NOT NULL,
+  what TEXT NOT NULL,
+  state TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS delegation_history_id ON delegation_history(delegation_id);
+CREATE INDEX IF NOT EXISTS delegation_history_at ON delegation_history(at);
 `;
 
 const MUTABLE_COLUMNS = [
@@ -145,6 +154,10 @@ export class SqliteStore implements Store, AppliedWebhooks {
       markProcessed: this.db.prepare('UPDATE webhooks SET processed = 1 WHERE id = ?'),
       pending: this.db.prepare('SELECT * FROM webhooks WHERE processed = 0 ORDER BY received_at, rowid'),
       prune: this.db.prepare('DELETE FROM webhooks WHERE processed = 1 AND received_at < ?'),
+      addHistory: this.db.prepare('INSERT INTO delegation_history (delegation_id, at, what, state) VALUES (?, ?, ?, ?)'),
+      trimHistory: this.db.prepare('DELETE FROM delegation_history WHERE delegation_id = ? AND rowid NOT IN (SELECT rowid FROM delegation_history WHERE delegation_id = ? ORDER BY rowid DESC LIMIT ?)'),
+      expireHistory: this.db.prepare('DELETE FROM delegation_history WHERE at < ?'),
+      history: this.db.prepare('SELECT at, what, state FROM delegation_history WHERE delegation_id = ? ORDER BY rowid'),
     };
   }
 
@@ -195,6 +208,25 @@ export class SqliteStore implements Store, AppliedWebhooks {
   saveDelegation(d: Delegation): Promise<void> {
     const row = toRow(d);
     return this.write(() => this.stmts.update.run(row));
+  }
+
+  appendHistory(lines: HistoryLine[], perDelegation: number): Promise<void> {
+    return this.write(() => {
+      const ids = new Set<string>();
+      let newest = 0;
+      for (const { id, entry } of lines) {
+        this.stmts.addHistory.run(id, entry.at, entry.what, entry.state);
+        ids.add(id);
+        newest = Math.max(newest, entry.at);
+      }
+      for (const id of ids) this.stmts.trimHistory.run(id, id, perDelegation);
+      this.stmts.expireHistory.run(newest - HISTORY_RETENTION_MS);
+    });
+  }
+
+  async historyOf(id: string): Promise<HistoryEntry[]> {
+    this.flush();
+    return this.stmts.history.all(id) as HistoryEntry[];
   }
 
   async getDelegation(id: string): Promise<Delegation | undefined> {

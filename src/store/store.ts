@@ -1,3 +1,4 @@
+import type { HistoryEntry } from '../delegations/history.js';
 import type { Delegation, DelegationSecrets, DelegationState } from '../delegations/model.js';
 
 /** A verified LiveKit webhook reduced to what we act on, recorded before it is acknowledged. */
@@ -30,6 +31,15 @@ export interface DelegationFilter {
   /** Opaque: the id after which to continue. */
   cursor?: string;
 }
+
+/** One line of one delegation's history, as the store keeps it. */
+export interface HistoryLine {
+  id: string;
+  entry: HistoryEntry;
+}
+
+/** How long a delegation's history is kept after its last line (the console shows recent delegations). */
+export const HISTORY_RETENTION_MS = 7 * 24 * 3600_000;
 
 export class DuplicateTokenError extends Error {
   constructor() {
@@ -66,6 +76,13 @@ export interface Store {
    * false when its id was already recorded.
    */
   recordWebhooks(records: WebhookRecord[]): Promise<boolean[]>;
+  /**
+   * Appends lines to delegations' histories; each keeps only its last `perDelegation` lines, and lines older than
+   * `HISTORY_RETENTION_MS` go (so what the store keeps for histories stays bounded).
+   */
+  appendHistory(lines: HistoryLine[], perDelegation: number): Promise<void>;
+  /** A delegation's stored history, oldest first. */
+  historyOf(id: string): Promise<HistoryEntry[]>;
   /** Throws when the store cannot be reached. */
   ping(): Promise<void>;
   close(): Promise<void>;

@@ -1,7 +1,9 @@
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
+import { redisClient } from '../store/redis-connection.js';
 import type { Logger } from 'pino';
 import { sleep, type Clock } from '../clock.js';
 import { REDIS_OPTIONS, STREAM_MAXLEN, type RedisStore } from '../store/redis.js';
+import { RedisOriginLoad } from '../store/redis-origin-load.js';
 import { ShardLeases } from '../store/shard-leases.js';
 import type { FeedMessage, WebhookRecord } from '../store/store.js';
 import type { ControlMessage, Topology } from './topology.js';
@@ -17,6 +19,7 @@ const FEED_RETRY_MS = 500;
 export class RedisReplicas implements Topology {
   readonly applied = null;
   readonly shared = true;
+  readonly clusterLoad: RedisOriginLoad;
   private readonly leases: ShardLeases;
   /** XREAD BLOCK holds its connection: the stream gets one of its own, without a command timeout. */
   private readonly reader: Redis;
@@ -44,7 +47,10 @@ export class RedisReplicas implements Topology {
       onLose: (shard) => this.started().engine.loseShard(shard),
     });
     store.useOwnership(this.leases);
-    this.reader = new Redis(store.url, { ...REDIS_OPTIONS, commandTimeout: undefined });
+    // A replica's load counts for two lease times after its last heartbeat: a dead replica's share lapses about when
+    // its shards' new owners (which count their delegations themselves) have taken over.
+    this.clusterLoad = new RedisOriginLoad({ store, clock, logger: logger.child({ component: 'cluster-load' }), heartbeatMs: Math.max(500, Math.floor(leaseMs / 2)), ttlMs: 2 * leaseMs });
+    this.reader = redisClient(store.url, { ...REDIS_OPTIONS, commandTimeout: undefined });
     this.reader.on('error', (err: Error) => logger.debug({ err: { message: err.message } }, 'redis connection error'));
   }
 
@@ -63,10 +69,12 @@ export class RedisReplicas implements Topology {
     // Presence first (recent events of every room), then shards: a delegation taken over is caught up from it.
     await this.feed(this.deps.clock.now() - this.deps.backlogMs, (m) => parts.intake.enqueueFeed(m));
     await this.leases.start();
+    this.clusterLoad.start(() => parts.engine.confirmedLoad());
   }
 
   async stop(): Promise<void> {
     await this.leases.stop();
+    await this.clusterLoad.stop();
     this.feeding = false;
     this.reader.disconnect();
   }

@@ -5,6 +5,7 @@ import { OWNS_EVERYTHING, type ControlMessage, type Topology } from './topology.
 /** One process owns every delegation and applies every webhook it records (the embedded SQLite store). */
 export class SingleNode implements Topology {
   readonly shared = false;
+  readonly clusterLoad = null;
 
   constructor(
     readonly applied: AppliedWebhooks,

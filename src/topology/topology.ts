@@ -1,4 +1,5 @@
 import type { DelegationEngine } from '../delegations/engine.js';
+import type { ClusterLoad } from '../delegations/homeserver-load.js';
 import type { WebhookIntake } from '../livekit/webhook-intake.js';
 import type { AppliedWebhooks, FeedMessage } from '../store/store.js';
 
@@ -24,6 +25,8 @@ export interface Topology extends Ownership {
    * process reads the recorded webhooks from a shared stream instead.
    */
   readonly applied: AppliedWebhooks | null;
+  /** The load of every homeserver origin across the processes, when there are several; null for a single node. */
+  readonly clusterLoad: ClusterLoad | null;
   /** Takes up the work (load what this process owns, replay or read what it missed); call before listening. */
   start(parts: { engine: DelegationEngine; intake: WebhookIntake }): Promise<void>;
   /** Hands the work over (at once, not when leases run out). */

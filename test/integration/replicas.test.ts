@@ -45,7 +45,7 @@ describe.runIf(redisTestsEnabled('replicas'))('three replicas sharing Redis', ()
       await webhookSender(replicas[(i + 1) % 3]!.url).participantJoined(p.room, p);
       ps.push(p);
     }
-    await waitFor('every delegation refreshed once', () => ps.every((p) => refreshCalls(hs, p.token) >= 1), 10_000);
+    await waitFor('every delegation refreshed once', () => ps.every((p) => refreshCalls(hs, p.token) >= 1), 30_000);
     await sleep(1000);
 
     const victim = replicas[0]!;
