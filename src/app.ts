@@ -9,6 +9,8 @@ import type { AddressResolver } from './homeserver/address-guard.js';
 import { HomeserverClient } from './homeserver/client.js';
 import { compatRoutes } from './http/compat.js';
 import { tokenRoutes } from './http/token.js';
+import { appserviceRoutes } from './http/appservice.js';
+import { AppserviceHomeserver } from './appservice/homeserver-api.js';
 import { matrixResolverFor } from './compat/matrix-user.js';
 import type { MatrixResolver } from './compat/matrix-resolver.js';
 import type { RoomCreator } from './compat/livekit-token.js';
@@ -104,7 +106,16 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
     allowPrivateAddresses: config.allowPrivateAddresses,
     allowHttp: config.allowHttp,
   };
-  const homeservers = new HomeserverClient({ rate: config.homeserverRate, clock, metrics, policy, ...(deps.resolveAddress ? { resolve: deps.resolveAddress } : {}) });
+  // Application-service mode: what we ask our homeserver as the service, and how calls made as a user look.
+  const asApi = config.appservice ? new AppserviceHomeserver({ asToken: config.appservice.asToken, clock }) : null;
+  const homeservers = new HomeserverClient({
+    rate: config.homeserverRate,
+    clock,
+    metrics,
+    policy,
+    ...(deps.resolveAddress ? { resolve: deps.resolveAddress } : {}),
+    ...(asApi && config.appservice ? { asUser: { asToken: config.appservice.asToken, api: asApi } } : {}),
+  });
   const engine: DelegationEngine = new DelegationEngine({
     store,
     homeservers,
@@ -181,6 +192,9 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
   if (!deps.resolver) app.addHook('onClose', async () => resolver.close());
   await app.register(compatRoutes, { config, engine, logger, resolver, isShuttingDown });
   await app.register(tokenRoutes, { config, engine, resolver, rooms: deps.roomCreator ?? roomService, metrics, logger, isShuttingDown });
+  if (config.appservice && asApi) {
+    await app.register(appserviceRoutes, { config, appservice: config.appservice, api: asApi, engine, resolver, rooms: deps.roomCreator ?? roomService, metrics, logger, limitParticipant, isShuttingDown });
+  }
 
   return {
     app,
@@ -208,6 +222,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
       // Hand the work over at once (replicas: instead of letting their leases run out).
       await topology.stop();
       await homeservers.close().catch((err) => logger.warn({ err }, 'closing homeserver connections failed'));
+      await asApi?.close().catch((err) => logger.warn({ err }, 'closing application-service connections failed'));
       await store.close();
       logger.info('stopped');
     },

@@ -36,6 +36,8 @@ export interface RegistrationRequest {
   replaceSameParticipant?: boolean;
   /** The client's address (IPv6 counted by /64): its unconfirmed delegations may hold only a share of a homeserver. */
   client?: string | null;
+  /** Application-service mode: the Matrix user the calls are made as (see `Delegation.owner`). */
+  owner?: string | null;
 }
 
 /**
@@ -186,6 +188,7 @@ export class DelegationEngine {
         timeoutMs: req.timeoutMs,
         source: req.source,
         createdAt: this.deps.clock.now(),
+        ...(req.owner ? { owner: req.owner } : {}),
       },
       this.ctx(),
       sid,

@@ -6,6 +6,7 @@ import type { Metrics } from '../metrics.js';
 import { checkHomeserverUrl, guardedLookup, type AddressResolver, type GuardPolicy } from './address-guard.js';
 import { readLimited } from '../lib/read-limited.js';
 import { OriginLimiter, type CallPriority } from './limiter.js';
+import type { AppserviceHomeserver } from '../appservice/homeserver-api.js';
 
 export interface HomeserverCall {
   op: 'refresh' | 'action';
@@ -21,6 +22,8 @@ export interface HomeserverCall {
    */
   source: DelegationSource;
   priority: CallPriority;
+  /** Application-service mode: the Matrix user the call is made as (our as_token with `user_id=`). */
+  asUser?: string | null;
 }
 
 export interface CallResult {
@@ -39,6 +42,12 @@ interface Answer {
 const REQUEST_TIMEOUT_MS = 10_000;
 const MAX_RESPONSE_BYTES = 64 * 1024;
 const DELAYED_EVENTS_PATH = '/_matrix/client/unstable/org.matrix.msc4140/delayed_events';
+
+/** What calls made as a user need: our as_token, and which delayed-event paths each origin serves. */
+export interface AsUserCalls {
+  asToken: string;
+  api: Pick<AppserviceHomeserver, 'delayedEventsPath' | 'stablePathRefused'>;
+}
 
 /** What the client keeps per homeserver origin while delegations use it (see `forgetOrigin`). */
 interface OriginState {
@@ -73,6 +82,8 @@ export class HomeserverClient {
       timeoutMs?: number;
       /** Address lookups for host names (dns.lookup by default; tests inject answers). */
       resolve?: AddressResolver;
+      /** Application-service mode: how calls made as a user are authenticated and addressed. */
+      asUser?: AsUserCalls;
     },
   ) {
     const pool = (lookup?: unknown) =>
@@ -150,8 +161,10 @@ export class HomeserverClient {
     let accessToken = c.accessToken;
     let accessTokenRejected = false;
     let fellBack = false;
+    const asUser = c.dialect === 'delayed_events' && c.asUser && this.opts.asUser ? { user: c.asUser, token: this.opts.asUser.asToken } : null;
+    let prefix = asUser ? await this.opts.asUser!.api.delayedEventsPath(c.baseUrl) : DELAYED_EVENTS_PATH;
     for (;;) {
-      const req = this.buildRequest(c, state, accessToken);
+      const req = this.buildRequest(c, state, accessToken, prefix, asUser);
       const sentAt = this.opts.clock.now();
       const answer = await this.send(req, c.priority, origin, state.limiter);
       if ('network' in answer) {
@@ -161,7 +174,11 @@ export class HomeserverClient {
       const endpointFault = answer.status === 405 || (answer.status === 404 && (!answer.matrixJson || answer.errcode === 'M_UNRECOGNIZED')) || answer.errcode === 'M_UNRECOGNIZED';
       if (endpointFault && !fellBack) {
         fellBack = true;
-        if (c.dialect === 'futures') state.futuresPost = !state.futuresPost;
+        if (prefix !== DELAYED_EVENTS_PATH) {
+          // Advertised but not served: the unstable path for this origin until `/versions` is asked again.
+          this.opts.asUser!.api.stablePathRefused(c.baseUrl);
+          prefix = DELAYED_EVENTS_PATH;
+        } else if (c.dialect === 'futures') state.futuresPost = !state.futuresPost;
         else state.bodyAction = !state.bodyAction;
         continue;
       }
@@ -174,17 +191,25 @@ export class HomeserverClient {
     }
   }
 
-  private buildRequest(c: HomeserverCall, origin: Pick<OriginState, 'futuresPost' | 'bodyAction'>, accessToken: string | null): { url: string; method: 'PUT' | 'POST'; body: string; headers: Record<string, string> } {
+  private buildRequest(
+    c: HomeserverCall,
+    origin: Pick<OriginState, 'futuresPost' | 'bodyAction'>,
+    accessToken: string | null,
+    prefix: string,
+    asUser: { user: string; token: string } | null,
+  ): { url: string; method: 'PUT' | 'POST'; body: string; headers: Record<string, string> } {
     const headers: Record<string, string> = { 'content-type': 'application/json', 'user-agent': 'futures-sidecar' };
     if (c.dialect === 'futures') {
       const path = c.op === 'refresh' ? '/_matrix/client/v3/futures/refresh' : `/_matrix/client/v3/futures/action/${encodeURIComponent(c.actionName)}`;
       return { url: c.baseUrl + path, method: origin.futuresPost ? 'POST' : 'PUT', body: JSON.stringify({ future_token: c.token }), headers };
     }
     if (accessToken !== null) headers.authorization = `Bearer ${accessToken}`;
+    if (asUser) headers.authorization = `Bearer ${asUser.token}`;
+    const query = asUser ? `?user_id=${encodeURIComponent(asUser.user)}` : '';
     const verb = c.op === 'refresh' ? 'restart' : 'send';
     const id = encodeURIComponent(c.token);
-    if (origin.bodyAction) return { url: `${c.baseUrl}${DELAYED_EVENTS_PATH}/${id}`, method: 'POST', body: JSON.stringify({ action: verb }), headers };
-    return { url: `${c.baseUrl}${DELAYED_EVENTS_PATH}/${id}/${verb}`, method: 'POST', body: '{}', headers };
+    if (origin.bodyAction) return { url: `${c.baseUrl}${prefix}/${id}${query}`, method: 'POST', body: JSON.stringify({ action: verb }), headers };
+    return { url: `${c.baseUrl}${prefix}/${id}/${verb}${query}`, method: 'POST', body: '{}', headers };
   }
 
   private async send(
