@@ -33,7 +33,7 @@ export interface JsonAnswer {
 }
 
 /** A delayed event as the homeserver describes it to its owner. */
-export interface DelayedEventInfo {
+interface DelayedEventInfo {
   roomId: string;
   delayMs: number;
 }
@@ -158,7 +158,7 @@ function found(e: Record<string, unknown>): DelayLookup {
 }
 
 /** `/versions` names the stable endpoints by their flag, or by a spec version that contains them. */
-export function advertisesStable(versions: Record<string, unknown>): boolean {
+function advertisesStable(versions: Record<string, unknown>): boolean {
   const flags = versions.unstable_features;
   if (flags && typeof flags === 'object' && (flags as Record<string, unknown>)[STABLE_FLAG] === true) return true;
   const list = Array.isArray(versions.versions) ? versions.versions : [];

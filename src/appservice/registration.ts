@@ -7,9 +7,9 @@ import { randomBytes } from 'node:crypto';
 import { stringify } from 'yaml';
 
 /** The one prefix Synapse lets an application service claim for now (PR #19972). */
-export const PROXY_PREFIX = 'rtc/livekit';
+const PROXY_PREFIX = 'rtc/livekit';
 /** MSC4502's unstable scope: `is_joined` for any room without joining it. */
-export const IS_JOINED_SCOPE = 'urn:matrix:client:io.element.msc4502:rooms:is_joined';
+const IS_JOINED_SCOPE = 'urn:matrix:client:io.element.msc4502:rooms:is_joined';
 
 export interface RegistrationInput {
   /** Where the homeserver reaches us (proxied requests and its ping). */

@@ -171,6 +171,10 @@ export class DelegationEngine {
     if (req.replaceSameParticipant) {
       for (const old of sameParticipant) await this.apply(old.id, { type: 'revoke' }, 'replaced by a new delegation for the same participant');
     }
+    if (!req.owner && this.deps.homeservers.requiresAuth(req.homeserver)) {
+      this.narrator.registration(req.dialect, 'forbidden');
+      throw forbidden('This homeserver requires authentication to manage delayed events, which a standalone delegation cannot give; delegate through the homeserver (application-service mode)');
+    }
     this.admission.check(req, req.replaceSameParticipant ? 0 : sameParticipant.length);
     let sid: string | null = null;
     for (const { room, identity } of participantKeysOf(req)) sid ??= this.presence.activeSid(room, identity);

@@ -40,6 +40,11 @@ interface Answer {
 }
 
 const REQUEST_TIMEOUT_MS = 10_000;
+/**
+ * How long a homeserver that refused unauthenticated management (401) is refused new standalone delegations: it
+ * will not change its mind soon, but an operator who turned the requirement off is not made to restart us.
+ */
+const AUTH_REQUIRED_TTL_MS = 60 * 60_000;
 const MAX_RESPONSE_BYTES = 64 * 1024;
 const DELAYED_EVENTS_PATH = '/_matrix/client/unstable/org.matrix.msc4140/delayed_events';
 
@@ -72,6 +77,8 @@ export class HomeserverClient {
   /** For origins listed in SIDECAR_HOMESERVERS or the compat overrides, which may be private. */
   private readonly listedAgent: Agent;
   private readonly origins = new Map<string, OriginState>();
+  /** Origins that answered an unauthenticated management call 401, until when they are believed. */
+  private readonly authRequired = new Map<string, number>();
 
   constructor(
     private readonly opts: {
@@ -98,6 +105,24 @@ export class HomeserverClient {
     // listed private host would open its every port to participants' URLs under '*'.
     this.agent = pool(guardedLookup({ ...opts.policy, allow: { ...opts.policy.allow, origins: new Set() } }, opts.resolve));
     this.listedAgent = pool(guardedLookup({ ...opts.policy, allowPrivateAddresses: true }, opts.resolve));
+  }
+
+  /**
+   * Does this homeserver require authentication for delayed-event management? Known only after one of our
+   * unauthenticated calls was refused 401; forgotten after a TTL.
+   */
+  requiresAuth(homeserver: string): boolean {
+    let origin: string;
+    try {
+      origin = new URL(homeserver).origin;
+    } catch {
+      return false;
+    }
+    const until = this.authRequired.get(origin);
+    if (until === undefined) return false;
+    if (until > this.opts.clock.now()) return true;
+    this.authRequired.delete(origin);
+    return false;
   }
 
   limiterBacklog(): number {
@@ -166,7 +191,10 @@ export class HomeserverClient {
     for (;;) {
       const req = this.buildRequest(c, state, accessToken, prefix, asUser);
       const sentAt = this.opts.clock.now();
-      const answer = await this.send(req, c.priority, origin, state.limiter);
+      // Calls made as a user are limited per user by the homeserver (and not at all for an application service
+      // registered with `rate_limited: false`): they do not share the origin's one-address bucket.
+      this.opts.metrics.homeserverCallsByLimit.inc({ limit: asUser ? 'as_user' : 'per_origin' });
+      const answer = await this.send(req, c.priority, origin, asUser ? null : state.limiter);
       if ('network' in answer) {
         const kind = answer.network === 'address_refused' ? 'permanent' : 'retry';
         return { outcome: { kind, detail: answer.network }, accessTokenRejected };
@@ -186,6 +214,11 @@ export class HomeserverClient {
         accessToken = null;
         accessTokenRejected = true;
         continue;
+      }
+      if (answer.status === 401 && accessToken === null && !asUser && c.dialect === 'delayed_events') {
+        this.authRequired.set(origin, this.opts.clock.now() + AUTH_REQUIRED_TTL_MS);
+        this.opts.metrics.homeserverAuthRequired.inc({ op: c.op });
+        return { outcome: { kind: 'permanent', detail: 'homeserver_requires_auth' }, accessTokenRejected };
       }
       return { outcome: classify(answer, sentAt), accessTokenRejected };
     }
@@ -216,9 +249,9 @@ export class HomeserverClient {
     req: { url: string; method: 'PUT' | 'POST'; body: string; headers: Record<string, string> },
     priority: CallPriority,
     origin: string,
-    limiter: OriginLimiter,
+    limiter: OriginLimiter | null,
   ): Promise<Answer | { network: string }> {
-    await limiter.acquire(priority);
+    await limiter?.acquire(priority);
     let res: Dispatcher.ResponseData;
     try {
       const dispatcher = this.opts.policy.allow.origins.has(origin) ? this.listedAgent : this.agent;
@@ -248,7 +281,7 @@ export class HomeserverClient {
     }
     const header = res.headers['retry-after'];
     if (retryAfterMs === undefined && typeof header === 'string' && /^\d+$/.test(header.trim())) retryAfterMs = Number(header.trim()) * 1000;
-    if (res.statusCode === 429) limiter.throttle();
+    if (res.statusCode === 429) limiter?.throttle();
     return { status: res.statusCode, errcode, matrixJson, retryAfterMs };
   }
 

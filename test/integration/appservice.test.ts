@@ -8,8 +8,9 @@ import { TokenVerifier } from 'livekit-server-sdk';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { liveKitRoomName, msc4195Identity } from '../../src/compat/livekit-names.js';
 import { startFakeHomeserver, type FakeHomeserver, type FakeHomeserverOptions } from '../fakes/homeserver.js';
-import { WebhookSender, startFakeRoomService, type FakeRoomService } from '../fakes/livekit.js';
-import { API_KEY, API_SECRET, startDaemon, tempDbPath, waitFor, type RunningDaemon } from '../helpers/daemon.js';
+import { WebhookSender, mintParticipantToken, startFakeRoomService, type FakeRoomService } from '../fakes/livekit.js';
+import { API_KEY, API_SECRET, api, startDaemon, tempDbPath, waitFor, type RunningDaemon } from '../helpers/daemon.js';
+import { metricValue } from '../helpers/metrics.js';
 import { requestJson } from '../helpers/lk-jwt.js';
 
 const AS_TOKEN = 'as-token-of-the-sidecar-0123456789';
@@ -208,5 +209,31 @@ describe('application-service delegations', () => {
     // The single lookup answered 405 M_UNRECOGNIZED; the user's list found the delay.
     const lookups = hs.calls.filter((c) => c.method === 'GET' && c.path.startsWith('/_matrix/client/v1/delayed_events'));
     expect(lookups.map((c) => [c.path === '/_matrix/client/v1/delayed_events' ? 'list' : 'single', c.status])).toEqual([['single', 405], ['list', 200]]);
+  });
+});
+
+describe('standalone delegations meeting a homeserver that requires authentication', () => {
+  it('fail with that reason, are counted, and new ones for that homeserver are refused with 403 M_FORBIDDEN', async () => {
+    const hs = await startFakeHomeserver({ requireManagementAuth: true });
+    open.push(hs);
+    const d = await startDaemon({ SIDECAR_STORE: `sqlite:${tempDbPath('auth-required')}` });
+    open.push(d);
+    const room = 'standalone-room';
+    const jwt = await mintParticipantToken({ apiKey: API_KEY, apiSecret: API_SECRET, identity: 'p1', room });
+    const delayId = await hs.createDelayedEvent({ roomId: '!r:hs', eventType: 'org.matrix.msc3401.call.member', stateKey: '_p1', content: {}, delayMs: 60_000 });
+    const created = await api(d.url, 'POST', '/v1/delegations', { token: jwt, body: { homeserver: hs.url, dialect: 'delayed_events', token: delayId, timeout_ms: 60_000 } });
+    expect(created.status, JSON.stringify(created.body)).toBe(201);
+    const id = created.body.delegation_id as string;
+    const failed = await waitFor('the delegation failed', async () => {
+      const stored = await d.daemon.store.getDelegation(id);
+      return stored?.state === 'failed' ? stored : null;
+    }, 15_000);
+    expect(failed.outcome).toBe('homeserver_requires_auth');
+    expect(await metricValue(d.daemon.metrics.registry, 'futures_sidecar_homeserver_auth_required_total', { op: 'refresh' })).toBe(1);
+    const second = await hs.createDelayedEvent({ roomId: '!r:hs', eventType: 'org.matrix.msc3401.call.member', stateKey: '_p1b', content: {}, delayMs: 60_000 });
+    const refused = await api(d.url, 'POST', '/v1/delegations', { token: jwt, body: { homeserver: hs.url, dialect: 'delayed_events', token: second, timeout_ms: 60_000 } });
+    expect([refused.status, refused.body.errcode]).toEqual([403, 'M_FORBIDDEN']);
+    expect(refused.body.error).toMatch(/requires authentication/);
+    expect(hs.calls.filter((c) => c.handle === second && c.op !== 'create')).toHaveLength(0);
   });
 });
