@@ -11,7 +11,8 @@ import { compatRoutes } from './http/compat.js';
 import { tokenRoutes } from './http/token.js';
 import { appserviceRoutes } from './http/appservice.js';
 import { AppserviceHomeserver } from './appservice/homeserver-api.js';
-import { matrixResolverFor } from './compat/matrix-user.js';
+import { MembershipMonitor, type ParticipantRemover } from './appservice/membership.js';
+import { matrixResolverFor, usableCsApi } from './compat/matrix-user.js';
 import type { MatrixResolver } from './compat/matrix-resolver.js';
 import type { RoomCreator } from './compat/livekit-token.js';
 import { consoleRoutes } from './http/console.js';
@@ -55,6 +56,8 @@ export interface AppDeps {
   roomCreator?: RoomCreator;
   /** Address lookups of homeserver host names (dns.lookup by default); tests answer them without DNS. */
   resolveAddress?: AddressResolver;
+  /** RoomService `RemoveParticipant` for membership checks; by default the same SDK client. */
+  participantRemover?: ParticipantRemover;
 }
 
 export interface Daemon {
@@ -65,6 +68,8 @@ export interface Daemon {
   logger: Logger;
   watch: WatchHub;
   reconciler: Reconciler;
+  /** Application-service mode's membership checks, or null when standalone. */
+  membership: MembershipMonitor | null;
   /** Loads state and starts the scheduler; call before listening. */
   start(): Promise<void>;
   /** Graceful stop: refuse new work, let in-flight calls finish until the deadline, close the store. */
@@ -192,8 +197,27 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
   if (!deps.resolver) app.addHook('onClose', async () => resolver.close());
   await app.register(compatRoutes, { config, engine, logger, resolver, isShuttingDown });
   await app.register(tokenRoutes, { config, engine, resolver, rooms: deps.roomCreator ?? roomService, metrics, logger, isShuttingDown });
+  let membership: MembershipMonitor | null = null;
   if (config.appservice && asApi) {
-    await app.register(appserviceRoutes, { config, appservice: config.appservice, api: asApi, engine, resolver, rooms: deps.roomCreator ?? roomService, metrics, logger, limitParticipant, isShuttingDown });
+    const own = config.appservice.serverName;
+    const monitorLog = logger.child({ component: 'membership' });
+    const monitor = new MembershipMonitor({
+      isJoined: async (matrixRoom, user) => {
+        const base = await usableCsApi(resolver, own, config, monitorLog);
+        if (!base) throw new Error('client-server API not resolved');
+        return asApi.isJoined(base.url, matrixRoom, { mxid: user });
+      },
+      remover: deps.participantRemover ?? roomService,
+      removed: (room, identity, cause) => engine.removedFromCall(room, identity, cause),
+      presence: engine.presence,
+      clock,
+      logger: monitorLog,
+      metrics,
+      intervalMs: config.appservice.membershipCheckIntervalMs,
+    });
+    engine.onParticipantJoined((room, identity) => monitor.onJoined(room, identity));
+    membership = monitor;
+    await app.register(appserviceRoutes, { config, appservice: config.appservice, api: asApi, engine, resolver, rooms: deps.roomCreator ?? roomService, metrics, logger, limitParticipant, isShuttingDown, membership: monitor });
   }
 
   return {
@@ -204,9 +228,11 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
     logger,
     watch,
     reconciler,
+    membership,
     async start() {
       await topology.start({ engine, intake });
       reconciler.start();
+      membership?.start();
       started = true;
     },
     async shutdown() {
@@ -215,6 +241,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
       const deadline = clock.now() + config.shutdownTimeoutMs;
       logger.info({ deadline_ms: config.shutdownTimeoutMs }, 'shutting down: refusing new work, finishing calls in flight');
       await reconciler.stop();
+      await membership?.stop();
       await app.close();
       intake.stop();
       await intake.idle();

@@ -31,6 +31,8 @@ export class Metrics {
   readonly homeserverAuthRequired: Counter<'op'>;
   /** Homeserver calls by the limit they are under: the per-origin bucket, or none (as a user, `rate_limited: false`). */
   readonly homeserverCallsByLimit: Counter<'limit'>;
+  /** MSC4502 membership checks of participants (application-service mode) by answer. */
+  readonly membershipChecks: Counter<'outcome'>;
   private sources: MetricsSources | null = null;
 
   constructor() {
@@ -122,6 +124,13 @@ export class Metrics {
       registers: register,
     });
     for (const limit of ['per_origin', 'as_user']) this.homeserverCallsByLimit.inc({ limit }, 0);
+    this.membershipChecks = new Counter({
+      name: `${PREFIX}membership_checks_total`,
+      help: 'Matrix membership checks of call participants (application-service mode): joined, not_joined (removed from LiveKit, leave fired) or error (left alone)',
+      labelNames: ['outcome'],
+      registers: register,
+    });
+    for (const outcome of ['joined', 'not_joined', 'error']) this.membershipChecks.inc({ outcome }, 0);
   }
 
   attach(sources: MetricsSources): void {

@@ -77,6 +77,7 @@ export class DelegationEngine {
   private readonly schedule: Schedule;
   private readonly ownership: Ownership;
   readonly presence: PresenceTracker;
+  private readonly joinListeners: Array<(room: string, identity: string) => void> = [];
 
   constructor(
     private readonly deps: {
@@ -291,6 +292,7 @@ export class DelegationEngine {
     if (!room || !identity || !sid) return;
     if (rec.event === 'participant_joined') {
       await this.observePresent(room, identity, sid, 'participant_joined', rec.joinedAt ?? null);
+      for (const listener of this.joinListeners) listener(room, identity);
       return;
     }
     if (rec.event === 'participant_left' || rec.event === 'participant_connection_aborted') {
@@ -316,6 +318,17 @@ export class DelegationEngine {
         if (correction && after && after !== d) this.narrator.correction(correction);
       }),
     );
+  }
+
+  /** Called after each participant_joined webhook is applied (application-service mode checks membership then). */
+  onParticipantJoined(listener: (room: string, identity: string) => void): void {
+    this.joinListeners.push(listener);
+  }
+
+  /** The participant was removed from the call on purpose (its user left the Matrix room): its delegations fire `leave`. */
+  async removedFromCall(room: string, identity: string, cause: string): Promise<void> {
+    const at = this.deps.clock.now();
+    await Promise.all(this.open.ofParticipant(room, identity).map((id) => this.apply(id, { type: 'departed', sid: this.open.get(id)?.sid ?? null, departure: 'leave', at }, cause)));
   }
 
   /** LiveKit's RoomService no longer lists a connected delegation's participant (twice in a row): a lost connection. */

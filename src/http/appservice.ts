@@ -9,6 +9,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import { Type } from 'typebox';
 import type { AppserviceHomeserver } from '../appservice/homeserver-api.js';
+import type { MembershipMonitor } from '../appservice/membership.js';
 import { liveKitRoomName, msc4195Identity } from '../compat/livekit-names.js';
 import { CREATE_ROOM_OPTIONS, mintLiveKitToken, type RoomCreator } from '../compat/livekit-token.js';
 import type { MatrixResolver } from '../compat/matrix-resolver.js';
@@ -38,6 +39,8 @@ export interface AppserviceDeps {
   logger: Logger;
   limitParticipant: LimitParticipant;
   isShuttingDown: () => boolean;
+  /** Whose Matrix membership decides each participant's place in the call. */
+  membership: Pick<MembershipMonitor, 'track'>;
 }
 
 const Str = Type.String();
@@ -135,7 +138,9 @@ export async function appserviceRoutes(plain: FastifyInstance, deps: AppserviceD
       const base = await csApi();
       if (!(await joined(base, b.room_id, { mxid: user }))) throw forbidden(NOT_A_MEMBER);
       if (local) {
-        const answer = await issue(msc4195Identity(user, b.member_id), liveKitRoomName(b.room_id, b.slot_id), true);
+        const [identity, room] = [msc4195Identity(user, b.member_id), liveKitRoomName(b.room_id, b.slot_id)];
+        const answer = await issue(identity, room, true);
+        deps.membership.track(room, identity, b.room_id, user);
         deps.metrics.tokensIssued.inc({ route: 'appservice', outcome: 'full_access' });
         return answer;
       }
@@ -176,6 +181,7 @@ export async function appserviceRoutes(plain: FastifyInstance, deps: AppserviceD
         replaceSameParticipant: true,
         client: null,
       });
+      deps.membership.track(room, identity, b.room_id, user);
       log.debug({ delegation_id: delegation.id, created }, 'delegation accepted through the homeserver');
       return {};
     });
@@ -193,7 +199,9 @@ export async function appserviceRoutes(plain: FastifyInstance, deps: AppserviceD
       if (!(await joined(base, b.room_id, { serverName: own }))) throw forbidden('This server is not joined to the room');
       if (!(await joined(base, b.room_id, { mxid: b.user_id }))) throw forbidden(NOT_A_MEMBER);
       if (b.url !== config.livekitUrl) throw invalidParam(URL_MISMATCH);
-      const answer = await issue(msc4195Identity(b.user_id, b.member_id), liveKitRoomName(b.room_id, b.slot_id), config.restrictedUsersCanPublish);
+      const [identity, room] = [msc4195Identity(b.user_id, b.member_id), liveKitRoomName(b.room_id, b.slot_id)];
+      const answer = await issue(identity, room, config.restrictedUsersCanPublish);
+      deps.membership.track(room, identity, b.room_id, b.user_id);
       deps.metrics.tokensIssued.inc({ route: 'appservice', outcome: 'restricted' });
       return answer;
     });

@@ -5,7 +5,7 @@
  * sends them: `Authorization: Bearer <hs_token>` and `X-Matrix-User-Identifier` (or `X-Matrix-Origin`).
  */
 import { TokenVerifier } from 'livekit-server-sdk';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { liveKitRoomName, msc4195Identity } from '../../src/compat/livekit-names.js';
 import { startFakeHomeserver, type FakeHomeserver, type FakeHomeserverOptions } from '../fakes/homeserver.js';
 import { WebhookSender, mintParticipantToken, startFakeRoomService, type FakeRoomService } from '../fakes/livekit.js';
@@ -235,5 +235,55 @@ describe('standalone delegations meeting a homeserver that requires authenticati
     expect([refused.status, refused.body.errcode]).toEqual([403, 'M_FORBIDDEN']);
     expect(refused.body.error).toMatch(/requires authentication/);
     expect(hs.calls.filter((c) => c.handle === second && c.op !== 'create')).toHaveLength(0);
+  });
+});
+
+describe('MSC4502 membership of participants', () => {
+  async function inCall(hs: FakeHomeserver, d: RunningDaemon, sid: string) {
+    const room = liveKitRoomName(ROOM_ID, SLOT_ID);
+    const identity = msc4195Identity(ALICE, MEMBER);
+    expect((await proxied(d, `${CS}/get_token`, tokenBody())).status).toBe(200);
+    const delayId = await hs.createDelayedEvent({ asUser: ALICE, roomId: ROOM_ID, eventType: 'org.matrix.msc3401.call.member', stateKey: `_${ALICE}_${sid}`, content: {}, delayMs: DELAY_MS });
+    expect((await proxied(d, `${CS}/delegate_delayed_leave`, { ...tokenBody(), delay_id: delayId })).status).toBe(200);
+    lk.join(room, { sid, identity });
+    return { room, identity, delayId, sender: new WebhookSender({ url: `${d.url}/livekit/webhook`, apiKey: API_KEY, apiSecret: API_SECRET }) };
+  }
+  let since = 0;
+  beforeEach(() => {
+    since = Date.now();
+  });
+  const removals = (identity: string) => lk.calls.filter((c) => c.method === 'RemoveParticipant' && c.identity === identity && c.at >= since);
+
+  it('removes a participant whose user left the Matrix room from LiveKit on the sweep, and fires its leave', async () => {
+    const hs = await homeserver();
+    const d = await daemon(hs, tempDbPath('membership-sweep'), { LIVEKIT_MEMBERSHIP_CHECK_INTERVAL_SECONDS: '1' });
+    const p = await inCall(hs, d, 'PA_sweep');
+    expect((await p.sender.participantJoined(p.room, { sid: 'PA_sweep', identity: p.identity })).status).toBe(200);
+    await waitFor('a joined check', async () => (await metricValue(d.daemon.metrics.registry, 'futures_sidecar_membership_checks_total', { outcome: 'joined' })) >= 1, 15_000);
+    expect(removals(p.identity)).toHaveLength(0);
+    hs.setJoined(ROOM_ID, ALICE, false);
+    await waitFor('RemoveParticipant', () => removals(p.identity).some((c) => c.status === 200), 15_000);
+    await waitFor('the leave sent as the user', () => hs.status(p.delayId) === 'sent', 15_000);
+    const send = hs.calls.find((c) => c.op === 'send' && c.handle === p.delayId)!;
+    expect([send.authorization, send.userId]).toEqual([`Bearer ${AS_TOKEN}`, ALICE]);
+    lk.clear();
+  });
+
+  it('checks at participant_joined, and fails open while the homeserver cannot answer', async () => {
+    const hs = await homeserver();
+    const d = await daemon(hs, tempDbPath('membership-join'));
+    const p = await inCall(hs, d, 'PA_join');
+    hs.setMembershipDown(true);
+    hs.setJoined(ROOM_ID, ALICE, false);
+    expect((await p.sender.participantJoined(p.room, { sid: 'PA_join', identity: p.identity })).status).toBe(200);
+    await waitFor('a failed check', async () => (await metricValue(d.daemon.metrics.registry, 'futures_sidecar_membership_checks_total', { outcome: 'error' })) >= 1, 15_000);
+    expect(removals(p.identity)).toHaveLength(0);
+    expect(hs.status(p.delayId)).toBe('pending');
+    hs.setMembershipDown(false);
+    // LiveKit announces the same session again (a webhook retry): this time the homeserver answers.
+    expect((await p.sender.participantJoined(p.room, { sid: 'PA_join', identity: p.identity })).status).toBe(200);
+    await waitFor('RemoveParticipant', () => removals(p.identity).length >= 1, 15_000);
+    await waitFor('the leave sent', () => hs.status(p.delayId) === 'sent', 15_000);
+    lk.clear();
   });
 });
