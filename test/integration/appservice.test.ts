@@ -287,3 +287,28 @@ describe('MSC4502 membership of participants', () => {
     lk.clear();
   });
 });
+
+describe('limits per mode', () => {
+  it("admits delegations made as users beyond the one-address budget of the homeserver's origin, and counts their calls as as_user", async () => {
+    const hs = await homeserver();
+    // 0.05 calls/s: with 4 s delays one standalone delegation already takes more than the origin's budget.
+    const d = await daemon(hs, tempDbPath('limits'), { SIDECAR_HOMESERVER_RATE: '0.05' });
+    const users = ['@u1:hs.test', '@u2:hs.test', '@u3:hs.test'];
+    for (const [i, user] of users.entries()) {
+      const delayId = await hs.createDelayedEvent({ asUser: user, roomId: ROOM_ID, eventType: 'org.matrix.msc3401.call.member', stateKey: `_${user}_d`, content: {}, delayMs: DELAY_MS });
+      const a = await proxied(d, `${CS}/delegate_delayed_leave`, { ...tokenBody({ member_id: `m${i}` }), delay_id: delayId }, { 'x-matrix-user-identifier': user });
+      expect([a.status, a.json]).toEqual([200, {}]);
+    }
+    expect(d.daemon.engine.openCount).toBe(3);
+    await waitFor('first refreshes made as the users', async () => (await metricValue(d.daemon.metrics.registry, 'futures_sidecar_homeserver_calls_total', { limit: 'as_user' })) >= 3, 15_000);
+    expect(await metricValue(d.daemon.metrics.registry, 'futures_sidecar_homeserver_calls_total', { limit: 'per_origin' })).toBe(0);
+    // The same budget refuses a standalone delegation to that homeserver once one holds it.
+    const jwt = (identity: string) => mintParticipantToken({ apiKey: API_KEY, apiSecret: API_SECRET, identity, room: 'standalone' });
+    const anonymous = async (identity: string) => {
+      const delayId = await hs.createDelayedEvent({ roomId: '!s:hs.test', eventType: 'org.matrix.msc3401.call.member', stateKey: `_${identity}`, content: {}, delayMs: DELAY_MS });
+      return api(d.url, 'POST', '/v1/delegations', { token: await jwt(identity), body: { homeserver: hs.url, dialect: 'delayed_events', token: delayId, timeout_ms: DELAY_MS } });
+    };
+    const answers = [await anonymous('s1'), await anonymous('s2')];
+    expect(answers.map((a) => a.status)).toContain(429);
+  });
+});
