@@ -189,7 +189,8 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
   if (config.adminToken) {
     const adminToken = config.adminToken;
     await app.register(fastifyWebsocket, { options: { maxPayload: 4096 } });
-    await app.register(adminRoutes, { adminToken, engine, store });
+    const mode = config.appservice ? { kind: 'appservice' as const, server_name: config.appservice.serverName } : { kind: 'standalone' as const };
+    await app.register(adminRoutes, { adminToken, engine, store, mode });
     await app.register(watchRoutes, { adminToken, hub: watch });
   }
   await app.register(webhookRoutes, { auth, intake, metrics, clock, isShuttingDown });

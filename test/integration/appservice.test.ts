@@ -9,7 +9,7 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from
 import { liveKitRoomName, msc4195Identity } from '../../src/compat/livekit-names.js';
 import { startFakeHomeserver, type FakeHomeserver, type FakeHomeserverOptions } from '../fakes/homeserver.js';
 import { WebhookSender, mintParticipantToken, startFakeRoomService, type FakeRoomService } from '../fakes/livekit.js';
-import { API_KEY, API_SECRET, api, startDaemon, tempDbPath, waitFor, type RunningDaemon } from '../helpers/daemon.js';
+import { ADMIN_TOKEN, API_KEY, API_SECRET, api, startDaemon, tempDbPath, waitFor, type RunningDaemon } from '../helpers/daemon.js';
 import { metricValue } from '../helpers/metrics.js';
 import { requestJson } from '../helpers/lk-jwt.js';
 
@@ -154,6 +154,8 @@ describe('application-service routes: tokens', () => {
       expect(claims.video).toMatchObject({ room: liveKitRoomName(ROOM_ID, SLOT_ID), roomJoin: true, canPublish: true });
     }
     expect(lk.calls.filter((c) => c.method === 'CreateRoom' && c.room === liveKitRoomName(ROOM_ID, SLOT_ID)).length).toBeGreaterThanOrEqual(2);
+    // The operator console's totals say which mode runs.
+    expect((await api(d.url, 'GET', '/v1/admin/stats', { token: ADMIN_TOKEN })).body.mode).toEqual({ kind: 'appservice', server_name: SERVER });
     const asked = hs.calls.filter((c) => c.path.endsWith('/is_joined'));
     expect(asked.every((c) => c.authorization === `Bearer ${AS_TOKEN}`)).toBe(true);
   });
