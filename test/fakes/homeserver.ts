@@ -87,6 +87,14 @@ export interface FakeHomeserverOptions {
   singleDelayLookup?: boolean;
   /** Management calls need authentication (MSC4140 as merged); unauthenticated ones answer 401 M_MISSING_TOKEN. */
   requireManagementAuth?: boolean;
+  /** This homeserver's server name, sent as `X-Matrix-Origin` by its federation proxy. */
+  serverName?: string;
+}
+
+/** Where MSC4512's `fed_proxy` delivers for a destination: that server's application service, as its homeserver would. */
+interface FederationPeer {
+  url: string;
+  hsToken: string;
 }
 
 export interface CreateFutureInput {
@@ -384,6 +392,8 @@ export class FakeHomeserver {
   private readonly clientAccessToken: string;
   private readonly clientUserId: string;
   private readonly asToken: string | null;
+  private readonly serverName: string;
+  private readonly peers = new Map<string, FederationPeer>();
   /** `room\0@user:server` and `room\0server-name` of whoever is joined (MSC4502's two questions). */
   private readonly joined = new Set<string>();
   private baseUrl = '';
@@ -404,6 +414,7 @@ export class FakeHomeserver {
     };
     this.clientUserId = opts.clientUserId ?? '@fake-client:localhost';
     this.asToken = opts.appservice?.asToken ?? null;
+    this.serverName = opts.serverName ?? 'localhost';
     this.knobs = { ...this.initialKnobs };
     this.clientAccessToken = opts.clientAccessToken ?? 'fake-client-access-token';
     this.server = createServer((req, res) => {
@@ -469,6 +480,14 @@ export class FakeHomeserver {
   setJoined(roomId: string, who: string, joined: boolean): void {
     if (joined) this.joined.add(`${roomId}\u0000${who}`);
     else this.joined.delete(`${roomId}\u0000${who}`);
+  }
+
+  /**
+   * `fed_proxy` to `destination` reaches `peer` (its application service's URL and hs_token), as if that server's
+   * homeserver had checked our signature and proxied the request with `X-Matrix-Origin`.
+   */
+  setFederationPeer(destination: string, peer: FederationPeer): void {
+    this.peers.set(destination, peer);
   }
 
   /** `is_joined` answers 500 while down. */
@@ -582,6 +601,10 @@ export class FakeHomeserver {
       ...label,
       ...(label.path !== undefined && stable ? { path: label.path.replace('/_matrix/client/unstable/org.matrix.msc4140/', '/_matrix/client/v1/') } : {}),
     };
+    if (segments?.join('/') === '_matrix/client/unstable/io.element.msc4512/appservice/fed_proxy') {
+      this.finish(res, await this.fedProxy(method, call, body), call);
+      return;
+    }
     const appservice = segments ? this.appserviceReply(method, url, segments, call) : undefined;
     if (appservice) {
       if (segments && isManagementPath(segments) && !(await this.passDownAndLatency(call, req))) return;
@@ -606,6 +629,31 @@ export class FakeHomeserver {
     if (token === undefined) return undefined;
     if (this.asToken !== null && token === this.asToken) return url.searchParams.get('user_id') ?? undefined;
     return token === this.clientAccessToken ? this.clientUserId : undefined;
+  }
+
+  /** MSC4512's outgoing federation proxy, for the application service only. */
+  private async fedProxy(method: string, call: CallRecord, body: ParsedBody): Promise<Reply> {
+    if (method !== 'POST') return matrixError(405, 'M_UNRECOGNIZED', 'Unrecognized request');
+    if (this.asToken === null || bearerToken(call.authorization) !== this.asToken) return matrixError(403, 'M_FORBIDDEN', 'Only application services may use the federation proxy');
+    if (body.kind !== 'object') return matrixError(400, 'M_NOT_JSON', 'Content not JSON.');
+    const { destination, path } = body.value;
+    if (typeof destination !== 'string' || typeof path !== 'string') return matrixError(400, 'M_MISSING_PARAM', 'destination and path are required');
+    if (!path.startsWith('/_matrix/federation/')) return matrixError(403, 'IO.ELEMENT.MSC4512.M_FEDPROXY_PATH_NOT_ALLOWED', 'Path not allowed');
+    const peer = this.peers.get(destination);
+    if (!peer) return matrixError(502, 'IO.ELEMENT.MSC4512.M_FEDPROXY_CONNECTION_FAILED', 'Could not reach the destination');
+    const res = await fetch(`${peer.url}${path}`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${peer.hsToken}`, 'x-matrix-origin': this.serverName, 'content-type': 'application/json' },
+      body: JSON.stringify(body.value.body ?? {}),
+    });
+    const text = await res.text();
+    let content: unknown = null;
+    try {
+      content = JSON.parse(text);
+    } catch {
+      content = null;
+    }
+    return { status: 200, body: { status: res.status, content } };
   }
 
   /** `/versions`, MSC4502's `is_joined`, and the delayed-event lookup and list; undefined for every other call. */

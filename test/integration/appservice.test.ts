@@ -172,6 +172,34 @@ describe('application-service routes: tokens', () => {
   });
 });
 
+describe("application-service routes: a remote server's user", () => {
+  it("relays a get_token for another server through fed_proxy to that server's service, which answers subscribe-only", async () => {
+    const REMOTE = 'remote.test';
+    const hsA = await homeserver({ serverName: SERVER });
+    const hsB = await homeserver({ serverName: REMOTE });
+    hsA.setJoined(ROOM_ID, REMOTE, true);
+    hsB.setJoined(ROOM_ID, REMOTE, true);
+    hsB.setJoined(ROOM_ID, ALICE, true);
+    const a = await daemon(hsA);
+    const b = await daemon(hsB, tempDbPath('remote'), { LIVEKIT_HS_SERVER_NAME: REMOTE, SIDECAR_CS_API_URL_OVERRIDES: `${REMOTE}=${hsB.url}` });
+    hsA.setFederationPeer(REMOTE, { url: b.url, hsToken: HS_TOKEN });
+    const ok = await proxied(a, `${CS_V1}/get_token`, tokenBody({ server_name: REMOTE }));
+    expect(ok.status, ok.text).toBe(200);
+    const claims = await grantOf(ok.json!.jwt);
+    expect([claims.sub, claims.video?.canPublish]).toEqual([msc4195Identity(ALICE, MEMBER), false]);
+    // The remote service's refusal is relayed (alice is not joined as the remote server sees it)...
+    hsB.setJoined(ROOM_ID, ALICE, false);
+    const refused = await proxied(a, `${CS_V1}/get_token`, tokenBody({ server_name: REMOTE }));
+    expect([refused.status, refused.json?.errcode]).toEqual([403, 'M_FORBIDDEN']);
+    // ...a target server not in the room is refused before asking it, and an unreachable one is 502.
+    hsA.setJoined(ROOM_ID, 'nowhere.test', true);
+    const unreachable = await proxied(a, `${CS_V1}/get_token`, tokenBody({ server_name: 'nowhere.test' }));
+    expect([unreachable.status, unreachable.json?.errcode]).toEqual([502, 'M_UNKNOWN']);
+    const notJoined = await proxied(a, `${CS_V1}/get_token`, tokenBody({ server_name: 'absent.test' }));
+    expect([notJoined.status, notJoined.json?.errcode]).toEqual([403, 'M_FORBIDDEN']);
+  });
+});
+
 describe('application-service delegations', () => {
   async function lifecycle(opts: FakeHomeserverOptions, path: string) {
     const hs = await homeserver(opts);
