@@ -647,7 +647,7 @@ export class FakeHomeserver {
       body: JSON.stringify(body.value.body ?? {}),
     });
     const text = await res.text();
-    let content: unknown = null;
+    let content: unknown;
     try {
       content = JSON.parse(text);
     } catch {
