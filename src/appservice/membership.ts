@@ -23,6 +23,8 @@ interface Tracked {
 
 /** A token lives an hour: a participant tracked longer than that without being in the call will not join with it. */
 const FORGET_AFTER_MS = 60 * 60_000;
+/** How many tracked participants trigger a pass that forgets stale ones when no sweep runs. */
+const PRUNE_EVERY = 4096;
 /** `is_joined` questions one sweep asks at once. */
 const SWEEP_CONCURRENCY = 8;
 
@@ -50,7 +52,12 @@ export class MembershipMonitor {
 
   /** A token was issued or a delegation made: (room, identity) belongs to `user` in Matrix room `matrixRoom`. */
   track(room: string, identity: string, matrixRoom: string, user: string): void {
-    this.tracked.set(`${room}\u0000${identity}`, { matrixRoom, user, seenAt: this.deps.clock.now() });
+    const now = this.deps.clock.now();
+    this.tracked.set(`${room}\u0000${identity}`, { matrixRoom, user, seenAt: now });
+    // Without a sweep (interval 0) nothing else forgets: every so many tokens, the ones too old to be used go.
+    if (this.tracked.size % PRUNE_EVERY === 0) {
+      for (const [key, t] of this.tracked) if (now - t.seenAt > FORGET_AFTER_MS && this.deps.presence.activeSid(...(key.split('\u0000') as [string, string])) === null) this.tracked.delete(key);
+    }
   }
 
   get trackedCount(): number {
