@@ -9,7 +9,10 @@ import type { AddressResolver } from './homeserver/address-guard.js';
 import { HomeserverClient } from './homeserver/client.js';
 import { compatRoutes } from './http/compat.js';
 import { tokenRoutes } from './http/token.js';
-import { matrixResolverFor } from './compat/matrix-user.js';
+import { appserviceRoutes } from './http/appservice.js';
+import { AppserviceHomeserver } from './appservice/homeserver-api.js';
+import { MembershipMonitor, type ParticipantRemover } from './appservice/membership.js';
+import { matrixResolverFor, usableCsApi } from './compat/matrix-user.js';
 import type { MatrixResolver } from './compat/matrix-resolver.js';
 import type { RoomCreator } from './compat/livekit-token.js';
 import { consoleRoutes } from './http/console.js';
@@ -53,6 +56,8 @@ export interface AppDeps {
   roomCreator?: RoomCreator;
   /** Address lookups of homeserver host names (dns.lookup by default); tests answer them without DNS. */
   resolveAddress?: AddressResolver;
+  /** RoomService `RemoveParticipant` for membership checks; by default the same SDK client. */
+  participantRemover?: ParticipantRemover;
 }
 
 export interface Daemon {
@@ -63,6 +68,8 @@ export interface Daemon {
   logger: Logger;
   watch: WatchHub;
   reconciler: Reconciler;
+  /** Application-service mode's membership checks, or null when standalone. */
+  membership: MembershipMonitor | null;
   /** Loads state and starts the scheduler; call before listening. */
   start(): Promise<void>;
   /** Graceful stop: refuse new work, let in-flight calls finish until the deadline, close the store. */
@@ -104,7 +111,16 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
     allowPrivateAddresses: config.allowPrivateAddresses,
     allowHttp: config.allowHttp,
   };
-  const homeservers = new HomeserverClient({ rate: config.homeserverRate, clock, metrics, policy, ...(deps.resolveAddress ? { resolve: deps.resolveAddress } : {}) });
+  // Application-service mode: what we ask our homeserver as the service, and how calls made as a user look.
+  const asApi = config.appservice ? new AppserviceHomeserver({ asToken: config.appservice.asToken, clock }) : null;
+  const homeservers = new HomeserverClient({
+    rate: config.homeserverRate,
+    clock,
+    metrics,
+    policy,
+    ...(deps.resolveAddress ? { resolve: deps.resolveAddress } : {}),
+    ...(asApi && config.appservice ? { asUser: { asToken: config.appservice.asToken, api: asApi } } : {}),
+  });
   const engine: DelegationEngine = new DelegationEngine({
     store,
     homeservers,
@@ -174,7 +190,8 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
   if (config.adminToken) {
     const adminToken = config.adminToken;
     await app.register(fastifyWebsocket, { options: { maxPayload: 4096 } });
-    await app.register(adminRoutes, { adminToken, engine, store });
+    const mode = config.appservice ? { kind: 'appservice' as const, server_name: config.appservice.serverName } : { kind: 'standalone' as const };
+    await app.register(adminRoutes, { adminToken, engine, store, mode });
     await app.register(watchRoutes, { adminToken, hub: watch });
   }
   await app.register(webhookRoutes, { auth, intake, metrics, clock, isShuttingDown });
@@ -182,6 +199,28 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
   if (!deps.resolver) app.addHook('onClose', async () => resolver.close());
   await app.register(compatRoutes, { config, engine, logger, resolver, isShuttingDown });
   await app.register(tokenRoutes, { config, engine, resolver, rooms: deps.roomCreator ?? roomService, metrics, logger, isShuttingDown });
+  let membership: MembershipMonitor | null = null;
+  if (config.appservice && asApi) {
+    const own = config.appservice.serverName;
+    const monitorLog = logger.child({ component: 'membership' });
+    const monitor = new MembershipMonitor({
+      isJoined: async (matrixRoom, user) => {
+        const base = await usableCsApi(resolver, own, config, monitorLog);
+        if (!base) throw new Error('client-server API not resolved');
+        return asApi.isJoined(base.url, matrixRoom, { mxid: user });
+      },
+      remover: deps.participantRemover ?? roomService,
+      removed: (room, identity, cause) => engine.removedFromCall(room, identity, cause),
+      presence: engine.presence,
+      clock,
+      logger: monitorLog,
+      metrics,
+      intervalMs: config.appservice.membershipCheckIntervalMs,
+    });
+    engine.onParticipantJoined((room, identity) => monitor.onJoined(room, identity));
+    membership = monitor;
+    await app.register(appserviceRoutes, { config, appservice: config.appservice, api: asApi, engine, resolver, rooms: deps.roomCreator ?? roomService, metrics, logger, limitParticipant, isShuttingDown, membership: monitor });
+  }
 
   return {
     app,
@@ -191,9 +230,11 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
     logger,
     watch,
     reconciler,
+    membership,
     async start() {
       await topology.start({ engine, intake });
       reconciler.start();
+      membership?.start();
       started = true;
     },
     async shutdown() {
@@ -202,6 +243,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
       const deadline = clock.now() + config.shutdownTimeoutMs;
       logger.info({ deadline_ms: config.shutdownTimeoutMs }, 'shutting down: refusing new work, finishing calls in flight');
       await reconciler.stop();
+      await membership?.stop();
       await app.close();
       intake.stop();
       await intake.idle();
@@ -209,6 +251,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
       // Hand the work over at once (replicas: instead of letting their leases run out).
       await topology.stop();
       await homeservers.close().catch((err) => logger.warn({ err }, 'closing homeserver connections failed'));
+      await asApi?.close().catch((err) => logger.warn({ err }, 'closing application-service connections failed'));
       await store.close();
       logger.info('stopped');
     },

@@ -2,7 +2,7 @@
  * Configuration from the environment (and a few flags), validated once at start-up. `--dev` only fills in
  * defaults; anything set explicitly still holds (contract section 4).
  */
-import { nameTheirs, translateLkJwtEnv } from './lk-jwt-env.js';
+import { nameTheirs, translateLkJwtEnv, type AppserviceSettings } from './lk-jwt-env.js';
 import { parseSentinelUrl } from './store/redis-connection.js';
 import { DEFAULT_REDIS_PREFIX } from './store/redis-keys.js';
 
@@ -68,6 +68,8 @@ export interface Config {
   historyMaxBytes: number;
   /** Homeserver origins that may have open delegations at once (each holds a limiter and a connection pool). */
   maxHomeserverOrigins: number;
+  /** Application-service mode behind the homeserver (contract section 8), or null when standalone. */
+  appservice: AppserviceSettings | null;
 }
 
 export class ConfigError extends Error {
@@ -218,7 +220,8 @@ export function loadConfig(input: Record<string, string | undefined>, opts: { de
   }
 
   const homeservers: HomeserverAllowList = { any: false, origins: new Set(), serverNames: new Set() };
-  const hsRaw = get('SIDECAR_HOMESERVERS') ?? (dev ? '*' : undefined);
+  // Behind a homeserver, that homeserver is the one served unless the operator lists more.
+  const hsRaw = get('SIDECAR_HOMESERVERS') ?? (dev ? '*' : lk.settings.appservice?.serverName);
   if (hsRaw === undefined) problems.push('SIDECAR_HOMESERVERS is required (origins like https://matrix.example, server names like example.org, or *)');
   else {
     for (const entry of hsRaw.split(/[\s,]+/).filter(Boolean)) {
@@ -351,6 +354,7 @@ export function loadConfig(input: Record<string, string | undefined>, opts: { de
     requestTimeoutMs,
     historyMaxBytes,
     maxHomeserverOrigins,
+    appservice: lk.settings.appservice,
   };
 }
 

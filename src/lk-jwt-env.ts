@@ -5,6 +5,7 @@
  * both. Settings that have no counterpart of ours come back in `settings`.
  */
 import { readFileSync } from 'node:fs';
+import { parse as parseYaml } from 'yaml';
 
 interface LkJwtSettings {
   /** `LIVEKIT_CAN_UPDATE_OWN_METADATA=true`: tokens grant `canUpdateOwnMetadata`. */
@@ -13,6 +14,21 @@ interface LkJwtSettings {
   tlsSkipVerify: boolean;
   /** The API key that signs tokens (lk-jwt-service's `LIVEKIT_KEY`), when the lk-jwt-service names gave one. */
   signingKey: string | null;
+  /** Application-service mode (contract section 8), when its settings are all set. */
+  appservice: AppserviceSettings | null;
+}
+
+export interface AppserviceSettings {
+  /** What we present to the homeserver when we act as a user (`Authorization: Bearer`, with `user_id=`). */
+  asToken: string;
+  /** What the homeserver presents to us on every proxied request. */
+  hsToken: string;
+  /** The homeserver we are the application service of. */
+  serverName: string;
+  /** Where the tokens were read from, when a registration file gave them. */
+  registrationFile: string | null;
+  /** How often joined participants' Matrix membership is checked; 0 = never (only at participant_joined). */
+  membershipCheckIntervalMs: number;
 }
 
 export interface LkJwtTranslation {
@@ -33,8 +49,6 @@ const TLS_SKIP_MAGIC = 'YES_I_KNOW_WHAT_I_AM_DOING';
 
 const KEY_NAMES = ['LIVEKIT_KEY', 'LIVEKIT_SECRET', 'LIVEKIT_KEY_FROM_FILE', 'LIVEKIT_SECRET_FROM_FILE', 'LIVEKIT_KEY_FILE'] as const;
 const MODE_NAMES = [...KEY_NAMES, 'LIVEKIT_FULL_ACCESS_HOMESERVERS', 'LIVEKIT_JWT_BIND', 'LIVEKIT_JWT_PORT'] as const;
-/** lk-jwt-service's application-service mode: a later version of ours (contract section 8). */
-const APPSERVICE_NAMES = ['LIVEKIT_AS_TOKEN', 'LIVEKIT_HS_TOKEN', 'LIVEKIT_AS_REGISTRATION_FILE', 'LIVEKIT_HS_SERVER_NAME'] as const;
 const LOG_LEVELS: Record<string, string> = { debug: 'debug', info: 'info', warn: 'warn', warning: 'warn', error: 'error' };
 /** lk-jwt-service accepts any delay above zero; Element Call's older releases delegate 10 s delays. */
 const LK_JWT_MIN_TIMEOUT_MS = '1000';
@@ -70,12 +84,8 @@ export function translateLkJwtEnv(input: Record<string, string | undefined>, rea
       return undefined;
     }
   };
-  const settings: LkJwtSettings = { canUpdateOwnMetadata: false, tlsSkipVerify: false, signingKey: null };
-
-  const appservice = APPSERVICE_NAMES.filter((n) => get(n) !== undefined);
-  if (appservice.length) {
-    problems.push(`${appservice.join(', ')}: lk-jwt-service's application-service mode is not supported by this version; unset ${appservice.length > 1 ? 'them' : 'it'} to serve the standalone routes`);
-  }
+  const settings: LkJwtSettings = { canUpdateOwnMetadata: false, tlsSkipVerify: false, signingKey: null, appservice: null };
+  settings.appservice = appserviceSettings(get, readFile, problems);
 
   // Key and secret: LIVEKIT_KEY_FILE wins over the other four, *_FROM_FILE over the plain variables.
   if (KEY_NAMES.some((n) => get(n) !== undefined)) {
@@ -178,6 +188,58 @@ export function translateLkJwtEnv(input: Record<string, string | undefined>, rea
   if (active && get('SIDECAR_MIN_TIMEOUT_MS') === undefined) env['SIDECAR_MIN_TIMEOUT_MS'] = LK_JWT_MIN_TIMEOUT_MS;
 
   return { env, settings, problems, notices, aliases, active };
+}
+
+/** Default of LIVEKIT_MEMBERSHIP_CHECK_INTERVAL_SECONDS (lk-jwt-service's PR #235). */
+const MEMBERSHIP_CHECK_DEFAULT_SECONDS = 30;
+
+/**
+ * Application-service mode (facts section 5 and 6.1): the two tokens come from LIVEKIT_AS_REGISTRATION_FILE (which
+ * wins) or LIVEKIT_AS_TOKEN / LIVEKIT_HS_TOKEN; with LIVEKIT_HS_SERVER_NAME they are all set or none is.
+ */
+function appserviceSettings(get: (name: string) => string | undefined, readFile: (path: string) => string, problems: string[]): AppserviceSettings | null {
+  const file = get('LIVEKIT_AS_REGISTRATION_FILE');
+  let asToken = get('LIVEKIT_AS_TOKEN');
+  let hsToken = get('LIVEKIT_HS_TOKEN');
+  if (file !== undefined) {
+    const read = readRegistrationTokens(file, readFile);
+    if (typeof read === 'string') {
+      problems.push(`LIVEKIT_AS_REGISTRATION_FILE: ${read}`);
+      return null;
+    }
+    ({ asToken, hsToken } = read);
+  }
+  const serverName = get('LIVEKIT_HS_SERVER_NAME');
+  const given = { 'LIVEKIT_AS_TOKEN (or LIVEKIT_AS_REGISTRATION_FILE)': asToken, 'LIVEKIT_HS_TOKEN (or LIVEKIT_AS_REGISTRATION_FILE)': hsToken, LIVEKIT_HS_SERVER_NAME: serverName };
+  const missing = Object.entries(given).filter(([, v]) => v === undefined).map(([k]) => k);
+  const interval = get('LIVEKIT_MEMBERSHIP_CHECK_INTERVAL_SECONDS');
+  if (interval !== undefined && !/^\d+$/.test(interval)) problems.push(`LIVEKIT_MEMBERSHIP_CHECK_INTERVAL_SECONDS must be a non-negative whole number, got ${JSON.stringify(interval)}`);
+  if (missing.length === 3) return null;
+  if (missing.length) {
+    problems.push(`application-service mode needs its tokens and LIVEKIT_HS_SERVER_NAME together (all or none); missing: ${missing.join(', ')}`);
+    return null;
+  }
+  if (asToken === hsToken) problems.push('LIVEKIT_AS_TOKEN and LIVEKIT_HS_TOKEN must differ (the homeserver would accept the token it sends us as ours)');
+  if (!/^[a-z0-9.-]+(:\d+)?$/i.test(serverName!) && !/^\[[0-9a-f:.]+\](:\d+)?$/i.test(serverName!)) problems.push(`LIVEKIT_HS_SERVER_NAME must be a Matrix server name, got ${JSON.stringify(serverName)}`);
+  const seconds = interval !== undefined && /^\d+$/.test(interval) ? Number(interval) : MEMBERSHIP_CHECK_DEFAULT_SECONDS;
+  return { asToken: asToken!, hsToken: hsToken!, serverName: serverName!.toLowerCase(), registrationFile: file ?? null, membershipCheckIntervalMs: seconds * 1000 };
+}
+
+/** `as_token` and `hs_token` of a registration file (the only keys lk-jwt-service reads), or what is wrong with it. */
+function readRegistrationTokens(path: string, readFile: (path: string) => string): { asToken: string; hsToken: string } | string {
+  let doc: unknown;
+  try {
+    doc = parseYaml(readFile(path));
+  } catch (err) {
+    return (err as { code?: string }).code === 'ENOENT' || (err as { code?: string }).code === 'EACCES' ? `the file ${JSON.stringify(path)} cannot be read` : `the file ${JSON.stringify(path)} is not YAML`;
+  }
+  if (!doc || typeof doc !== 'object' || Array.isArray(doc)) return 'invalid root element (expected a mapping)';
+  const o = doc as Record<string, unknown>;
+  for (const key of ['as_token', 'hs_token']) {
+    if (!(key in o)) return `no ${key} property`;
+    if (typeof o[key] !== 'string' || (o[key] as string).trim() === '') return `invalid value for ${key} (expected a non-empty string)`;
+  }
+  return { asToken: (o.as_token as string).trim(), hsToken: (o.hs_token as string).trim() };
 }
 
 /** `:8080`, `0.0.0.0:8080`, `[::1]:8080`; an empty host means every interface. */

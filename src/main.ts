@@ -1,9 +1,14 @@
 #!/usr/bin/env node
 import closeWithGrace from 'close-with-grace';
 import { buildApp, type Daemon } from './app.js';
+import { REGISTRATION_USAGE, parseRegistrationArgs, registrationYaml } from './appservice/registration.js';
 import { ConfigError, USAGE, loadConfig, parseArgs } from './config.js';
 
 async function main(): Promise<void> {
+  if (process.argv[2] === 'registration') {
+    printRegistration(process.argv.slice(3));
+    return;
+  }
   let config;
   try {
     const args = parseArgs(process.argv.slice(2), process.env);
@@ -39,6 +44,16 @@ async function main(): Promise<void> {
   await daemon.start();
   const address = await listen(daemon.app, config.host, config.port);
   logger.info({ address, store: config.store.kind }, 'futures-sidecar listening');
+}
+
+/** `futures-sidecar registration --url URL`: the application-service registration on stdout. */
+function printRegistration(argv: string[]): void {
+  const input = parseRegistrationArgs(argv, process.env);
+  if (Array.isArray(input)) {
+    console.error(`futures-sidecar registration:\n  - ${input.join('\n  - ')}\n\n${REGISTRATION_USAGE}`);
+    process.exit(2);
+  }
+  process.stdout.write(registrationYaml(input));
 }
 
 /** `::` (lk-jwt-service's `:port`) falls back to 0.0.0.0 where IPv6 is off, as lk-jwt-service does. */

@@ -27,6 +27,12 @@ export class Metrics {
   readonly disconnectToAction: Histogram<'action'>;
   readonly reconcileCorrections: Counter<'kind'>;
   readonly lifecycle: Counter<'change'>;
+  /** Standalone calls a homeserver refused 401: it requires authentication for management (MSC4140 as merged). */
+  readonly homeserverAuthRequired: Counter<'op'>;
+  /** Homeserver calls by the limit they are under: the per-origin bucket, or none (as a user, `rate_limited: false`). */
+  readonly homeserverCallsByLimit: Counter<'limit'>;
+  /** MSC4502 membership checks of participants (application-service mode) by answer. */
+  readonly membershipChecks: Counter<'outcome'>;
   private sources: MetricsSources | null = null;
 
   constructor() {
@@ -104,6 +110,27 @@ export class Metrics {
       registers: register,
     });
     for (const action of ACTION_KINDS) this.disconnectToAction.zero({ action });
+    this.homeserverAuthRequired = new Counter({
+      name: `${PREFIX}homeserver_auth_required_total`,
+      help: 'Unauthenticated refresh or action calls a homeserver refused 401 (management requires authentication; use application-service mode)',
+      labelNames: ['op'],
+      registers: register,
+    });
+    for (const op of ['refresh', 'action']) this.homeserverAuthRequired.inc({ op }, 0);
+    this.homeserverCallsByLimit = new Counter({
+      name: `${PREFIX}homeserver_calls_total`,
+      help: 'Refresh and action calls by the limit that applies: per_origin (one token bucket per homeserver address) or as_user (application-service mode, not limited by us)',
+      labelNames: ['limit'],
+      registers: register,
+    });
+    for (const limit of ['per_origin', 'as_user']) this.homeserverCallsByLimit.inc({ limit }, 0);
+    this.membershipChecks = new Counter({
+      name: `${PREFIX}membership_checks_total`,
+      help: 'Matrix membership checks of call participants (application-service mode): joined, not_joined (removed from LiveKit, leave fired) or error (left alone)',
+      labelNames: ['outcome'],
+      registers: register,
+    });
+    for (const outcome of ['joined', 'not_joined', 'error']) this.membershipChecks.inc({ outcome }, 0);
   }
 
   attach(sources: MetricsSources): void {

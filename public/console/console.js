@@ -41,6 +41,7 @@ const el = {
   token: /** @type {HTMLInputElement} */ ($('token')),
   signinError: $('signin-error'),
   app: $('app'),
+  tMode: $('t-mode'),
   tOpen: $('t-open'),
   tRefreshes: $('t-refreshes'),
   tActions: $('t-actions'),
@@ -781,6 +782,8 @@ async function pollStats(s) {
 }
 
 function renderStats(stats) {
+  // Behind a homeserver (application service) calls are made as each user; standalone they carry no identity.
+  setText(el.tMode, stats.mode?.kind === 'appservice' ? `application service of ${stats.mode.server_name}` : 'standalone');
   setText(el.tOpen, fmtInt(stats.open));
   setText(el.tRefreshes, fmtInt(stats.refreshes_last_minute));
   setText(el.tActions, fmtInt(stats.actions_last_minute));
@@ -801,7 +804,7 @@ function renderStats(stats) {
 }
 
 function clearStats() {
-  for (const node of [el.tOpen, el.tRefreshes, el.tActions, el.tMargin]) node.textContent = '–';
+  for (const node of [el.tMode, el.tOpen, el.tRefreshes, el.tActions, el.tMargin]) node.textContent = '–';
   el.tStates.replaceChildren();
 }
 

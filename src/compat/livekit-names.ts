@@ -49,3 +49,8 @@ export function liveKitIdentity(userId: string, deviceId: string, memberId: stri
 export function legacyIdentity(userId: string, deviceId: string): string {
   return `${userId}:${deviceId}`;
 }
+
+/** MSC4195's LiveKit identity (and lk-jwt-service's application-service routes): hash of `[user_id, member_id]`. */
+export function msc4195Identity(userId: string, memberId: string): string {
+  return hashOf([userId, memberId]);
+}

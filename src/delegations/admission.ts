@@ -40,6 +40,8 @@ export interface AdmissionRequest {
   timeoutMs: number;
   /** The client's address (IPv6 counted by /64): its unconfirmed delegations may hold only a share of a homeserver. */
   client?: string | null | undefined;
+  /** Made as this user (application-service mode): not under the origin's one-address budget. */
+  owner?: string | null | undefined;
 }
 
 /** Whether one more delegation fits the limits per participant, per room and per homeserver origin. */
@@ -61,6 +63,9 @@ export class Admission {
       narrator.registration(req.dialect, 'limited');
       throw limitExceeded('Too many open delegations in this room', RETRY_AFTER_MS);
     }
+    // Calls made as a user are limited per user by the homeserver (or not at all): the origin's budget is the
+    // one-address bucket of unauthenticated calls and does not apply.
+    if (req.owner) return;
     const origin = open.originOf(req.homeserver);
     const load = this.loadRequest(req);
     let refusal = open.load.check(load);
@@ -74,6 +79,7 @@ export class Admission {
 
   /** A new delegation, already open here, holds its load provisionally until its homeserver accepts a refresh. */
   hold(id: string, req: AdmissionRequest): void {
+    if (req.owner) return;
     this.deps.open.load.hold(id, this.loadRequest(req));
   }
 

@@ -114,6 +114,7 @@ export class EffectRunner {
       accessToken: secrets.accessToken,
       actionName: effect.type === 'action' ? d.actions[effect.action] : '',
       source: d.source,
+      asUser: d.owner ?? null,
       // Actions first: a late membership change is worse than a late refresh, which has the rest of the timeout.
       // Last, refreshes of delegations the homeserver never accepted: they must not delay those it did.
       priority: { rank: effect.type === 'action' ? 0 : d.lastRefreshAt === null ? 2 : 1, deadline: d.expiresAt },

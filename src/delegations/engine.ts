@@ -37,6 +37,8 @@ export interface RegistrationRequest {
   replaceSameParticipant?: boolean;
   /** The client's address (IPv6 counted by /64): its unconfirmed delegations may hold only a share of a homeserver. */
   client?: string | null;
+  /** Application-service mode: the Matrix user the calls are made as (see `Delegation.owner`). */
+  owner?: string | null;
 }
 
 /**
@@ -79,6 +81,7 @@ export class DelegationEngine {
   private readonly ownership: Ownership;
   private readonly journal: HistoryJournal;
   readonly presence: PresenceTracker;
+  private readonly joinListeners: Array<(room: string, identity: string) => void> = [];
 
   constructor(
     private readonly deps: {
@@ -187,6 +190,10 @@ export class DelegationEngine {
         else await this.revoke(old.id);
       }
     }
+    if (!req.owner && this.deps.homeservers.requiresAuth(req.homeserver)) {
+      this.narrator.registration(req.dialect, 'forbidden');
+      throw forbidden('This homeserver requires authentication to manage delayed events, which a standalone delegation cannot give; delegate through the homeserver (application-service mode)');
+    }
     const id = `dg_${randomBytes(12).toString('base64url')}`;
     await this.admission.check(req, req.replaceSameParticipant ? 0 : sameParticipant.length, id);
     let sid: string | null = null;
@@ -205,6 +212,7 @@ export class DelegationEngine {
         timeoutMs: req.timeoutMs,
         source: req.source,
         createdAt: this.deps.clock.now(),
+        ...(req.owner ? { owner: req.owner } : {}),
       },
       this.ctx(),
       sid,
@@ -319,6 +327,7 @@ export class DelegationEngine {
     if (!room || !identity || !sid) return;
     if (rec.event === 'participant_joined') {
       await this.observePresent(room, identity, sid, 'participant_joined', rec.joinedAt ?? null);
+      for (const listener of this.joinListeners) listener(room, identity);
       return;
     }
     if (rec.event === 'participant_left' || rec.event === 'participant_connection_aborted') {
@@ -344,6 +353,17 @@ export class DelegationEngine {
         if (correction && after && after !== d) this.narrator.correction(correction);
       }),
     );
+  }
+
+  /** Called after each participant_joined webhook is applied (application-service mode checks membership then). */
+  onParticipantJoined(listener: (room: string, identity: string) => void): void {
+    this.joinListeners.push(listener);
+  }
+
+  /** The participant was removed from the call on purpose (its user left the Matrix room): its delegations fire `leave`. */
+  async removedFromCall(room: string, identity: string, cause: string): Promise<void> {
+    const at = this.deps.clock.now();
+    await Promise.all(this.open.ofParticipant(room, identity).map((id) => this.apply(id, { type: 'departed', sid: this.open.get(id)?.sid ?? null, departure: 'leave', at }, cause)));
   }
 
   /** LiveKit's RoomService no longer lists a connected delegation's participant (twice in a row): a lost connection. */

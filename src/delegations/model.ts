@@ -42,9 +42,10 @@ export const ACTION_KINDS: readonly ActionKind[] = ['leave', 'connection_lost'];
 
 /**
  * The route a delegation arrived through: our own API (`/v1/delegations`), or one of lk-jwt-service's:
- * `compat` = `/delegate_delayed_leave`, `get_token` = `/get_token`, `sfu_get` = `/sfu/get` (delay fields).
+ * `compat` = `/delegate_delayed_leave`, `get_token` = `/get_token`, `sfu_get` = `/sfu/get` (delay fields),
+ * `appservice` = MSC4195's `delegate_delayed_leave` proxied by the homeserver (either path).
  */
-export type DelegationSource = 'api' | 'compat' | 'get_token' | 'sfu_get';
+export type DelegationSource = 'api' | 'compat' | 'get_token' | 'sfu_get' | 'appservice';
 
 /** The path each source names, as the admin API and the console show it. */
 export const SOURCE_ROUTES: Readonly<Record<DelegationSource, string>> = {
@@ -52,6 +53,7 @@ export const SOURCE_ROUTES: Readonly<Record<DelegationSource, string>> = {
   compat: '/delegate_delayed_leave',
   get_token: '/get_token',
   sfu_get: '/sfu/get',
+  appservice: '/_matrix/client/v1/rtc/livekit/delegate_delayed_leave',
 };
 
 /**
@@ -91,6 +93,11 @@ export interface Delegation {
   actionFailures: number;
   /** Final outcome of a terminal delegation: `sent`, `already_finalised`, or an errcode / reason. */
   outcome: string | null;
+  /**
+   * The Matrix user whose delayed event this is, when its calls are made as that user (application-service mode:
+   * our as_token with `user_id=`); absent for standalone delegations, whose calls carry no identity.
+   */
+  owner?: string;
 }
 
 export interface DelegationSecrets {

@@ -6,6 +6,7 @@ import type { Metrics } from '../metrics.js';
 import { checkHomeserverUrl, guardedLookup, type AddressResolver, type GuardPolicy } from './address-guard.js';
 import { readLimited } from '../lib/read-limited.js';
 import { OriginLimiter, type CallPriority } from './limiter.js';
+import type { AppserviceHomeserver } from '../appservice/homeserver-api.js';
 
 export interface HomeserverCall {
   op: 'refresh' | 'action';
@@ -21,6 +22,8 @@ export interface HomeserverCall {
    */
   source: DelegationSource;
   priority: CallPriority;
+  /** Application-service mode: the Matrix user the call is made as (our as_token with `user_id=`). */
+  asUser?: string | null;
 }
 
 export interface CallResult {
@@ -37,8 +40,19 @@ interface Answer {
 }
 
 const REQUEST_TIMEOUT_MS = 10_000;
+/**
+ * How long a homeserver that refused unauthenticated management (401) is refused new standalone delegations: it
+ * will not change its mind soon, but an operator who turned the requirement off is not made to restart us.
+ */
+const AUTH_REQUIRED_TTL_MS = 60 * 60_000;
 const MAX_RESPONSE_BYTES = 64 * 1024;
 const DELAYED_EVENTS_PATH = '/_matrix/client/unstable/org.matrix.msc4140/delayed_events';
+
+/** What calls made as a user need: our as_token, and which delayed-event paths each origin serves. */
+export interface AsUserCalls {
+  asToken: string;
+  api: Pick<AppserviceHomeserver, 'delayedEventsPath' | 'stablePathRefused'>;
+}
 
 /** What the client keeps per homeserver origin while delegations use it (see `forgetOrigin`). */
 interface OriginState {
@@ -63,6 +77,8 @@ export class HomeserverClient {
   /** For origins listed in SIDECAR_HOMESERVERS or the compat overrides, which may be private. */
   private readonly listedAgent: Agent;
   private readonly origins = new Map<string, OriginState>();
+  /** Origins that answered an unauthenticated management call 401, until when they are believed. */
+  private readonly authRequired = new Map<string, number>();
 
   constructor(
     private readonly opts: {
@@ -73,6 +89,8 @@ export class HomeserverClient {
       timeoutMs?: number;
       /** Address lookups for host names (dns.lookup by default; tests inject answers). */
       resolve?: AddressResolver;
+      /** Application-service mode: how calls made as a user are authenticated and addressed. */
+      asUser?: AsUserCalls;
     },
   ) {
     const pool = (lookup?: unknown) =>
@@ -87,6 +105,24 @@ export class HomeserverClient {
     // listed private host would open its every port to participants' URLs under '*'.
     this.agent = pool(guardedLookup({ ...opts.policy, allow: { ...opts.policy.allow, origins: new Set() } }, opts.resolve));
     this.listedAgent = pool(guardedLookup({ ...opts.policy, allowPrivateAddresses: true }, opts.resolve));
+  }
+
+  /**
+   * Does this homeserver require authentication for delayed-event management? Known only after one of our
+   * unauthenticated calls was refused 401; forgotten after a TTL.
+   */
+  requiresAuth(homeserver: string): boolean {
+    let origin: string;
+    try {
+      origin = new URL(homeserver).origin;
+    } catch {
+      return false;
+    }
+    const until = this.authRequired.get(origin);
+    if (until === undefined) return false;
+    if (until > this.opts.clock.now()) return true;
+    this.authRequired.delete(origin);
+    return false;
   }
 
   limiterBacklog(): number {
@@ -150,10 +186,15 @@ export class HomeserverClient {
     let accessToken = c.accessToken;
     let accessTokenRejected = false;
     let fellBack = false;
+    const asUser = c.dialect === 'delayed_events' && c.asUser && this.opts.asUser ? { user: c.asUser, token: this.opts.asUser.asToken } : null;
+    let prefix = asUser ? await this.opts.asUser!.api.delayedEventsPath(c.baseUrl) : DELAYED_EVENTS_PATH;
     for (;;) {
-      const req = this.buildRequest(c, state, accessToken);
+      const req = this.buildRequest(c, state, accessToken, prefix, asUser);
       const sentAt = this.opts.clock.now();
-      const answer = await this.send(req, c.priority, origin, state.limiter);
+      // Calls made as a user are limited per user by the homeserver (and not at all for an application service
+      // registered with `rate_limited: false`): they do not share the origin's one-address bucket.
+      this.opts.metrics.homeserverCallsByLimit.inc({ limit: asUser ? 'as_user' : 'per_origin' });
+      const answer = await this.send(req, c.priority, origin, asUser ? null : state.limiter);
       if ('network' in answer) {
         const kind = answer.network === 'address_refused' ? 'permanent' : 'retry';
         return { outcome: { kind, detail: answer.network }, accessTokenRejected };
@@ -161,7 +202,11 @@ export class HomeserverClient {
       const endpointFault = answer.status === 405 || (answer.status === 404 && (!answer.matrixJson || answer.errcode === 'M_UNRECOGNIZED')) || answer.errcode === 'M_UNRECOGNIZED';
       if (endpointFault && !fellBack) {
         fellBack = true;
-        if (c.dialect === 'futures') state.futuresPost = !state.futuresPost;
+        if (prefix !== DELAYED_EVENTS_PATH) {
+          // Advertised but not served: the unstable path for this origin until `/versions` is asked again.
+          this.opts.asUser!.api.stablePathRefused(c.baseUrl);
+          prefix = DELAYED_EVENTS_PATH;
+        } else if (c.dialect === 'futures') state.futuresPost = !state.futuresPost;
         else state.bodyAction = !state.bodyAction;
         continue;
       }
@@ -170,30 +215,43 @@ export class HomeserverClient {
         accessTokenRejected = true;
         continue;
       }
+      if (answer.status === 401 && accessToken === null && !asUser && c.dialect === 'delayed_events') {
+        this.authRequired.set(origin, this.opts.clock.now() + AUTH_REQUIRED_TTL_MS);
+        this.opts.metrics.homeserverAuthRequired.inc({ op: c.op });
+        return { outcome: { kind: 'permanent', detail: 'homeserver_requires_auth' }, accessTokenRejected };
+      }
       return { outcome: classify(answer, sentAt), accessTokenRejected };
     }
   }
 
-  private buildRequest(c: HomeserverCall, origin: Pick<OriginState, 'futuresPost' | 'bodyAction'>, accessToken: string | null): { url: string; method: 'PUT' | 'POST'; body: string; headers: Record<string, string> } {
+  private buildRequest(
+    c: HomeserverCall,
+    origin: Pick<OriginState, 'futuresPost' | 'bodyAction'>,
+    accessToken: string | null,
+    prefix: string,
+    asUser: { user: string; token: string } | null,
+  ): { url: string; method: 'PUT' | 'POST'; body: string; headers: Record<string, string> } {
     const headers: Record<string, string> = { 'content-type': 'application/json', 'user-agent': 'futures-sidecar' };
     if (c.dialect === 'futures') {
       const path = c.op === 'refresh' ? '/_matrix/client/v3/futures/refresh' : `/_matrix/client/v3/futures/action/${encodeURIComponent(c.actionName)}`;
       return { url: c.baseUrl + path, method: origin.futuresPost ? 'POST' : 'PUT', body: JSON.stringify({ future_token: c.token }), headers };
     }
     if (accessToken !== null) headers.authorization = `Bearer ${accessToken}`;
+    if (asUser) headers.authorization = `Bearer ${asUser.token}`;
+    const query = asUser ? `?user_id=${encodeURIComponent(asUser.user)}` : '';
     const verb = c.op === 'refresh' ? 'restart' : 'send';
     const id = encodeURIComponent(c.token);
-    if (origin.bodyAction) return { url: `${c.baseUrl}${DELAYED_EVENTS_PATH}/${id}`, method: 'POST', body: JSON.stringify({ action: verb }), headers };
-    return { url: `${c.baseUrl}${DELAYED_EVENTS_PATH}/${id}/${verb}`, method: 'POST', body: '{}', headers };
+    if (origin.bodyAction) return { url: `${c.baseUrl}${prefix}/${id}${query}`, method: 'POST', body: JSON.stringify({ action: verb }), headers };
+    return { url: `${c.baseUrl}${prefix}/${id}/${verb}${query}`, method: 'POST', body: '{}', headers };
   }
 
   private async send(
     req: { url: string; method: 'PUT' | 'POST'; body: string; headers: Record<string, string> },
     priority: CallPriority,
     origin: string,
-    limiter: OriginLimiter,
+    limiter: OriginLimiter | null,
   ): Promise<Answer | { network: string }> {
-    await limiter.acquire(priority);
+    await limiter?.acquire(priority);
     let res: Dispatcher.ResponseData;
     try {
       const dispatcher = this.opts.policy.allow.origins.has(origin) ? this.listedAgent : this.agent;
@@ -223,7 +281,7 @@ export class HomeserverClient {
     }
     const header = res.headers['retry-after'];
     if (retryAfterMs === undefined && typeof header === 'string' && /^\d+$/.test(header.trim())) retryAfterMs = Number(header.trim()) * 1000;
-    if (res.statusCode === 429) limiter.throttle();
+    if (res.statusCode === 429) limiter?.throttle();
     return { status: res.statusCode, errcode, matrixJson, retryAfterMs };
   }
 

@@ -26,7 +26,10 @@ function requireAdmin(req: FastifyRequest, adminToken: string): void {
 }
 
 /** The admin API; registered only when SIDECAR_ADMIN_TOKEN is set. */
-export async function adminRoutes(app: FastifyInstance, deps: { adminToken: string; engine: DelegationEngine; store: Store }): Promise<void> {
+export async function adminRoutes(
+  app: FastifyInstance,
+  deps: { adminToken: string; engine: DelegationEngine; store: Store; /** `standalone`, or the homeserver we are the application service of. */ mode: { kind: 'standalone' } | { kind: 'appservice'; server_name: string } },
+): Promise<void> {
   app.addHook('onRequest', async (req) => requireAdmin(req, deps.adminToken));
 
   app.get<{ Querystring: Static<typeof ListQuery> }>('/v1/admin/delegations', { schema: { querystring: ListQuery } }, async (req) => {
@@ -45,7 +48,7 @@ export async function adminRoutes(app: FastifyInstance, deps: { adminToken: stri
     return { delegations: items, next_cursor: page.nextCursor };
   });
 
-  app.get('/v1/admin/stats', async () => deps.engine.stats());
+  app.get('/v1/admin/stats', async () => ({ ...deps.engine.stats(), mode: deps.mode }));
 
   app.get<{ Params: Static<typeof IdParams> }>('/v1/admin/delegations/:id', { schema: { params: IdParams } }, async (req) => {
     const d = await deps.engine.get(req.params.id);

@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS delegations (
   action_failures INTEGER NOT NULL,
   outcome TEXT,
   token TEXT NOT NULL,
-  access_token TEXT
+  access_token TEXT,
+  owner TEXT
 );
 CREATE INDEX IF NOT EXISTS delegations_open ON delegations(open) WHERE open = 1;
 CREATE INDEX IF NOT EXISTS delegations_room ON delegations(room, id);
@@ -95,7 +96,7 @@ const READ_COLUMNS = [
   'id', 'dialect', 'homeserver', 'room', 'identity', 'alt_identity', 'alt_room', 'sid', 'action_leave', 'action_lost',
   'timeout_ms', 'state', 'source', 'created_at', 'updated_at', 'expires_at', 'last_refresh_at', 'next_refresh_at',
   'refresh_failures', 'join_deadline', 'grace_deadline', 'disconnected_at', 'pending_action', 'next_action_at',
-  'action_failures', 'outcome',
+  'action_failures', 'outcome', 'owner',
 ] as const;
 const READ = READ_COLUMNS.join(', ');
 type Values = Array<string | number | null>;
@@ -132,13 +133,17 @@ export class SqliteStore implements Store, AppliedWebhooks {
       if (!(this.db.pragma('table_info(webhooks)') as Array<{ name: string }>).some((c) => c.name === 'joined_at')) {
         this.db.exec('ALTER TABLE webhooks ADD COLUMN joined_at INTEGER');
       }
+      // Files written before delegations could be made as a user (application-service mode).
+      if (!(this.db.pragma('table_info(delegations)') as Array<{ name: string }>).some((c) => c.name === 'owner')) {
+        this.db.exec('ALTER TABLE delegations ADD COLUMN owner TEXT');
+      }
       this.db.exec('BEGIN IMMEDIATE; COMMIT;');
     } catch (err) {
       this.db.close();
       if ((err as { code?: string }).code === 'SQLITE_BUSY') throw new StoreLockedError(path);
       throw err;
     }
-    const cols = ['id', 'token_key', 'dialect', 'homeserver', 'room', 'identity', 'alt_identity', 'alt_room', 'action_leave', 'action_lost', 'timeout_ms', 'source', 'created_at', ...MUTABLE_COLUMNS, 'token', 'access_token'];
+    const cols = ['id', 'token_key', 'dialect', 'homeserver', 'room', 'identity', 'alt_identity', 'alt_room', 'action_leave', 'action_lost', 'timeout_ms', 'source', 'created_at', ...MUTABLE_COLUMNS, 'token', 'access_token', 'owner'];
     this.stmts = {
       insert: this.db.prepare(`INSERT INTO delegations (${cols.join(',')}) VALUES (${cols.map((c) => '@' + c).join(',')})`),
       update: this.db.prepare(`UPDATE delegations SET ${MUTABLE_COLUMNS.map((c) => `${c} = @${c}`).join(', ')} WHERE id = @id`),
@@ -179,6 +184,7 @@ export class SqliteStore implements Store, AppliedWebhooks {
         created_at: d.createdAt,
         token: this.box.seal(secrets.token),
         access_token: secrets.accessToken === null ? null : this.box.seal(secrets.accessToken),
+        owner: d.owner ?? null,
       });
     } catch (err) {
       if ((err as { code?: string }).code === 'SQLITE_CONSTRAINT_UNIQUE' && String(err).includes('token_key')) throw new DuplicateTokenError();
@@ -343,7 +349,7 @@ function toRow(d: Delegation): Row {
 
 
 function fromValues(v: Values): Delegation {
-  const [id, dialect, homeserver, room, identity, altIdentity, altRoom, sid, leave, lost, timeoutMs, state, source, createdAt, updatedAt, expiresAt, lastRefreshAt, nextRefreshAt, refreshFailures, joinDeadline, graceDeadline, disconnectedAt, pendingAction, nextActionAt, actionFailures, outcome] = v;
+  const [id, dialect, homeserver, room, identity, altIdentity, altRoom, sid, leave, lost, timeoutMs, state, source, createdAt, updatedAt, expiresAt, lastRefreshAt, nextRefreshAt, refreshFailures, joinDeadline, graceDeadline, disconnectedAt, pendingAction, nextActionAt, actionFailures, outcome, owner] = v;
   return {
     id: id as string,
     dialect: dialect as Delegation['dialect'],
@@ -370,5 +376,6 @@ function fromValues(v: Values): Delegation {
     nextActionAt: nextActionAt as number | null,
     actionFailures: actionFailures as number,
     outcome: outcome as string | null,
+    ...(owner ? { owner: owner as string } : {}),
   };
 }

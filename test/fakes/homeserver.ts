@@ -42,6 +42,10 @@ export interface CallRecord {
   at: number;
   authorization?: string;
   ip: string;
+  /** The user the call was made as: `user_id=` with the as_token, or the client helpers' user with their token. */
+  userId?: string;
+  /** Made on MSC4140's stable `/_matrix/client/v1/delayed_events` path. */
+  stable?: boolean;
 }
 
 export type HandleStatus = 'pending' | 'timed_out' | 'actioned' | 'sent' | 'cancelled' | 'invalidated' | 'unknown';
@@ -73,6 +77,24 @@ export interface FakeHomeserverOptions {
   rateLimit?: RateLimit | null;
   /** Access token the client helpers (`createFuture`, ...) send. */
   clientAccessToken?: string;
+  /** The user that access token belongs to. */
+  clientUserId?: string;
+  /** An application service is registered with this as_token: it may act as any user with `user_id=` (MSC4140 as merged). */
+  appservice?: { asToken: string };
+  /** Serve MSC4140's stable `v1` management and lookup paths, and advertise them in `/versions`. */
+  stableDelayedEvents?: boolean;
+  /** Serve the single delayed-event lookup (GET .../delayed_events/{id}); without it only the user's list (Synapse 1.157). */
+  singleDelayLookup?: boolean;
+  /** Management calls need authentication (MSC4140 as merged); unauthenticated ones answer 401 M_MISSING_TOKEN. */
+  requireManagementAuth?: boolean;
+  /** This homeserver's server name, sent as `X-Matrix-Origin` by its federation proxy. */
+  serverName?: string;
+}
+
+/** Where MSC4512's `fed_proxy` delivers for a destination: that server's application service, as its homeserver would. */
+interface FederationPeer {
+  url: string;
+  hsToken: string;
 }
 
 export interface CreateFutureInput {
@@ -95,6 +117,8 @@ export interface CreateFutureResult {
 }
 
 export interface CreateDelayedEventInput {
+  /** Scheduled as this user through the application service (as_token + `user_id=`) instead of the client's token. */
+  asUser?: string;
   roomId: string;
   eventType: string;
   content: Record<string, unknown>;
@@ -110,6 +134,8 @@ export interface SendStateInput {
 }
 
 const CLIENT_V3 = ['_matrix', 'client', 'v3'] as const;
+const MSC4140_STABLE = ['_matrix', 'client', 'v1', 'delayed_events'] as const;
+const MSC4502_UNSTABLE = ['_matrix', 'client', 'unstable', 'io.element.msc4502', 'rooms'] as const;
 const MSC4140_UNSTABLE = ['_matrix', 'client', 'unstable', 'org.matrix.msc4140'] as const;
 const DELAY_QUERY_PARAM = 'org.matrix.msc4140.delay';
 const SEND_NOW_TEMPLATE = '$m.send_now.event_id';
@@ -148,6 +174,8 @@ interface DelayedRecord {
   status: HandleStatus;
   expiresAt: number;
   timer?: NodeJS.Timeout;
+  /** Who scheduled it; only that user may see or manage it when the call says who it is. */
+  owner?: string;
 }
 
 type HandleRecord = FutureRecord | DelayedRecord;
@@ -191,6 +219,10 @@ interface Knobs {
   latencyMs: number;
   rateLimit: RateLimit | null;
   down: boolean;
+  stableDelayedEvents: boolean;
+  singleDelayLookup: boolean;
+  requireManagementAuth: boolean;
+  membershipDown: boolean;
 }
 
 function randomToken(bytes: number): string {
@@ -358,6 +390,12 @@ export class FakeHomeserver {
   private readonly roomState = new Map<string, { eventId: string; content: Record<string, unknown> }>();
   private readonly txnResponses = new Map<string, Reply>();
   private readonly clientAccessToken: string;
+  private readonly clientUserId: string;
+  private readonly asToken: string | null;
+  private readonly serverName: string;
+  private readonly peers = new Map<string, FederationPeer>();
+  /** `room\0@user:server` and `room\0server-name` of whoever is joined (MSC4502's two questions). */
+  private readonly joined = new Set<string>();
   private baseUrl = '';
   private closed = false;
 
@@ -369,7 +407,14 @@ export class FakeHomeserver {
       latencyMs: opts.latencyMs ?? 0,
       rateLimit: opts.rateLimit ?? null,
       down: false,
+      stableDelayedEvents: opts.stableDelayedEvents ?? false,
+      singleDelayLookup: opts.singleDelayLookup ?? true,
+      requireManagementAuth: opts.requireManagementAuth ?? false,
+      membershipDown: false,
     };
+    this.clientUserId = opts.clientUserId ?? '@fake-client:localhost';
+    this.asToken = opts.appservice?.asToken ?? null;
+    this.serverName = opts.serverName ?? 'localhost';
     this.knobs = { ...this.initialKnobs };
     this.clientAccessToken = opts.clientAccessToken ?? 'fake-client-access-token';
     this.server = createServer((req, res) => {
@@ -431,6 +476,33 @@ export class FakeHomeserver {
     this.knobs.perActionEndpoints = enabled;
   }
 
+  /** The user (an mxid) or server (a name) joins or leaves the room, as MSC4502's `is_joined` answers. */
+  setJoined(roomId: string, who: string, joined: boolean): void {
+    if (joined) this.joined.add(`${roomId}\u0000${who}`);
+    else this.joined.delete(`${roomId}\u0000${who}`);
+  }
+
+  /**
+   * `fed_proxy` to `destination` reaches `peer` (its application service's URL and hs_token), as if that server's
+   * homeserver had checked our signature and proxied the request with `X-Matrix-Origin`.
+   */
+  setFederationPeer(destination: string, peer: FederationPeer): void {
+    this.peers.set(destination, peer);
+  }
+
+  /** `is_joined` answers 500 while down. */
+  setMembershipDown(down: boolean): void {
+    this.knobs.membershipDown = down;
+  }
+
+  setStableDelayedEvents(enabled: boolean): void {
+    this.knobs.stableDelayedEvents = enabled;
+  }
+
+  setRequireManagementAuth(required: boolean): void {
+    this.knobs.requireManagementAuth = required;
+  }
+
   setRejectAccessToken(reject: boolean): void {
     this.knobs.rejectAccessToken = reject;
   }
@@ -469,12 +541,12 @@ export class FakeHomeserver {
   async createDelayedEvent(input: CreateDelayedEventInput): Promise<string> {
     const room = encodeURIComponent(input.roomId);
     const type = encodeURIComponent(input.eventType);
-    const query = `?${DELAY_QUERY_PARAM}=${input.delayMs}`;
+    const query = `?${DELAY_QUERY_PARAM}=${input.delayMs}${input.asUser ? `&user_id=${encodeURIComponent(input.asUser)}` : ''}`;
     const path =
       input.stateKey === undefined
         ? `/_matrix/client/v3/rooms/${room}/send/${type}/${randomToken(12)}${query}`
         : `/_matrix/client/v3/rooms/${room}/state/${type}/${encodeURIComponent(input.stateKey)}${query}`;
-    const response = await this.clientRequest('PUT', path, input.content);
+    const response = await this.clientRequest('PUT', path, input.content, input.asUser ? this.asToken ?? undefined : undefined);
     const delayId = response['delay_id'];
     if (typeof delayId !== 'string') throw new Error(`delayed event answered without delay_id: ${JSON.stringify(response)}`);
     return delayId;
@@ -489,10 +561,10 @@ export class FakeHomeserver {
     return eventId;
   }
 
-  private async clientRequest(method: string, path: string, body: unknown): Promise<Record<string, unknown>> {
+  private async clientRequest(method: string, path: string, body: unknown, token = this.clientAccessToken): Promise<Record<string, unknown>> {
     const response = await fetch(`${this.baseUrl}${path}`, {
       method,
-      headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${this.clientAccessToken}` },
+      headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${token}` },
       body: JSON.stringify(body),
     });
     const text = await response.text();
@@ -505,21 +577,40 @@ export class FakeHomeserver {
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const at = Date.now();
     const method = req.method ?? 'GET';
-    const url = new URL(req.url ?? '/', 'http://fake-homeserver');
+    const requested = new URL(req.url ?? '/', 'http://fake-homeserver');
     const raw = await readRawBody(req);
-    const segments = decodeSegments(url.pathname);
+    let segments = decodeSegments(requested.pathname);
+    // MSC4140's stable paths are the unstable ones under another prefix, when served at all.
+    const stable = this.knobs.stableDelayedEvents && segments !== undefined && startsWith(segments, MSC4140_STABLE);
+    const url = stable ? new URL(requested.pathname.replace('/_matrix/client/v1/', '/_matrix/client/unstable/org.matrix.msc4140/') + requested.search, requested) : requested;
+    if (stable) segments = decodeSegments(url.pathname);
     const body = parseBody(raw);
     const route = segments ? this.resolve(method, segments) : ({ kind: 'unrecognized', status: 404 } as const);
     const authorization = req.headers.authorization;
+    const userId = this.callerOf(authorization, requested);
+    const label = labelCall(url, segments ?? [], body);
     const call: CallRecord = {
       method,
-      path: url.pathname,
+      path: requested.pathname,
       status: 0,
       at,
       ip: req.socket.remoteAddress ?? '',
       ...(authorization !== undefined ? { authorization } : {}),
-      ...labelCall(url, segments ?? [], body),
+      ...(userId !== undefined ? { userId } : {}),
+      ...(stable ? { stable } : {}),
+      ...label,
+      ...(label.path !== undefined && stable ? { path: label.path.replace('/_matrix/client/unstable/org.matrix.msc4140/', '/_matrix/client/v1/') } : {}),
     };
+    if (segments?.join('/') === '_matrix/client/unstable/io.element.msc4512/appservice/fed_proxy') {
+      this.finish(res, await this.fedProxy(method, call, body), call);
+      return;
+    }
+    const appservice = segments ? this.appserviceReply(method, url, segments, call) : undefined;
+    if (appservice) {
+      if (segments && isManagementPath(segments) && !(await this.passDownAndLatency(call, req))) return;
+      this.finish(res, appservice, call);
+      return;
+    }
 
     if (segments && isManagementPath(segments)) {
       const reachable = await this.passDownAndLatency(call, req);
@@ -530,6 +621,86 @@ export class FakeHomeserver {
       return;
     }
     this.finish(res, this.handleOther(route, url, body, call), call);
+  }
+
+  /** Who a call is made as: the application service's `user_id=`, or the client helpers' user. */
+  private callerOf(authorization: string | undefined, url: URL): string | undefined {
+    const token = bearerToken(authorization);
+    if (token === undefined) return undefined;
+    if (this.asToken !== null && token === this.asToken) return url.searchParams.get('user_id') ?? undefined;
+    return token === this.clientAccessToken ? this.clientUserId : undefined;
+  }
+
+  /** MSC4512's outgoing federation proxy, for the application service only. */
+  private async fedProxy(method: string, call: CallRecord, body: ParsedBody): Promise<Reply> {
+    if (method !== 'POST') return matrixError(405, 'M_UNRECOGNIZED', 'Unrecognized request');
+    if (this.asToken === null || bearerToken(call.authorization) !== this.asToken) return matrixError(403, 'M_FORBIDDEN', 'Only application services may use the federation proxy');
+    if (body.kind !== 'object') return matrixError(400, 'M_NOT_JSON', 'Content not JSON.');
+    const { destination, path } = body.value;
+    if (typeof destination !== 'string' || typeof path !== 'string') return matrixError(400, 'M_MISSING_PARAM', 'destination and path are required');
+    if (!path.startsWith('/_matrix/federation/')) return matrixError(403, 'IO.ELEMENT.MSC4512.M_FEDPROXY_PATH_NOT_ALLOWED', 'Path not allowed');
+    const peer = this.peers.get(destination);
+    if (!peer) return matrixError(502, 'IO.ELEMENT.MSC4512.M_FEDPROXY_CONNECTION_FAILED', 'Could not reach the destination');
+    const res = await fetch(`${peer.url}${path}`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${peer.hsToken}`, 'x-matrix-origin': this.serverName, 'content-type': 'application/json' },
+      body: JSON.stringify(body.value.body ?? {}),
+    });
+    const text = await res.text();
+    let content: unknown;
+    try {
+      content = JSON.parse(text);
+    } catch {
+      content = null;
+    }
+    return { status: 200, body: { status: res.status, content } };
+  }
+
+  /** `/versions`, MSC4502's `is_joined`, and the delayed-event lookup and list; undefined for every other call. */
+  private appserviceReply(method: string, url: URL, segments: readonly string[], call: CallRecord): Reply | undefined {
+    if (method === 'GET' && segments.join('/') === '_matrix/client/versions') {
+      return {
+        status: 200,
+        body: {
+          versions: ['v1.11', 'v1.12'],
+          unstable_features: { 'org.matrix.msc4140': true, 'org.matrix.msc4140.stable': this.knobs.stableDelayedEvents, 'io.element.msc4502': this.asToken !== null },
+        },
+      };
+    }
+    if (startsWith(segments, MSC4502_UNSTABLE) && segments.length === 7 && segments[6] === 'is_joined') {
+      if (method !== 'GET') return matrixError(405, 'M_UNRECOGNIZED', 'Unrecognized request');
+      const token = bearerToken(call.authorization);
+      if (token === undefined) return matrixError(401, 'M_MISSING_TOKEN', 'Missing access token');
+      if (token !== this.asToken) return matrixError(403, 'M_FORBIDDEN', 'Missing scope urn:matrix:client:io.element.msc4502:rooms:is_joined');
+      const mxid = url.searchParams.get('mxid');
+      const server = url.searchParams.get('server_name');
+      if ((mxid === null) === (server === null)) return matrixError(400, 'M_MISSING_PARAM', 'Exactly one of mxid and server_name is required');
+      if (this.knobs.membershipDown) return matrixError(500, 'M_UNKNOWN', 'Internal server error');
+      return { status: 200, body: { joined: this.joined.has(`${segments[5]}\u0000${mxid ?? server}`) } };
+    }
+    if (method !== 'GET' || !startsWith(segments, [...MSC4140_UNSTABLE, 'delayed_events']) || segments.length > 6) return undefined;
+    if (call.userId === undefined) return matrixError(401, 'M_MISSING_TOKEN', 'Missing access token');
+    const mine = (r: HandleRecord | undefined): r is DelayedRecord => r?.kind === 'delayed' && r.status === 'pending' && r.owner === call.userId;
+    if (segments.length === 5) {
+      const list = [...this.records.values()].filter(mine).map((r) => ({
+        delay_id: r.handle,
+        room_id: r.roomId,
+        type: r.type,
+        ...(r.stateKey !== undefined ? { state_key: r.stateKey } : {}),
+        delay: r.delayMs,
+        running_since: r.expiresAt - r.delayMs,
+        content: r.content,
+      }));
+      return { status: 200, body: { delayed_events: list } };
+    }
+    if (!this.knobs.singleDelayLookup) return matrixError(405, 'M_UNRECOGNIZED', 'Unrecognized request');
+    const record = this.records.get(segments[5] ?? '');
+    call.handle = segments[5] ?? '';
+    if (!mine(record)) return matrixError(404, 'M_NOT_FOUND', 'Delayed event not found');
+    return {
+      status: 200,
+      body: { delay_id: record.handle, room_id: record.roomId, type: record.type, delay_ms: record.delayMs, scheduled_at: record.expiresAt - record.delayMs, content: record.content },
+    };
   }
 
   /** Down and latency hit every call to a management path, also those the routing then refuses (405 and the like). */
@@ -759,6 +930,7 @@ export class FakeHomeserver {
       delayMs,
       status: 'pending',
       expiresAt: Date.now() + delayMs,
+      ...(call.userId !== undefined ? { owner: call.userId } : {}),
     };
     this.records.set(record.handle, record);
     call.handle = record.handle;
@@ -772,7 +944,13 @@ export class FakeHomeserver {
     if (this.knobs.rejectAccessToken && bearerToken(call.authorization) !== undefined) {
       return matrixError(401, 'M_UNKNOWN_TOKEN', 'Unrecognised access token');
     }
-    const limited = this.rateLimited(call.ip);
+    if (this.knobs.requireManagementAuth && bearerToken(call.authorization) === undefined) {
+      return matrixError(401, 'M_MISSING_TOKEN', 'Missing access token');
+    }
+    // An application service registered with `rate_limited: false` is not limited; everyone else shares their
+    // address's bucket (Synapse's default for unauthenticated management).
+    const viaAppservice = this.asToken !== null && bearerToken(call.authorization) === this.asToken;
+    const limited = viaAppservice ? undefined : this.rateLimited(call.ip);
     if (limited) return limited;
 
     if (body.kind === 'invalid') return matrixError(400, 'M_NOT_JSON', 'Content not JSON.');
@@ -803,7 +981,8 @@ export class FakeHomeserver {
         : matrixError(400, 'M_INVALID_PARAM', "'action' is not one of restart, send, cancel");
     }
     const record = this.records.get(route.delayId);
-    if (record?.kind !== 'delayed' || record.status !== 'pending') {
+    const foreign = record?.kind === 'delayed' && call.userId !== undefined && record.owner !== undefined && record.owner !== call.userId;
+    if (record?.kind !== 'delayed' || record.status !== 'pending' || foreign) {
       return matrixError(404, 'M_NOT_FOUND', 'Delayed event not found');
     }
     switch (delayedAction) {

@@ -254,7 +254,7 @@ export async function mintParticipantToken(opts: {
   return token.toJwt();
 }
 
-export type RoomServiceMethod = 'ListParticipants' | 'GetParticipant' | 'CreateRoom';
+export type RoomServiceMethod = 'ListParticipants' | 'GetParticipant' | 'CreateRoom' | 'RemoveParticipant';
 
 /** The settings a `CreateRoom` call asked for (proto3 JSON leaves zeros out; they are 0 here). */
 interface CreateRoomParams {
@@ -391,7 +391,7 @@ export class FakeRoomService {
     const raw = await readRawBody(req);
     const match = /^\/twirp\/livekit\.RoomService\/([A-Za-z]+)$/.exec(new URL(req.url ?? '/', 'http://fake-livekit').pathname);
     const method = match?.[1];
-    if (req.method !== 'POST' || (method !== 'ListParticipants' && method !== 'GetParticipant' && method !== 'CreateRoom')) {
+    if (req.method !== 'POST' || (method !== 'ListParticipants' && method !== 'GetParticipant' && method !== 'CreateRoom' && method !== 'RemoveParticipant')) {
       writeJson(res, twirpError(404, `no handler for path ${req.url ?? ''}`, 'bad_route'));
       return;
     }
@@ -448,6 +448,10 @@ export class FakeRoomService {
     }
     const participant = identity !== undefined ? members?.get(identity) : undefined;
     if (!participant) return twirpError(404, 'participant not found', 'not_found');
+    if (method === 'RemoveParticipant') {
+      members!.delete(identity!);
+      return { status: 200, body: {} };
+    }
     return { status: 200, body: participant.toJson() };
   }
 

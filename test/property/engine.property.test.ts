@@ -161,6 +161,7 @@ class World {
       call: (c: HomeserverCall) => this.onCall(c),
       limiterBacklog: () => 0,
       forgetOrigin: () => {},
+      requiresAuth: () => false,
       close: async () => {},
     } as unknown as HomeserverClient;
     return new DelegationEngine({ store: this.store, homeservers, clock: this.clock, logger, metrics, settings: SETTINGS, limits: LIMITS, random: this.random });

@@ -127,8 +127,42 @@ describe("lk-jwt-service's environment as a complete configuration", () => {
     expect(problems({ ...README, LIVEKIT_LOG_LEVEL: 'debug', LOG_LEVEL: 'error' })).toContain('LOG_LEVEL and LIVEKIT_LOG_LEVEL are both set and disagree; set only one of them');
   });
 
-  it("refuses lk-jwt-service's application-service settings with a clear message (a later version serves that mode)", () => {
-    expect(problems({ ...README, LIVEKIT_AS_TOKEN: 'a', LIVEKIT_HS_TOKEN: 'h' }).join()).toMatch(/LIVEKIT_AS_TOKEN, LIVEKIT_HS_TOKEN: lk-jwt-service's application-service mode is not supported/);
+  it("takes lk-jwt-service's application-service settings all or none, naming what is missing", () => {
+    expect(problems({ ...README, LIVEKIT_AS_TOKEN: 'a', LIVEKIT_HS_TOKEN: 'h' }).join()).toMatch(/all or none\); missing: LIVEKIT_HS_SERVER_NAME$/);
+    expect(problems({ ...README, LIVEKIT_HS_SERVER_NAME: 'hs.example' }).join()).toMatch(/missing: LIVEKIT_AS_TOKEN \(or LIVEKIT_AS_REGISTRATION_FILE\), LIVEKIT_HS_TOKEN/);
+    expect(problems({ ...README, LIVEKIT_AS_TOKEN: 'same', LIVEKIT_HS_TOKEN: 'same', LIVEKIT_HS_SERVER_NAME: 'hs.example' }).join()).toMatch(/must differ/);
+    const c = load({ ...README, LIVEKIT_AS_TOKEN: ' a ', LIVEKIT_HS_TOKEN: 'h', LIVEKIT_HS_SERVER_NAME: 'HS.example' });
+    expect(c.appservice).toEqual({ asToken: 'a', hsToken: 'h', serverName: 'hs.example', registrationFile: null, membershipCheckIntervalMs: 30_000 });
+    expect(load(README).appservice).toBeNull();
+    expect(load({ ...README, LIVEKIT_AS_TOKEN: 'a', LIVEKIT_HS_TOKEN: 'h', LIVEKIT_HS_SERVER_NAME: 'hs.example', LIVEKIT_MEMBERSHIP_CHECK_INTERVAL_SECONDS: '0' }).appservice?.membershipCheckIntervalMs).toBe(0);
+  });
+
+  it('reads the tokens from LIVEKIT_AS_REGISTRATION_FILE, which wins over the variables, as lk-jwt-service does', () => {
+    const files: Record<string, string> = {
+      '/reg.yaml': 'id: x\nas_token: from-file-as\nhs_token: from-file-hs\n',
+      '/no-hs.yaml': 'as_token: a\n',
+      '/list.yaml': '- a\n',
+      '/number.yaml': 'as_token: 5\nhs_token: h\n',
+    };
+    const readFile = (p: string) => {
+      if (!(p in files)) throw Object.assign(new Error('nope'), { code: 'ENOENT' });
+      return files[p]!;
+    };
+    const env = (file: string) => ({ ...README, LIVEKIT_AS_REGISTRATION_FILE: file, LIVEKIT_AS_TOKEN: 'env-as', LIVEKIT_HS_SERVER_NAME: 'hs.example' });
+    const c = loadConfig(env('/reg.yaml'), { dev: false, readFile });
+    expect([c.appservice?.asToken, c.appservice?.hsToken, c.appservice?.registrationFile]).toEqual(['from-file-as', 'from-file-hs', '/reg.yaml']);
+    const problemsOf = (file: string) => {
+      try {
+        loadConfig(env(file), { dev: false, readFile });
+        return '';
+      } catch (err) {
+        return (err as ConfigError).problems.join();
+      }
+    };
+    expect(problemsOf('/no-hs.yaml')).toMatch(/LIVEKIT_AS_REGISTRATION_FILE: no hs_token property/);
+    expect(problemsOf('/list.yaml')).toMatch(/invalid root element/);
+    expect(problemsOf('/number.yaml')).toMatch(/invalid value for as_token/);
+    expect(problemsOf('/missing.yaml')).toMatch(/cannot be read/);
   });
 
   it('leaves a configuration of ours alone', () => {
