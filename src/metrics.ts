@@ -27,6 +27,7 @@ export class Metrics {
   readonly disconnectToAction: Histogram<'action'>;
   readonly reconcileCorrections: Counter<'kind'>;
   readonly lifecycle: Counter<'change'>;
+  readonly refreshMargin: Gauge;
   private sources: MetricsSources | null = null;
 
   constructor() {
@@ -53,6 +54,11 @@ export class Metrics {
       collect() {
         this.set(self.sources?.smallestExpiryMarginSeconds() ?? Infinity);
       },
+    });
+    this.refreshMargin = new Gauge({
+      name: `${PREFIX}refresh_margin_seconds`,
+      help: 'SIDECAR_REFRESH_MARGIN_MS: time left before the expiry when a delegation is refreshed (time_left policy), the homeserver outage it survives; timeouts too short for it keep SIDECAR_REFRESH_AT. Absent under the fraction policy',
+      registers: register,
     });
     new Gauge({
       name: `${PREFIX}homeserver_limiter_backlog`,

@@ -101,7 +101,7 @@ export class DelegationEngine {
       // What the homeserver client keeps for an origin (limiter, dialect learnt) goes when no delegation uses it.
       onOriginIdle: (origin) => deps.homeservers.forgetOrigin(origin),
     });
-    this.open = new OpenDelegations(settings.refreshAt, load);
+    this.open = new OpenDelegations(settings, load);
     this.narrator = new Narrator({ clock, logger, metrics, ...(deps.history ? { history: deps.history } : {}) });
     this.admission = new Admission({ open: this.open, limits: deps.limits, narrator: this.narrator, logger });
     this.effects = new EffectRunner({
@@ -115,6 +115,7 @@ export class DelegationEngine {
     });
     this.schedule = new Schedule(clock, (id) => this.onDue(id));
     this.presence = new PresenceTracker({ clock, retentionMs: presenceRetentionMs(settings) });
+    if (settings.refreshMarginMs !== null) metrics.refreshMargin.set(settings.refreshMarginMs / 1000);
     metrics.attach({
       countByStateAndDialect: () => this.open.countByStateAndDialect(),
       smallestExpiryMarginSeconds: () => this.smallestExpiryMarginSeconds(),
