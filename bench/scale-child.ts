@@ -12,6 +12,7 @@ import { ManualClock } from '../src/clock.js';
 import { DelegationEngine } from '../src/delegations/engine.js';
 import { Schedule } from '../src/delegations/schedule.js';
 import { Metrics } from '../src/metrics.js';
+import { DEFAULT_REFRESH_MARGIN_MS } from '../src/config.js';
 import { SqliteStore } from '../src/store/sqlite.js';
 import { monotonicUs } from './lib/cpuprofile.js';
 import { InstantHomeserver } from './lib/instant-homeserver.js';
@@ -97,7 +98,7 @@ function settleGc(): void {
 }
 
 const DISPATCH_WALL_LIMIT_MS = 120_000;
-const SETTINGS = { reconnectGraceMs: 10_000, joinTimeoutMs: 300_000, refreshAt: 0.5 };
+const SETTINGS = { reconnectGraceMs: 10_000, joinTimeoutMs: 300_000, refreshAt: 0.5, refreshMarginMs: DEFAULT_REFRESH_MARGIN_MS };
 const LIMITS = { maxPerIdentity: 10, maxPerRoom: 5_000, homeserverRate: 1 };
 
 interface EngineInternals {

@@ -128,11 +128,18 @@ function daemonEnv(db: string): Record<string, string> {
   };
 }
 
-async function runOurs(opts: BenchOptions, dir: string, pool: RequestPool, seconds: number, warmup: number, tag: string, nodeArgs: string[] = []): Promise<OursRun & { daemon: BuiltDaemon }> {
+/**
+ * `BENCH_INTAKE_BASELINE=<dist/src/main.js of another build>`: also measure that build in every run (same load,
+ * same seeded store), for a before/after ratio from one run.
+ */
+const BASELINE_MAIN = process.env.BENCH_INTAKE_BASELINE;
+const BASELINE_NAME = process.env.BENCH_INTAKE_BASELINE_NAME ?? 'baseline';
+
+async function runOurs(opts: BenchOptions, dir: string, pool: RequestPool, seconds: number, warmup: number, tag: string, nodeArgs: string[] = [], main?: string): Promise<OursRun & { daemon: BuiltDaemon }> {
   const population = pool.requests.length;
   const db = join(dir, `intake-${tag}.db`);
   await seedDelegations(db, { count: population, perRoom: PER_ROOM, homeserver: HOMESERVER });
-  const daemon = await startBuiltDaemon(daemonEnv(db), { nodeArgs });
+  const daemon = await startBuiltDaemon(daemonEnv(db), { nodeArgs, ...(main ? { main } : {}) });
   try {
     const load = new Load(pool);
     const warm = await load.fire(daemon.url, warmup);
@@ -158,13 +165,15 @@ async function runOurs(opts: BenchOptions, dir: string, pool: RequestPool, secon
 }
 
 export async function run(opts: BenchOptions): Promise<Section> {
-  const reps = opts.quick ? 1 : 3;
+  // BENCH_INTAKE_REPS: fewer runs when time is short (the figures say how many).
+  const reps = opts.quick ? 1 : Number(process.env.BENCH_INTAKE_REPS ?? 3);
   const seconds = opts.quick ? 3 : 10;
   const warmup = opts.quick ? 1 : 2;
   const population = opts.quick ? 40_000 : 160_000;
   const dir = mkdtempSync(join(tmpdir(), 'bench-intake-'));
   const bare: Fired[] = [];
   const ours: OursRun[] = [];
+  const baseline: OursRun[] = [];
   const diag: Record<'receiver' | 'crypto', Result[]> = { receiver: [], crypto: [] };
   const fireBare = async (variant: 'bare' | 'receiver' | 'crypto', pool: RequestPool): Promise<Fired> => {
     const b = await startBare(variant);
@@ -186,6 +195,13 @@ export async function run(opts: BenchOptions): Promise<Section> {
       const o = await runOurs(opts, dir, pool, seconds, warmup, `o${r}${attempt}`);
       await o.daemon.stop();
       opts.log(`run ${r + 1}/${reps}: daemon ${fmt(o.result.requests.average)} req/s, p99 ${o.result.latency.p99} ms, caught up ${fmtMs(o.catchUpMs)} after the load, other load ${o.foreignCores.toFixed(2)} cores`);
+      let base: OursRun | null = null;
+      if (BASELINE_MAIN) {
+        const bo = await runOurs(opts, dir, pool, seconds, warmup, `b${r}${attempt}`, [], BASELINE_MAIN);
+        await bo.daemon.stop();
+        base = bo;
+        opts.log(`run ${r + 1}/${reps}: daemon at ${BASELINE_NAME} ${fmt(bo.result.requests.average)} req/s, p99 ${bo.result.latency.p99} ms, other load ${bo.foreignCores.toFixed(2)} cores`);
+      }
       const d = { receiver: await fireBare('receiver', pool), crypto: await fireBare('crypto', pool) };
       opts.log(`run ${r + 1}/${reps}: bare route + receiver ${fmt(d.receiver.result.requests.average)} req/s, + crypto ${fmt(d.crypto.result.requests.average)} req/s`);
       const disturbed = Math.max(b.foreignCores, o.foreignCores, d.receiver.foreignCores, d.crypto.foreignCores) > DISTURBED_CORES;
@@ -196,6 +212,7 @@ export async function run(opts: BenchOptions): Promise<Section> {
       }
       bare.push(b);
       ours.push(o);
+      if (base) baseline.push(base);
       diag.receiver.push(d.receiver.result);
       diag.crypto.push(d.crypto.result);
       r++;
@@ -243,6 +260,9 @@ export async function run(opts: BenchOptions): Promise<Section> {
       diagRow('`WebhookReceiver.receive` (the SDK\'s verifier, the daemon\'s fallback: jose, then protobuf JSON parsing)', diag.receiver),
       diagRow('the same checks with node:crypto (HMAC-SHA256, constant-time compare, claims, body hash; no parse)', diag.crypto),
       `| the daemon's whole path (above) | ${runs(ours.map((o) => o.result.requests.average), (v) => fmt(v))} | ${fmt(oursRate)} | ${p99} | ${ratio.toFixed(2)} |`,
+      ...(baseline.length
+        ? [`| the daemon's whole path at ${BASELINE_NAME} (before; same runs, same load) | ${runs(baseline.map((o) => o.result.requests.average), (v) => fmt(v))} | ${fmt(median(baseline.map((o) => o.result.requests.average)))} | ${median(baseline.map((o) => o.result.latency.p99))} | ${(median(baseline.map((o) => o.result.requests.average)) / bareRate).toFixed(2)} |`]
+        : []),
     ].join('\n');
 
     const body = [

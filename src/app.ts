@@ -127,7 +127,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
     clock,
     logger,
     metrics,
-    settings: { reconnectGraceMs: config.reconnectGraceMs, joinTimeoutMs: config.joinTimeoutMs, refreshAt: config.refreshAt },
+    settings: { reconnectGraceMs: config.reconnectGraceMs, joinTimeoutMs: config.joinTimeoutMs, refreshAt: config.refreshAt, refreshMarginMs: config.refreshMarginMs },
     limits: { maxPerIdentity: config.maxDelegationsPerIdentity, maxPerRoom: config.maxDelegationsPerRoom, homeserverRate: config.homeserverRate, maxHomeserverOrigins: config.maxHomeserverOrigins },
     history: new HistoryStore({ ...DEFAULT_HISTORY_LIMITS, bytes: config.historyMaxBytes }),
     ...(deps.random ? { random: deps.random } : {}),

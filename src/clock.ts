@@ -50,6 +50,13 @@ export class ManualClock implements Clock {
     this.timers.delete(handle.id as number);
   }
 
+  /** When the earliest pending timer is due, or null when none is: simulations step straight to it. */
+  nextTimerAt(): number | null {
+    let next = Infinity;
+    for (const t of this.timers.values()) next = Math.min(next, t.at);
+    return next === Infinity ? null : next;
+  }
+
   advance(ms: number): void {
     const target = this.current + ms;
     for (;;) {

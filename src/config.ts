@@ -33,6 +33,8 @@ export interface Config {
   reconnectGraceMs: number;
   joinTimeoutMs: number;
   refreshAt: number;
+  /** The `time_left` refresh policy's margin (time left before the expiry at each refresh); null: `fraction`. */
+  refreshMarginMs: number | null;
   minTimeoutMs: number;
   maxTimeoutMs: number;
   homeserverRate: number;
@@ -80,6 +82,11 @@ export class ConfigError extends Error {
 }
 
 const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+
+/** `time_left`: refresh when SIDECAR_REFRESH_MARGIN_MS is left before the expiry; `fraction`: SIDECAR_REFRESH_AT alone. */
+const REFRESH_POLICIES: readonly string[] = ['time_left', 'fraction'];
+/** lk-jwt-service's margin at 2 h delays (it restarts at 80 % of the delay): the homeserver outage a delegation survives. */
+export const DEFAULT_REFRESH_MARGIN_MS = 24 * 60_000;
 
 /** Flags that mirror environment variables. */
 const FLAG_TO_ENV: Record<string, string> = {
@@ -261,6 +268,10 @@ export function loadConfig(input: Record<string, string | undefined>, opts: { de
   const reconnectGraceMs = int('SIDECAR_RECONNECT_GRACE_MS', 10_000, 0, 3_600_000);
   const joinTimeoutMs = int('SIDECAR_JOIN_TIMEOUT_MS', 300_000, 1_000, 86_400_000);
   const refreshAt = num('SIDECAR_REFRESH_AT', 0.5, 0.05, 0.9);
+  const refreshPolicy = get('SIDECAR_REFRESH_POLICY') ?? 'time_left';
+  if (!REFRESH_POLICIES.includes(refreshPolicy)) problems.push(`SIDECAR_REFRESH_POLICY must be one of ${REFRESH_POLICIES.join(', ')}, got ${JSON.stringify(refreshPolicy)}`);
+  const refreshMarginRaw = int('SIDECAR_REFRESH_MARGIN_MS', DEFAULT_REFRESH_MARGIN_MS, 1_000, 30 * 86_400_000);
+  const refreshMarginMs = refreshPolicy === 'time_left' ? refreshMarginRaw : null;
   const minTimeoutMs = int('SIDECAR_MIN_TIMEOUT_MS', dev ? 1_000 : 60_000, 1_000);
   const maxTimeoutMs = int('SIDECAR_MAX_TIMEOUT_MS', 86_400_000, 1_000, 30 * 86_400_000);
   if (minTimeoutMs > maxTimeoutMs) problems.push(`SIDECAR_MIN_TIMEOUT_MS (${minTimeoutMs}) must not exceed SIDECAR_MAX_TIMEOUT_MS (${maxTimeoutMs})`);
@@ -330,6 +341,7 @@ export function loadConfig(input: Record<string, string | undefined>, opts: { de
     reconnectGraceMs,
     joinTimeoutMs,
     refreshAt,
+    refreshMarginMs,
     minTimeoutMs,
     maxTimeoutMs,
     homeserverRate,

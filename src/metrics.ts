@@ -33,6 +33,7 @@ export class Metrics {
   readonly homeserverCallsByLimit: Counter<'limit'>;
   /** MSC4502 membership checks of participants (application-service mode) by answer. */
   readonly membershipChecks: Counter<'outcome'>;
+  readonly refreshMargin: Gauge;
   private sources: MetricsSources | null = null;
 
   constructor() {
@@ -59,6 +60,11 @@ export class Metrics {
       collect() {
         this.set(self.sources?.smallestExpiryMarginSeconds() ?? Infinity);
       },
+    });
+    this.refreshMargin = new Gauge({
+      name: `${PREFIX}refresh_margin_seconds`,
+      help: 'SIDECAR_REFRESH_MARGIN_MS: time left before the expiry when a delegation is refreshed (time_left policy), the homeserver outage it survives; timeouts too short for it keep SIDECAR_REFRESH_AT. Absent under the fraction policy',
+      registers: register,
     });
     new Gauge({
       name: `${PREFIX}homeserver_limiter_backlog`,

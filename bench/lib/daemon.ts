@@ -38,9 +38,9 @@ export interface BuiltDaemon {
  * The built daemon (`node dist/src/main.js`) as its own process, configured only by the environment (no `--dev`,
  * whose request logging would be measured too). Ready once `/readyz` answers 200, i.e. after the store is loaded.
  */
-export async function startBuiltDaemon(env: Record<string, string>, opts: { nodeArgs?: string[]; readyTimeoutMs?: number } = {}): Promise<BuiltDaemon> {
+export async function startBuiltDaemon(env: Record<string, string>, opts: { nodeArgs?: string[]; readyTimeoutMs?: number; main?: string } = {}): Promise<BuiltDaemon> {
   const port = await freePort();
-  const proc = spawn(process.execPath, [...(opts.nodeArgs ?? []), MAIN], {
+  const proc = spawn(process.execPath, [...(opts.nodeArgs ?? []), opts.main ?? MAIN], {
     cwd: ROOT,
     env: {
       PATH: process.env.PATH ?? '',

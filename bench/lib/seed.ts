@@ -3,9 +3,10 @@ import { tokenKeyOf } from '../../src/delegations/model.js';
 import type { Delegation, Dialect } from '../../src/delegations/model.js';
 import { SqliteStore } from '../../src/store/sqlite.js';
 import { refreshDelay } from '../../src/delegations/machine.js';
+import { DEFAULT_REFRESH_MARGIN_MS } from '../../src/config.js';
 
 /** The daemon's defaults: the seeded schedule is the one it would have drawn. */
-const DEFAULT_SETTINGS = { reconnectGraceMs: 10_000, joinTimeoutMs: 300_000, refreshAt: 0.5 };
+const DEFAULT_SETTINGS = { reconnectGraceMs: 10_000, joinTimeoutMs: 300_000, refreshAt: 0.5, refreshMarginMs: DEFAULT_REFRESH_MARGIN_MS };
 
 const B64URL = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
 

@@ -111,7 +111,7 @@ export class DelegationEngine {
       onOriginIdle: (origin) => deps.homeservers.forgetOrigin(origin),
       cluster: deps.clusterLoad ?? null,
     });
-    this.open = new OpenDelegations(settings.refreshAt, load);
+    this.open = new OpenDelegations(settings, load);
     this.journal = new HistoryJournal({ store: deps.store, perDelegation: DEFAULT_HISTORY_LIMITS.perDelegation, logger });
     this.narrator = new Narrator({ clock, logger, metrics, journal: this.journal, ...(deps.history ? { history: deps.history } : {}) });
     this.admission = new Admission({ open: this.open, limits: deps.limits, narrator: this.narrator, logger, cluster: deps.clusterLoad ?? null });
@@ -126,6 +126,7 @@ export class DelegationEngine {
     });
     this.schedule = new Schedule(clock, (id) => this.onDue(id));
     this.presence = new PresenceTracker({ clock, retentionMs: presenceRetentionMs(settings) });
+    if (settings.refreshMarginMs !== null) metrics.refreshMargin.set(settings.refreshMarginMs / 1000);
     metrics.attach({
       countByStateAndDialect: () => this.open.countByStateAndDialect(),
       smallestExpiryMarginSeconds: () => this.smallestExpiryMarginSeconds(),

@@ -16,8 +16,13 @@ import type { HomeserverOutcome } from '../homeserver/outcome.js';
 export interface MachineSettings {
   reconnectGraceMs: number;
   joinTimeoutMs: number;
-  /** Fraction of the timeout after which to refresh. */
+  /** Fraction of the timeout after which to refresh (SIDECAR_REFRESH_AT); the bound for short timeouts. */
   refreshAt: number;
+  /**
+   * The `time_left` policy (SIDECAR_REFRESH_MARGIN_MS): refresh when this much time is left before the expiry, the
+   * homeserver outage a delegation survives; null is the `fraction` policy (refreshAt alone).
+   */
+  refreshMarginMs: number | null;
 }
 
 export interface MachineContext {
@@ -218,7 +223,10 @@ function onRefreshResult(d: Delegation, outcome: HomeserverOutcome, ctx: Machine
     const expiresAt = Math.max(d.expiresAt, outcome.sentAt + d.timeoutMs);
     const base: Delegation = { ...d, expiresAt, lastRefreshAt: outcome.sentAt, refreshFailures: 0, updatedAt: now };
     if (!REFRESHING_STATES.has(d.state)) return { delegation: base, effects: [], changes: [] };
-    return { delegation: { ...base, nextRefreshAt: outcome.sentAt + refreshDelay(d.timeoutMs, ctx) }, effects: [], changes: ['refreshed'] };
+    // The phase may be shared after the first refresh, after retries, or after a refresh held past its point (a
+    // restart, a backlog): see refreshDelay.
+    const spread = d.lastRefreshAt === null || d.refreshFailures > 0 || outcome.sentAt - d.lastRefreshAt > steadyRefreshIntervalMs(d.timeoutMs, ctx.settings) + LATE_MS_PER_TIMEOUT_MS * d.timeoutMs;
+    return { delegation: { ...base, nextRefreshAt: outcome.sentAt + refreshDelay(d.timeoutMs, ctx, spread) }, effects: [], changes: ['refreshed'] };
   }
   if (!REFRESHING_STATES.has(d.state)) return unchanged(d);
   switch (outcome.kind) {
@@ -302,11 +310,46 @@ function unchanged(d: Delegation): Transition {
   return { delegation: d, effects: [], changes: [] };
 }
 
-/** Next refresh: a point drawn from [refreshAt - 0.1, refreshAt] of the timeout, so refreshes spread out. */
-export function refreshDelay(timeoutMs: number, ctx: MachineContext): number {
+/**
+ * Time from a successful refresh to the next one. Under the `time_left` policy the next refresh comes when
+ * `refreshMarginMs` is left before the expiry, as long as that is later than the fraction's point (short timeouts
+ * keep the fraction, so they are never refreshed more often than under it). `spread` draws the point up to 10 % of
+ * the timeout earlier (but not before the fraction's point), never later: the engine asks for it when the phase may be shared with other delegations (the
+ * first refresh after registration, the first success after retries, e.g. once a homeserver is back), so that
+ * futures registered or recovered together fall due apart; later refreshes keep their own phase, so the steady rate
+ * is one call per (timeout - margin). Under the `fraction` policy every point is drawn from
+ * [refreshAt - 0.1, refreshAt] of the timeout.
+ */
+export function refreshDelay(timeoutMs: number, ctx: MachineContext, spread = true): number {
+  const interval = marginInterval(timeoutMs, ctx.settings);
+  if (interval === null) return fractionDelay(timeoutMs, ctx);
+  // Never earlier than the fraction's point: the spread is what lies between it and the margin's, at most 10 %.
+  const room = Math.min(MARGIN_SPREAD * timeoutMs, interval - ctx.settings.refreshAt * timeoutMs);
+  return Math.round(spread ? interval - room * ctx.random() : interval);
+}
+
+/** A refresh sent later than its steady point by more than this share of the timeout was held (see onRefreshResult). */
+const LATE_MS_PER_TIMEOUT_MS = 0.01;
+
+/** The share of a timeout over which the `time_left` policy spreads the refreshes that may share a phase. */
+const MARGIN_SPREAD = 0.1;
+
+/** Time from a success to the next refresh under the `time_left` policy, or null when the fraction bounds it. */
+function marginInterval(timeoutMs: number, settings: MachineSettings): number | null {
+  if (settings.refreshMarginMs === null) return null;
+  const interval = timeoutMs - settings.refreshMarginMs;
+  return interval >= settings.refreshAt * timeoutMs ? interval : null;
+}
+
+function fractionDelay(timeoutMs: number, ctx: MachineContext): number {
   const hi = ctx.settings.refreshAt;
   const lo = Math.max(0.05, hi - 0.1);
   return Math.round(timeoutMs * (lo + (hi - lo) * ctx.random()));
+}
+
+/** The mean time between two refreshes of one delegation in steady state, as admission control counts it. */
+export function steadyRefreshIntervalMs(timeoutMs: number, settings: MachineSettings): number {
+  return marginInterval(timeoutMs, settings) ?? Math.max(0.05, settings.refreshAt - 0.05) * timeoutMs;
 }
 
 /**

@@ -1,5 +1,6 @@
 import { addTo, countOf, idsOf, removeFrom, type IdIndex } from './id-index.js';
 import { participantKeysOf, roomsOf, type Delegation, type DelegationState, type Dialect } from './model.js';
+import { steadyRefreshIntervalMs, type MachineSettings } from './machine.js';
 import { InternTable } from '../lib/intern-table.js';
 import { HomeserverLoad } from './homeserver-load.js';
 import { StringPool } from './string-pool.js';
@@ -24,17 +25,17 @@ export class OpenDelegations {
   private endedSinceSweep = 0;
 
   /**
-   * `refreshAt`: the fraction of a timeout after which a future is refreshed (SIDECAR_REFRESH_AT); `load` counts each
-   * open delegation's steady refresh rate against its homeserver origin.
+   * `refresh`: the refresh policy (the machine's settings); `load` counts each open delegation's steady refresh rate
+   * against its homeserver origin.
    */
   constructor(
-    private readonly refreshAt: number,
+    private readonly refresh: MachineSettings,
     readonly load: HomeserverLoad,
   ) {}
 
-  /** Steady-state refresh calls per second one delegation with this timeout needs. */
+  /** Steady-state refresh calls per second one delegation with this timeout needs, under the machine's policy. */
   refreshRate(timeoutMs: number): number {
-    return 1000 / (Math.max(0.05, this.refreshAt - 0.05) * timeoutMs);
+    return 1000 / steadyRefreshIntervalMs(timeoutMs, this.refresh);
   }
 
   originOf(homeserver: string): string {

@@ -1,10 +1,9 @@
 import { createHash } from 'node:crypto';
-import { DisconnectReason } from '@livekit/protocol';
 import type { FastifyInstance } from 'fastify';
 import type { Clock } from '../clock.js';
 import { matrixError, shuttingDown, unavailable } from '../errors.js';
 import { LiveKitAuthError, type LiveKitAuth } from '../livekit/auth.js';
-import { PARTICIPANT_EVENTS, joinedAtMs, webhookEventLabel } from '../livekit/classify.js';
+import { PARTICIPANT_EVENTS, webhookEventLabel } from '../livekit/classify.js';
 import { DEDUPE_WINDOW_MS, type WebhookIntake } from '../livekit/webhook-intake.js';
 import type { Metrics } from '../metrics.js';
 import type { WebhookRecord } from '../store/store.js';
@@ -50,20 +49,19 @@ export async function webhookRoutes(app: FastifyInstance, deps: { auth: LiveKitA
       return { status: 'ignored' };
     }
     const now = deps.clock.now();
-    const createdAt = Number(event.createdAt ?? 0n) * 1000;
+    const createdAt = event.createdAt * 1000;
     if (createdAt > 0 && createdAt < now - DEDUPE_WINDOW_MS) {
       deps.metrics.webhooks.inc({ event: label, outcome: 'stale' });
       return { status: 'stale' };
     }
-    const p = event.participant;
     const rec: WebhookRecord = {
       id: event.id || `body_${createHash('sha256').update(raw as Buffer).digest('hex').slice(0, 32)}`,
       event: event.event,
-      room: event.room?.name || null,
-      identity: p?.identity || null,
-      sid: p?.sid || null,
-      reason: p && p.disconnectReason ? (DisconnectReason[p.disconnectReason] ?? `REASON_${p.disconnectReason}`) : null,
-      joinedAt: p ? joinedAtMs(p) : null,
+      room: event.room,
+      identity: event.identity,
+      sid: event.sid,
+      reason: event.reason,
+      joinedAt: event.joinedAtMs,
       createdAt: createdAt || now,
       receivedAt: now,
     };

@@ -1,5 +1,6 @@
 import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
 import { TokenVerifier, WebhookEvent, WebhookReceiver } from 'livekit-server-sdk';
+import { readWebhookFields, webhookFieldsOf, type WebhookFields } from './webhook-fields.js';
 
 /** Seconds of clock skew tolerated on `nbf` / `exp` of LiveKit JWTs. */
 const CLOCK_TOLERANCE_S = 10;
@@ -72,7 +73,7 @@ export class LiveKitAuth {
    * answer is final. The fast path accepts only a strict subset of what WebhookReceiver accepts, so the two agree
    * (test/unit/webhook-verifier.test.ts), except that a token signed with another HMAC algorithm is refused.
    */
-  async verifyWebhook(rawBody: string, authorization: string | undefined, rawBytes?: Buffer): Promise<WebhookEvent> {
+  async verifyWebhook(rawBody: string, authorization: string | undefined, rawBytes?: Buffer): Promise<WebhookFields> {
     if (!authorization) throw new LiveKitAuthError('missing Authorization header');
     const fast = this.fastVerify(rawBody, authorization, rawBytes);
     if (fast) {
@@ -90,11 +91,11 @@ export class LiveKitAuth {
       throw new LiveKitAuthError(`webhook verification failed (${err instanceof Error ? err.message.slice(0, 80) : 'error'})`);
     }
     if (headerAlg(authorization) !== 'HS256') throw new LiveKitAuthError('webhook verification failed (only HS256 is accepted)');
-    return event;
+    return webhookFieldsOf(event);
   }
 
   /** The event when the token is a canonical, valid HS256 JWT over this body; null to let WebhookReceiver decide. */
-  private fastVerify(rawBody: string, jwt: string, rawBytes?: Buffer): WebhookEvent | null {
+  private fastVerify(rawBody: string, jwt: string, rawBytes?: Buffer): WebhookFields | null {
     const parts = jwt.split('.');
     if (parts.length !== 3 || !parts.every((p) => CANONICAL_B64URL.test(p))) return null;
     const [h, p, sig] = parts as [string, string, string];
@@ -114,7 +115,9 @@ export class LiveKitAuth {
     const digest = createHash('sha256').update(rawBytes ?? Buffer.from(rawBody, 'utf8')).digest('base64');
     if (claims.sha256 !== digest) return null;
     try {
-      return WebhookEvent.fromJson(JSON.parse(rawBody), { ignoreUnknownFields: true }) as WebhookEvent;
+      // The fields read straight from the JSON (LiveKit's usual shape); the SDK's protobuf reading otherwise.
+      const body = JSON.parse(rawBody) as unknown;
+      return readWebhookFields(body) ?? webhookFieldsOf(WebhookEvent.fromJson(body as never, { ignoreUnknownFields: true }) as WebhookEvent);
     } catch {
       return null;
     }

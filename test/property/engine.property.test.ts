@@ -20,7 +20,8 @@ import { fcParams, seededRandom } from './support.js';
  * webhooks, registrations, revocations, homeserver answers that arrive whenever the test says, and time.
  */
 
-const SETTINGS = { reconnectGraceMs: 5_000, joinTimeoutMs: 30_000, refreshAt: 0.5 };
+// The margin puts 120 s timeouts under the time_left policy and leaves 20 s and 60 s to the fraction that bounds it.
+const SETTINGS = { reconnectGraceMs: 5_000, joinTimeoutMs: 30_000, refreshAt: 0.5, refreshMarginMs: 30_000 };
 const LIMITS = { maxPerIdentity: 3, maxPerRoom: 8, homeserverRate: 1_000 };
 const HOMESERVER = 'https://hs.example';
 const ROOMS = ['room-a', 'room-b'];

@@ -80,6 +80,8 @@ const scenarioArb: fc.Arbitrary<Scenario> = fc.record({
     reconnectGraceMs: fc.integer({ min: 0, max: 30_000 }),
     joinTimeoutMs: fc.integer({ min: 1_000, max: 300_000 }),
     refreshAt: fc.double({ min: 0.05, max: 0.9, noNaN: true }),
+    // Both policies: the fraction alone, and margins below, near and above the timeouts drawn.
+    refreshMarginMs: fc.option(fc.integer({ min: 1_000, max: 900_000 }), { nil: null }),
   }),
   timeoutMs: fc.integer({ min: 1_000, max: 600_000 }),
   connectedAtStart: fc.boolean(),
@@ -226,6 +228,21 @@ class Caller {
     }
   }
 
+  /**
+   * The contract's schedule (section 4): under the time_left policy the next refresh leaves at least the margin before
+   * the expiry and at most the margin plus a tenth of the timeout (the spread), never sooner than the fraction's
+   * point, unless the fraction bounds it (short
+   * timeouts), which draws it from [refreshAt - 0.1, refreshAt] of the timeout.
+   */
+  private checkNextRefresh(event: DelegationEvent, sentAt: number, after: Delegation): void {
+    const { refreshAt, refreshMarginMs } = this.s.settings;
+    const timeout = after.timeoutMs;
+    const delay = (after.nextRefreshAt ?? Infinity) - sentAt;
+    const byMargin = refreshMarginMs !== null && timeout - refreshMarginMs >= refreshAt * timeout;
+    const [lo, hi] = byMargin ? [Math.max(timeout - refreshMarginMs - 0.1 * timeout, refreshAt * timeout), timeout - refreshMarginMs] : [Math.max(0.05, refreshAt - 0.1) * timeout, refreshAt * timeout];
+    if (delay < lo - 1 || delay > hi + 1) this.problem(event, `next refresh ${delay} ms after the success, outside [${lo}, ${hi}] (${byMargin ? 'time_left' : 'fraction'})`);
+  }
+
   private problem(event: DelegationEvent, what: string): void {
     this.problems.push(`${what} (event ${JSON.stringify(event)}, state ${this.d.state})`);
   }
@@ -252,6 +269,7 @@ class Caller {
       if (!REFRESHING_STATES.has(before.state) || !REFRESHING_STATES.has(after.state)) this.problem(event, `refresh effect outside the refreshing states (${before.state} -> ${after.state})`);
       if (this.honest && this.refreshes.length > 0) this.problem(event, 'a second refresh effect while one is outstanding');
     }
+    if (event.type === 'refresh_result' && event.outcome.kind === 'ok' && t.changes.includes('refreshed')) this.checkNextRefresh(event, event.outcome.sentAt, after);
     if (after.state === 'fired' && before.state !== 'fired') {
       const ok = event.type === 'action_result' && (event.outcome.kind === 'ok' || event.outcome.kind === 'finalised');
       if (!ok || this.actionEffects === 0) this.problem(event, 'fired without an answered action call');

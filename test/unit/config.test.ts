@@ -26,6 +26,7 @@ describe('loadConfig', () => {
     expect(c.reconnectGraceMs).toBe(10_000);
     expect(c.joinTimeoutMs).toBe(300_000);
     expect(c.refreshAt).toBe(0.5);
+    expect(c.refreshMarginMs).toBe(24 * 60_000);
     expect(c.minTimeoutMs).toBe(60_000);
     expect(c.maxTimeoutMs).toBe(86_400_000);
     expect(c.homeserverRate).toBe(1);
@@ -45,6 +46,13 @@ describe('loadConfig', () => {
     expect(c.logLevel).toBe('debug');
   });
 
+  it('names the refresh policy: time_left with its margin, or fraction alone', () => {
+    const base = { LIVEKIT_API_KEY: 'k', LIVEKIT_API_SECRET: 'v', SIDECAR_HOMESERVERS: '*' };
+    expect(loadConfig({ ...base, SIDECAR_REFRESH_MARGIN_MS: '600000' }, { dev: false }).refreshMarginMs).toBe(600_000);
+    expect(loadConfig({ ...base, SIDECAR_REFRESH_POLICY: 'time_left' }, { dev: false }).refreshMarginMs).toBe(24 * 60_000);
+    expect(loadConfig({ ...base, SIDECAR_REFRESH_POLICY: 'fraction', SIDECAR_REFRESH_MARGIN_MS: '600000' }, { dev: false }).refreshMarginMs).toBeNull();
+  });
+
   it('accepts LIVEKIT_API_KEY and LIVEKIT_API_SECRET', () => {
     const c = loadConfig({ LIVEKIT_API_KEY: 'k', LIVEKIT_API_SECRET: 'v', SIDECAR_HOMESERVERS: '*' }, { dev: false });
     expect([...c.livekitKeys]).toEqual([['k', 'v']]);
@@ -54,6 +62,8 @@ describe('loadConfig', () => {
     ['a port out of range', { SIDECAR_PORT: '70000' }, /SIDECAR_PORT/],
     ['a non-numeric grace', { SIDECAR_RECONNECT_GRACE_MS: '10s' }, /SIDECAR_RECONNECT_GRACE_MS/],
     ['a refresh fraction above 0.9', { SIDECAR_REFRESH_AT: '0.95' }, /SIDECAR_REFRESH_AT/],
+    ['an unknown refresh policy', { SIDECAR_REFRESH_POLICY: 'eager' }, /SIDECAR_REFRESH_POLICY must be one of time_left, fraction/],
+    ['a refresh margin below a second', { SIDECAR_REFRESH_MARGIN_MS: '10' }, /SIDECAR_REFRESH_MARGIN_MS/],
     ['a min timeout above the max', { SIDECAR_MIN_TIMEOUT_MS: '90000', SIDECAR_MAX_TIMEOUT_MS: '60000' }, /must not exceed/],
     ['an unknown store', { SIDECAR_STORE: 'postgres://x' }, /SIDECAR_STORE/],
     ['a zero homeserver rate', { SIDECAR_HOMESERVER_RATE: '0' }, /SIDECAR_HOMESERVER_RATE/],

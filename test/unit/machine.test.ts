@@ -1,8 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import { nextDueAt, registerDelegation, retryDelay, transition, type DelegationEvent, type MachineContext } from '../../src/delegations/machine.js';
+import { nextDueAt, registerDelegation, retryDelay, steadyRefreshIntervalMs, transition, type DelegationEvent, type MachineContext } from '../../src/delegations/machine.js';
 import type { Delegation, DelegationState } from '../../src/delegations/model.js';
 
-const settings = { reconnectGraceMs: 10_000, joinTimeoutMs: 300_000, refreshAt: 0.5 };
+const settings = { reconnectGraceMs: 10_000, joinTimeoutMs: 300_000, refreshAt: 0.5, refreshMarginMs: null };
 const T0 = 1_000_000;
 const TIMEOUT = 7_200_000;
 
@@ -137,6 +137,59 @@ describe('refreshing', () => {
       expect(r.delegation.nextRefreshAt! - (T0 + 10)).toBeLessThanOrEqual(0.5 * TIMEOUT);
       expect(r.changes).toEqual(['refreshed']);
     }
+  });
+
+  describe('by the time left before the expiry (time_left policy, 24 min margin)', () => {
+    const MARGIN = 24 * 60_000;
+    const marginCtx = (now: number, random = 0.5): MachineContext => ({ now, settings: { ...settings, refreshMarginMs: MARGIN }, random: () => random });
+    const succeed = (d: Delegation, sentAt: number, random = 0.5): Delegation => {
+      const due = transition(d, { type: 'tick', busy: idle }, marginCtx(sentAt, random));
+      expect(due.effects).toEqual([{ type: 'refresh' }]);
+      return transition(due.delegation, { type: 'refresh_result', outcome: { kind: 'ok', sentAt } }, marginCtx(sentAt + 5, random)).delegation;
+    };
+
+    it('spreads the first refresh after registration over the tenth of the timeout before the margin', () => {
+      const first = (random: number) => succeed(inState('connected'), T0, random).nextRefreshAt! - T0;
+      expect(first(0)).toBe(TIMEOUT - MARGIN);
+      expect(first(0.999)).toBeGreaterThanOrEqual(TIMEOUT - MARGIN - 0.1 * TIMEOUT);
+      expect(first(0.999)).toBeLessThan(first(0.5));
+    });
+
+    it('then keeps its phase: each on-time refresh comes when the margin is left, whatever the randomness', () => {
+      let d = succeed(inState('connected'), T0, 0.7);
+      for (const random of [0, 0.3, 0.999]) {
+        const sentAt = d.nextRefreshAt!;
+        d = succeed(d, sentAt, random);
+        expect(d.nextRefreshAt! - sentAt).toBe(TIMEOUT - MARGIN);
+        expect(d.expiresAt - d.nextRefreshAt!).toBe(MARGIN);
+      }
+    });
+
+    it('spreads again after retries and after a refresh held well past its point', () => {
+      const steady = succeed(succeed(inState('connected'), T0, 0), T0 + TIMEOUT - MARGIN);
+      const sentAt = steady.nextRefreshAt!;
+      const retried = transition(transition(steady, { type: 'tick', busy: idle }, marginCtx(sentAt)).delegation, { type: 'refresh_result', outcome: { kind: 'retry', detail: 'status_503' } }, marginCtx(sentAt + 5)).delegation;
+      const later = sentAt + 60_000;
+      expect(succeed(retried, later, 0.999).nextRefreshAt! - later).toBeLessThan(TIMEOUT - MARGIN - 0.09 * TIMEOUT);
+      const held = sentAt + 0.02 * TIMEOUT;
+      expect(succeed(steady, held, 0.999).nextRefreshAt! - held).toBeLessThan(TIMEOUT - MARGIN - 0.09 * TIMEOUT);
+      expect(succeed(steady, sentAt + 1_000, 0.999).nextRefreshAt! - (sentAt + 1_000)).toBe(TIMEOUT - MARGIN);
+    });
+
+    it('keeps the fraction for timeouts too short for the margin (never refreshing more often than under it)', () => {
+      const short = { ...inState('connected'), timeoutMs: 30 * 60_000, expiresAt: T0 + 30 * 60_000 };
+      for (const random of [0, 0.999]) {
+        const next = succeed(short, T0, random).nextRefreshAt! - T0;
+        expect(next).toBeGreaterThanOrEqual(0.4 * 30 * 60_000);
+        expect(next).toBeLessThanOrEqual(0.5 * 30 * 60_000);
+      }
+    });
+
+    it('counts the steady rate admission control charges by the same policy', () => {
+      expect(steadyRefreshIntervalMs(TIMEOUT, { ...settings, refreshMarginMs: MARGIN })).toBe(TIMEOUT - MARGIN);
+      expect(steadyRefreshIntervalMs(TIMEOUT, settings)).toBe(0.45 * TIMEOUT);
+      expect(steadyRefreshIntervalMs(30 * 60_000, { ...settings, refreshMarginMs: MARGIN })).toBe(0.45 * 30 * 60_000);
+    });
   });
 
   it('does not start a second refresh while one is in flight', () => {

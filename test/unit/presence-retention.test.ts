@@ -10,7 +10,7 @@ import { Metrics } from '../../src/metrics.js';
 import { SqliteStore } from '../../src/store/sqlite.js';
 import type { WebhookRecord } from '../../src/store/store.js';
 
-const SETTINGS = { reconnectGraceMs: 5_000, joinTimeoutMs: 300_000, refreshAt: 0.5 };
+const SETTINGS = { reconnectGraceMs: 5_000, joinTimeoutMs: 300_000, refreshAt: 0.5, refreshMarginMs: null };
 const LIMITS = { maxPerIdentity: 3, maxPerRoom: 8, homeserverRate: 1_000 };
 const PARTICIPANTS = 200_000;
 /** Clock time between one participant's join and the next one's. */

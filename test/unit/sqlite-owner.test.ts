@@ -22,7 +22,7 @@ function delegation(id: string, owner?: string): Delegation {
       createdAt: 1_000,
       ...(owner ? { owner } : {}),
     },
-    { now: 1_000, settings: { reconnectGraceMs: 1_000, joinTimeoutMs: 60_000, refreshAt: 0.5 }, random: () => 0.5 },
+    { now: 1_000, settings: { reconnectGraceMs: 1_000, joinTimeoutMs: 60_000, refreshAt: 0.5, refreshMarginMs: null }, random: () => 0.5 },
     null,
   ).delegation;
 }
