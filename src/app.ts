@@ -86,7 +86,7 @@ function requestLogView(req: { method: string; url: string; ip?: string; socket?
  * The store the configuration names and the topology that goes with it, chosen once: SQLite is a single node that
  * owns everything; Redis is shared by replicas that split the shards.
  */
-async function openDeployment(config: Config, clock: Clock, logger: Logger): Promise<{ store: Store; topology: Topology }> {
+async function openDeployment(config: Config, clock: Clock, logger: Logger, metrics: Metrics): Promise<{ store: Store; topology: Topology }> {
   const box = new SecretBox(config.tokenKey, config.tokenOldKeys);
   if (config.store.kind === 'sqlite') {
     const store = new SqliteStore(config.store.path, { synchronous: config.sqliteSynchronous, secretBox: box });
@@ -94,7 +94,7 @@ async function openDeployment(config: Config, clock: Clock, logger: Logger): Pro
   }
   const store = new RedisStore(config.store.url, { keys: new RedisKeys(config.redisPrefix), secretBox: box, logger: logger.child({ component: 'redis' }) });
   await store.connect();
-  const topology = new RedisReplicas({ store, clock, logger, leaseMs: config.redisLeaseMs, backlogMs: Math.max(config.joinTimeoutMs, DEDUPE_WINDOW_MS) });
+  const topology = new RedisReplicas({ store, clock, logger, leaseMs: config.redisLeaseMs, backlogMs: Math.max(config.joinTimeoutMs, DEDUPE_WINDOW_MS), metrics });
   return { store, topology };
 }
 
@@ -103,7 +103,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
   const clock = deps.clock ?? systemClock;
   const logger = deps.logger ?? createLogger({ level: config.logLevel, pretty: config.dev && process.stdout.isTTY === true });
   const metrics = new Metrics();
-  const { store, topology } = await openDeployment(config, clock, logger);
+  const { store, topology } = await openDeployment(config, clock, logger, metrics);
   // Client-server API URLs the operator set for Element Call's route are trusted like explicitly listed origins.
   const overrideOrigins = [...config.csApiUrlOverrides.values()].map((u) => new URL(u).origin);
   const policy = {

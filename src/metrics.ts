@@ -1,4 +1,5 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { SHARD_LOSS_REASONS } from './store/shard-leases.js';
 import { ACTION_KINDS, DELEGATION_STATES, DIALECTS, type DelegationState, type Dialect } from './delegations/model.js';
 
 const PREFIX = 'futures_sidecar_';
@@ -34,6 +35,8 @@ export class Metrics {
   /** MSC4502 membership checks of participants (application-service mode) by answer. */
   readonly membershipChecks: Counter<'outcome'>;
   readonly refreshMargin: Gauge;
+  /** Shard leases this replica stopped holding while running (Redis replicas), by why; shutdown is not counted. */
+  readonly shardLeasesLost: Counter<'reason'>;
   private sources: MetricsSources | null = null;
 
   constructor() {
@@ -137,6 +140,13 @@ export class Metrics {
       registers: register,
     });
     for (const outcome of ['joined', 'not_joined', 'error']) this.membershipChecks.inc({ outcome }, 0);
+    this.shardLeasesLost = new Counter({
+      name: `${PREFIX}shard_leases_lost_total`,
+      help: 'Shard leases this replica stopped holding while running: not_renewed (renewals lapsed, e.g. Redis unreachable), taken_over (another replica holds it), rebalanced (handed to a replica short of its share), load_failed',
+      labelNames: ['reason'],
+      registers: register,
+    });
+    for (const reason of SHARD_LOSS_REASONS) if (reason !== 'stopped') this.shardLeasesLost.inc({ reason }, 0);
   }
 
   attach(sources: MetricsSources): void {

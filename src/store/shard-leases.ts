@@ -19,6 +19,13 @@ local fence = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[1] .. ':' .. fence, 'PX', ARGV[2])
 return fence`;
 
+/**
+ * Why a replica stopped holding a shard: its renewals lapsed, another replica holds the lease now, it gave the shard
+ * to a replica short of its share, loading the shard failed, or it is shutting down.
+ */
+export const SHARD_LOSS_REASONS = ['not_renewed', 'taken_over', 'rebalanced', 'load_failed', 'stopped'] as const;
+export type ShardLossReason = (typeof SHARD_LOSS_REASONS)[number];
+
 export interface ShardOwnership {
   readonly replicaId: string;
   /** `replica:fence` while this replica holds the shard's lease, else null. */
@@ -47,7 +54,7 @@ export class ShardLeases implements ShardOwnership {
       logger: Logger;
       leaseMs: number;
       onGain: (shard: number) => Promise<void>;
-      onLose: (shard: number) => void;
+      onLose: (shard: number, reason: ShardLossReason) => void;
     },
   ) {}
 
@@ -76,7 +83,7 @@ export class ShardLeases implements ShardOwnership {
     const { redis } = this.deps;
     for (const [shard, h] of this.held) {
       this.held.delete(shard);
-      this.deps.onLose(shard);
+      this.deps.onLose(shard, 'stopped');
       await redis.eval(RELEASE, 1, this.deps.keys.shardOwner(shard), h.value).catch(() => undefined);
     }
     await redis.zrem(this.deps.keys.replicas(), this.replicaId).catch(() => undefined);
@@ -104,7 +111,7 @@ export class ShardLeases implements ShardOwnership {
     const now = clock.now();
     // Stop acting well before a lease we failed to renew can expire and be taken by another replica.
     for (const [shard, h] of this.held) {
-      if (now - h.renewedAt > leaseMs - 2 * this.renewEveryMs) this.lose(shard, 'lease not renewed in time');
+      if (now - h.renewedAt > leaseMs - 2 * this.renewEveryMs) this.lose(shard, 'not_renewed');
     }
     await redis.zadd(keys.replicas(), now, this.replicaId);
     await redis.zremrangebyscore(keys.replicas(), '-inf', now - 3 * leaseMs);
@@ -114,7 +121,7 @@ export class ShardLeases implements ShardOwnership {
     for (const [shard, h] of this.held) {
       const ok = await redis.eval(RENEW, 1, this.deps.keys.shardOwner(shard), h.value, String(leaseMs));
       if (Number(ok) === 1) h.renewedAt = now;
-      else this.lose(shard, 'lease taken over');
+      else this.lose(shard, 'taken_over');
     }
     if (this.stopped) return;
     const fairShare = Math.ceil(SHARD_COUNT / Math.max(1, replicas));
@@ -127,7 +134,7 @@ export class ShardLeases implements ShardOwnership {
       if (!starving) return;
       for (const shard of [...this.held.keys()].slice(fairShare)) {
         const h = this.held.get(shard)!;
-        this.lose(shard, 'rebalancing');
+        this.lose(shard, 'rebalanced');
         await redis.eval(RELEASE, 1, this.deps.keys.shardOwner(shard), h.value);
       }
       return;
@@ -143,16 +150,16 @@ export class ShardLeases implements ShardOwnership {
         } catch (err) {
           this.deps.logger.error({ err, shard }, 'could not load an acquired shard; releasing it');
           const h = this.held.get(shard);
-          this.lose(shard, 'load failed');
+          this.lose(shard, 'load_failed');
           if (h) await redis.eval(RELEASE, 1, this.deps.keys.shardOwner(shard), h.value).catch(() => undefined);
         }
       }
     }
   }
 
-  private lose(shard: number, why: string): void {
+  private lose(shard: number, why: ShardLossReason): void {
     if (!this.held.delete(shard)) return;
     this.deps.logger.warn({ shard, why }, 'shard released');
-    this.deps.onLose(shard);
+    this.deps.onLose(shard, why);
   }
 }

@@ -7,6 +7,7 @@ import { RedisOriginLoad } from '../store/redis-origin-load.js';
 import { ShardLeases } from '../store/shard-leases.js';
 import type { FeedMessage, WebhookRecord } from '../store/store.js';
 import type { ControlMessage, Topology } from './topology.js';
+import type { Metrics } from '../metrics.js';
 
 /** After a failed read of the stream, the next try waits this long. */
 const FEED_RETRY_MS = 500;
@@ -34,6 +35,7 @@ export class RedisReplicas implements Topology {
       leaseMs: number;
       /** How far back the stream is read at start, to rebuild presence before taking over shards. */
       backlogMs: number;
+      metrics: Metrics;
     },
   ) {
     const { store, clock, logger, leaseMs } = deps;
@@ -44,7 +46,10 @@ export class RedisReplicas implements Topology {
       logger: logger.child({ component: 'leases' }),
       leaseMs,
       onGain: (shard) => this.started().engine.gainShard(shard),
-      onLose: (shard) => this.started().engine.loseShard(shard),
+      onLose: (shard, reason) => {
+        if (reason !== 'stopped') deps.metrics.shardLeasesLost.inc({ reason });
+        this.started().engine.loseShard(shard);
+      },
     });
     store.useOwnership(this.leases);
     // A replica's load counts for two lease times after its last heartbeat: a dead replica's share lapses about when

@@ -53,7 +53,7 @@ const parseDocs = (text: string): K8s[] =>
 const podSpecOf = (o: K8s): { containers: Container[]; initContainers?: Container[]; hostNetwork?: boolean } => o.spec.template.spec;
 
 /** Names of the variables that hold secrets: they may only reach a container through a Secret. */
-const SECRET_VARS = ['LIVEKIT_KEYS', 'LIVEKIT_API_KEY', 'LIVEKIT_API_SECRET', 'SIDECAR_ADMIN_TOKEN', 'SIDECAR_TOKEN_KEY', 'SIDECAR_TOKEN_OLD_KEYS', 'SIDECAR_STORE'];
+const SECRET_VARS = ['LIVEKIT_KEYS', 'LIVEKIT_API_KEY', 'LIVEKIT_API_SECRET', 'LIVEKIT_SECRET', 'LIVEKIT_AS_TOKEN', 'LIVEKIT_HS_TOKEN', 'SIDECAR_ADMIN_TOKEN', 'SIDECAR_TOKEN_KEY', 'SIDECAR_TOKEN_OLD_KEYS', 'SIDECAR_STORE'];
 
 /** No container takes a secret variable as a plain value, and no ConfigMap carries one (SQLite's path is no secret). */
 function plainSecretsIn(objects: K8s[]): string[] {
@@ -95,7 +95,7 @@ describe.runIf(deployToolsEnabled('helm lint/template', 'helm'))('helm lint and 
   });
 
   it('finds the presets, and every futures-sidecar values file under deploy/ is named as one', () => {
-    expect(PRESETS).toEqual(expect.arrayContaining(['deploy/standalone/futures-sidecar-values.yaml', 'deploy/standalone/futures-sidecar-redis-values.yaml', 'deploy/livekit-sidecar/futures-sidecar-values.yaml']));
+    expect(PRESETS).toEqual(expect.arrayContaining(['deploy/standalone/futures-sidecar-values.yaml', 'deploy/standalone/futures-sidecar-redis-values.yaml', 'deploy/livekit-sidecar/futures-sidecar-values.yaml', 'deploy/lk-jwt-service/futures-sidecar-values.yaml', 'deploy/appservice/futures-sidecar-values.yaml']));
     const misnamed = valuesFiles.filter((f) => !PRESETS.includes(f) && 'mode' in ((parse(read(f)) as Record<string, unknown> | null) ?? {}));
     expect(misnamed).toEqual([]);
   });
@@ -209,6 +209,24 @@ describe.runIf(deployToolsEnabled('helm lint/template', 'helm'))('helm lint and 
         for (const s of extra.length ? [adminToken, tokenKey] : []) expect(Object.values(data).map((v) => Buffer.from(v, 'base64').toString())).toContain(s);
       }
     });
+  });
+
+  it('application-service preset: all four AS settings reach the daemon, the two tokens only through secretKeyRef', () => {
+    const { objects } = template(['deploy/appservice/futures-sidecar-values.yaml']);
+    const deployment = objects.find((o) => o.kind === 'Deployment')!;
+    const env = podSpecOf(deployment).containers.find((x) => x.name === 'futures-sidecar')!.env ?? [];
+    const byName = new Map(env.map((e) => [e.name, e]));
+    expect([...byName.keys()]).toEqual(expect.arrayContaining(['LIVEKIT_AS_TOKEN', 'LIVEKIT_HS_TOKEN', 'LIVEKIT_HS_SERVER_NAME', 'LIVEKIT_MEMBERSHIP_CHECK_INTERVAL_SECONDS']));
+    for (const name of ['LIVEKIT_AS_TOKEN', 'LIVEKIT_HS_TOKEN']) {
+      const e = byName.get(name)!;
+      expect(e.value, `${name} as a plain value`).toBeUndefined();
+      expect(e.valueFrom?.secretKeyRef, `${name} from a Secret`).toEqual({ name: expect.any(String), key: expect.any(String) });
+    }
+    expect(byName.get('LIVEKIT_AS_TOKEN')!.valueFrom.secretKeyRef.key).not.toBe(byName.get('LIVEKIT_HS_TOKEN')!.valueFrom.secretKeyRef.key);
+    // SIDECAR_HOMESERVERS names the registered homeserver, so the daemon may call it as the user.
+    const configMap = objects.find((o) => o.kind === 'ConfigMap' && !o.metadata.labels?.grafana_dashboard)!;
+    expect(String(configMap.data.SIDECAR_HOMESERVERS).split(/[\s,]+/)).toContain(byName.get('LIVEKIT_HS_SERVER_NAME')!.value);
+    expect(Number(byName.get('LIVEKIT_MEMBERSHIP_CHECK_INTERVAL_SECONDS')!.value)).toBeGreaterThanOrEqual(0);
   });
 
   const badDir = 'test/deploy/bad-values';

@@ -4,21 +4,7 @@ import { startFakeHomeserver, type FakeHomeserver } from '../fakes/homeserver.js
 import type { WebhookSender } from '../fakes/livekit.js';
 import { ADMIN_TOKEN, API_SECRET, api, sleep, startDaemon, waitFor, type RunningDaemon } from '../helpers/daemon.js';
 import { delegate, delegationState, refreshCalls, webhookSender, type Participant } from '../helpers/scenario.js';
-
-async function scrape(url: string): Promise<string> {
-  return (await fetch(`${url}/metrics`)).text();
-}
-
-function metric(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
-  for (const line of text.split('\n')) {
-    if (!line.startsWith(name)) continue;
-    const m = /^([a-z_]+)(\{[^}]*\})? (.+)$/.exec(line);
-    if (!m || m[1] !== name) continue;
-    const have = Object.fromEntries([...(m[2] ?? '').matchAll(/([a-z_]+)="([^"]*)"/g)].map((x) => [x[1], x[2]]));
-    if (Object.entries(labels).every(([k, v]) => have[k] === v)) return Number(m[3]);
-  }
-  return undefined;
-}
+import { metric, scrape } from '../helpers/metrics.js';
 
 function openWatcher(url: string, headers: Record<string, string> = {}): { ws: WebSocket; messages: any[]; ready: Promise<void>; closed: Promise<number> } {
   const ws = new WebSocket(`${url.replace('http', 'ws')}/v1/watch`, { headers });

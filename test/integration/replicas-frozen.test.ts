@@ -2,6 +2,7 @@ import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startFakeHomeserver, type FakeHomeserver } from '../fakes/homeserver.js';
 import { spawnDaemon, waitFor, type ChildDaemon } from '../helpers/daemon.js';
+import { metric, scrape } from '../helpers/metrics.js';
 import { redisTestsEnabled, startRedis, type RedisServer } from '../helpers/redis.js';
 import { actionsFired, delegate, refreshCalls, webhookSender, type Participant } from '../helpers/scenario.js';
 import { shardOf } from '../../src/store/shard-leases.js';
@@ -58,6 +59,11 @@ describe.runIf(redisTestsEnabled('replicas-frozen'))('a replica frozen past its 
     }
     await waitFor('every delegation refreshed', () => ps.every((p) => refreshCalls(hs, p.token) >= 1), 15_000);
     const ofFrozen: Participant[] = [];
+    const LOST = 'futures_sidecar_shard_leases_lost_total';
+    // Registered at start: the frozen replica has lost nothing yet, while the first replica handed half its shards
+    // to the second when it joined.
+    expect(metric(await scrape(frozen.url), LOST, { reason: 'not_renewed' })).toBe(0);
+    expect((metric(await scrape(replicas[0]!.url), LOST, { reason: 'rebalanced' }) ?? 0) + (metric(await scrape(replicas[1]!.url), LOST, { reason: 'rebalanced' }) ?? 0)).toBeGreaterThan(0);
     for (const p of ps) if ((await ownerPid(p.delegationId)) === frozenPid) ofFrozen.push(p);
     expect(ofFrozen.length).toBeGreaterThan(0);
 
@@ -73,6 +79,9 @@ describe.runIf(redisTestsEnabled('replicas-frozen'))('a replica frozen past its 
     // It is alive (answers) and rejoins the cluster with shards of its own later; meanwhile the homeserver's record
     // shows nothing it should not have done.
     await waitFor('the thawed replica answers', async () => (await fetch(`${frozen.url}/livez`)).ok, 10_000, 100);
+    // Its leases lapsed while it was stopped: counted as lost, so FuturesSidecarShardLeasesLost fires for it.
+    const lostByFrozen = metric(await scrape(frozen.url), LOST, { reason: 'not_renewed' })! + metric(await scrape(frozen.url), LOST, { reason: 'taken_over' })!;
+    expect(lostByFrozen).toBeGreaterThan(0);
     // Every open delegation is refreshed again after the thaw (by whoever owns it now), which also gives the thawed
     // replica's own timers time to have fired.
     const open = ps.filter((p) => !ofFrozen.includes(p));
