@@ -40,6 +40,11 @@ export interface ParticipantSpec {
    * client keeps the delayed event alive itself with matrix-js-sdk's default timings (the comparison client).
    */
   delegate: 'v1' | 'compat' | 'none';
+  /**
+   * The participant's own address as the daemon's trusted proxy reports it: each participant is a browser of its
+   * own, and the daemon holds one address to a share of a homeserver while its delegations are not yet accepted.
+   */
+  clientAddress: string;
 }
 
 const out = (ev: Record<string, unknown>) => process.stdout.write(`@@rig ${JSON.stringify(ev)}\n`);
@@ -97,7 +102,7 @@ async function delegate(spec: ParticipantSpec, mx: MatrixClient, delayId: string
   if (spec.delegate === 'v1') {
     res = await fetch(`${spec.daemonUrl}/v1/delegations`, {
       method: 'POST',
-      headers: { authorization: `Bearer ${spec.livekitToken}`, 'content-type': 'application/json' },
+      headers: { authorization: `Bearer ${spec.livekitToken}`, 'content-type': 'application/json', 'x-forwarded-for': spec.clientAddress },
       body: JSON.stringify({ homeserver: spec.homeserverUrl, dialect: 'delayed_events', token: delayId, timeout_ms: spec.delayMs }),
     });
   } else {
@@ -105,7 +110,7 @@ async function delegate(spec: ParticipantSpec, mx: MatrixClient, delayId: string
     const openid = await mx.getOpenIdToken();
     res = await fetch(`${spec.daemonUrl}/delegate_delayed_leave`, {
       method: 'POST',
-      headers: { 'content-type': 'application/json' },
+      headers: { 'content-type': 'application/json', 'x-forwarded-for': spec.clientAddress },
       body: JSON.stringify({
         room_id: spec.roomId,
         slot_id: 'm.call#ROOM',

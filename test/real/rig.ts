@@ -94,6 +94,9 @@ async function assembleRig(opts: RigOptions, started: Array<() => Promise<unknow
     SIDECAR_FEDERATION_URL_OVERRIDES: hsOverride,
     SIDECAR_CS_API_URL_OVERRIDES: hsOverride,
     SIDECAR_RECONCILE_INTERVAL_MS: '5000',
+    // Participants reach the daemon from 127.0.0.1 (or their namespace) and tell their own address, as through an
+    // ingress: one address may hold only a share of a homeserver with delegations it has not yet accepted.
+    SIDECAR_TRUST_PROXY: 'true',
     SIDECAR_HOST: daemonHost,
     LOG_LEVEL: 'info',
     ...opts.daemonEnv,
@@ -142,6 +145,8 @@ async function assembleRig(opts: RigOptions, started: Array<() => Promise<unknow
           daemonUrl: call.daemonUrl ?? daemonUrl,
           delayMs: call.delayMs,
           delegate: call.delegate,
+          // A documentation address (RFC 5737) per participant: only ever a header, never a destination.
+          clientAddress: `198.51.100.${users % 250}`,
         });
         members.push({ userId: user.userId, deviceId, identity, stateKey: `_${user.userId}_${deviceId}_m.call` });
       }
