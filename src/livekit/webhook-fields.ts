@@ -93,6 +93,7 @@ function str(v: unknown): string | undefined {
 /** A proto3 int64 within the safe range: absent or null is 0; other forms are left to the SDK (undefined). */
 function int64(v: unknown): number | undefined {
   if (v === undefined || v === null) return 0;
-  if (typeof v === 'string') return INT64.test(v) ? Number(v) : undefined;
-  return typeof v === 'number' && Number.isSafeInteger(v) ? v : undefined;
+  // `+ 0` turns -0 into 0, as the SDK's int64 reading does.
+  if (typeof v === 'string') return INT64.test(v) ? Number(v) + 0 : undefined;
+  return typeof v === 'number' && Number.isSafeInteger(v) ? v + 0 : undefined;
 }
