@@ -18,6 +18,7 @@ import type { Config } from '../config.js';
 import type { DelegationEngine } from '../delegations/engine.js';
 import type { DelegationSource } from '../delegations/model.js';
 import { MatrixError, badJson } from '../errors.js';
+import { liveKitFailure } from '../livekit/failure.js';
 import type { Metrics } from '../metrics.js';
 import { lkJwtMethods, lkJwtScope } from './lk-jwt-scope.js';
 
@@ -210,9 +211,7 @@ export async function tokenRoutes(plain: FastifyInstance, deps: TokenDeps): Prom
       try {
         await deps.rooms.createRoom({ name: names.room, ...CREATE_ROOM_OPTIONS });
       } catch (err) {
-        // Only status and code: LiveKit's error messages can quote the bearer token they refused.
-        const { status, code } = err as { status?: number; code?: string };
-        log.warn({ status, code }, 'CreateRoom failed');
+        log.warn(liveKitFailure(err), 'CreateRoom failed');
         throw new MatrixError(500, 'M_UNKNOWN', 'Unable to create room on SFU');
       }
       if (csApi) {
