@@ -85,7 +85,7 @@ export class Metrics {
     });
     this.tokensIssued = new Counter({
       name: `${PREFIX}tokens_issued_total`,
-      help: 'Answers of /get_token and /sfu/get: tokens issued to full_access or restricted users, requests refused (4xx) or failed (5xx)',
+      help: 'Answers of /get_token and /sfu/get: tokens issued to full_access or restricted users, delegations carried by a request refused (delegation_refused), requests refused (4xx) or failed (5xx)',
       labelNames: ['route', 'outcome'],
       registers: register,
     });

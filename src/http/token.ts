@@ -18,6 +18,7 @@ import type { Config } from '../config.js';
 import type { DelegationEngine } from '../delegations/engine.js';
 import type { DelegationSource } from '../delegations/model.js';
 import { MatrixError, badJson } from '../errors.js';
+import { liveKitFailure } from '../livekit/failure.js';
 import type { Metrics } from '../metrics.js';
 import { lkJwtMethods, lkJwtScope } from './lk-jwt-scope.js';
 
@@ -26,7 +27,12 @@ const SFU_GET_PATH = '/sfu/get';
 
 /** `route` label of `tokens_issued_total`. */
 type TokenRoute = 'get_token' | 'sfu_get';
-type TokenOutcome = 'full_access' | 'restricted' | 'refused' | 'failed';
+/**
+ * `outcome` label of `tokens_issued_total`. `delegation_refused`: the delegation the request carried was refused
+ * (admission control, or a delay already delegated by another participant): `/get_token` issued the token anyway,
+ * `/sfu/get` answered 400 so that Element Call asks again without the delay fields.
+ */
+type TokenOutcome = 'full_access' | 'restricted' | 'delegation_refused' | 'refused' | 'failed';
 
 export interface TokenDeps {
   config: Config;
@@ -61,6 +67,8 @@ const responses = { 200: TokenAnswer, '4xx': ErrorAnswer, '5xx': ErrorAnswer };
 
 const NOT_JSON = 'Error reading request';
 const PARTIAL_DELAY = 'The request body is missing `delay_id` or `delay_timeout`';
+const DELEGATION_REFUSED =
+  'The delayed leave event was not delegated (ask again without delay_id, delay_timeout and delay_cs_api_url for a token, and keep the delayed event alive yourself)';
 const unauthorised = () => new MatrixError(401, 'M_UNAUTHORIZED', 'The request could not be authorised.');
 
 /** What the two routes differ in, once their bodies are checked. */
@@ -103,7 +111,7 @@ export async function tokenRoutes(plain: FastifyInstance, deps: TokenDeps): Prom
     if (req.method !== 'POST') return;
     const route: TokenRoute = req.routeOptions.url === SFU_GET_PATH ? 'sfu_get' : 'get_token';
     const issued = (req as { tokenOutcome?: TokenOutcome }).tokenOutcome;
-    const outcome: TokenOutcome = reply.statusCode === 200 && issued ? issued : reply.statusCode >= 500 ? 'failed' : 'refused';
+    const outcome: TokenOutcome = issued === 'delegation_refused' || (reply.statusCode === 200 && issued) ? issued : reply.statusCode >= 500 ? 'failed' : 'refused';
     deps.metrics.tokensIssued.inc({ route, outcome });
   });
 
@@ -203,29 +211,50 @@ export async function tokenRoutes(plain: FastifyInstance, deps: TokenDeps): Prom
       try {
         await deps.rooms.createRoom({ name: names.room, ...CREATE_ROOM_OPTIONS });
       } catch (err) {
-        // Only status and code: LiveKit's error messages can quote the bearer token they refused.
-        const { status, code } = err as { status?: number; code?: string };
-        log.warn({ status, code }, 'CreateRoom failed');
+        log.warn(liveKitFailure(err), 'CreateRoom failed');
         throw new MatrixError(500, 'M_UNKNOWN', 'Unable to create room on SFU');
       }
       if (csApi) {
         if (deps.isShuttingDown()) throw new MatrixError(503, 'M_UNKNOWN', 'Service is shutting down');
-        const { delegation, created } = await deps.engine.register({
-          dialect: 'delayed_events',
-          homeserver: csApi.url,
-          token: r.delayId,
-          accessToken: null,
-          timeoutMs: r.delayTimeout,
-          actions: { leave: 'leave', connection_lost: 'connection_lost' },
-          ...names,
-          source: r.route,
-          replaceSameParticipant: true,
-          client: req.ip,
-        });
-        log.debug({ delegation_id: delegation.id, created, route: r.route }, 'delegation accepted with a token request');
+        try {
+          const { delegation, created } = await deps.engine.register({
+            dialect: 'delayed_events',
+            homeserver: csApi.url,
+            token: r.delayId,
+            accessToken: null,
+            timeoutMs: r.delayTimeout,
+            actions: { leave: 'leave', connection_lost: 'connection_lost' },
+            ...names,
+            source: r.route,
+            replaceSameParticipant: true,
+            client: req.ip,
+          });
+          log.debug({ delegation_id: delegation.id, created, route: r.route }, 'delegation accepted with a token request');
+        } catch (err) {
+          if (!isDelegationRefusal(err)) throw err;
+          return delegationRefused(req, r, err, { url: config.livekitUrl, jwt });
+        }
       }
     }
     (req as { tokenOutcome?: TokenOutcome }).tokenOutcome = fullAccess ? 'full_access' : 'restricted';
     return { url: config.livekitUrl, jwt };
   }
+
+  /**
+   * A delegation refused must not cost the participant the call (migrating-from-lk-jwt-service.md, "A refused
+   * delegation"): Element Call does not retry `/get_token` on an error, so it gets its token and the refusal is
+   * counted and logged; it retries `/sfu/get` once without the delay fields after a 400 `M_BAD_JSON`, which also
+   * tells it the delayed leave stays its own to keep alive. The engine stored nothing for a refused delegation.
+   */
+  function delegationRefused(req: FastifyRequest, r: TokenRequest, err: MatrixError, token: { url: string; jwt: string }): { url: string; jwt: string } {
+    (req as { tokenOutcome?: TokenOutcome }).tokenOutcome = 'delegation_refused';
+    log.warn({ route: r.route, errcode: err.errcode, reason: err.message }, 'delegation carried by a token request refused; the participant keeps its own delayed leave');
+    if (r.route === 'get_token') return token;
+    throw badJson(`${DELEGATION_REFUSED}: ${err.message}`);
+  }
+}
+
+/** Refusals of the delegation itself, as opposed to failures: admission control's 429 and the engine's 403s. */
+function isDelegationRefusal(err: unknown): err is MatrixError {
+  return err instanceof MatrixError && (err.errcode === 'M_LIMIT_EXCEEDED' || err.errcode === 'M_FORBIDDEN');
 }

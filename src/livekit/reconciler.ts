@@ -5,6 +5,7 @@ import type { DelegationEngine } from '../delegations/engine.js';
 import { participantKeysOf, type Delegation } from '../delegations/model.js';
 import { OriginLimiter } from '../homeserver/limiter.js';
 import { joinedAtMs } from './classify.js';
+import { liveKitFailure } from './failure.js';
 
 /** The part of livekit-server-sdk's RoomServiceClient we use. */
 export interface RoomLister {
@@ -183,7 +184,7 @@ export class Reconciler {
     const now = this.deps.clock.now();
     const level = now - this.lastErrorLog > 60_000 ? 'warn' : 'debug';
     if (level === 'warn') this.lastErrorLog = now;
-    this.deps.logger[level]({ err: { message: (err as Error).message, status: (err as { status?: number }).status } }, `${what}; LiveKit's answer is ignored until it succeeds`);
+    this.deps.logger[level](liveKitFailure(err), `${what}; LiveKit's answer is ignored until it succeeds`);
   }
 }
 

@@ -465,7 +465,8 @@ export class FakeRoomService {
       }
       return undefined;
     } catch (err) {
-      return twirpError(401, `invalid token: ${err instanceof Error ? err.message : String(err)}`, 'unauthenticated');
+      // As LiveKit words it, quoting the token it refused.
+      return twirpError(401, `invalid token: ${token}, error: ${err instanceof Error ? err.message : String(err)}`, 'unauthenticated');
     }
   }
 }

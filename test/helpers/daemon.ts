@@ -93,9 +93,10 @@ export interface ChildDaemon {
  * a port the kernel picks and reports in its log: a port probed free beforehand can be taken by another worker (or
  * by an outgoing connection's source port) before the child binds it.
  */
-export async function spawnDaemon(env: Record<string, string>, port?: number): Promise<ChildDaemon> {
-  const proc = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', '--dev'], {
-    env: { ...process.env, ...testEnv(env), SIDECAR_PORT: String(port ?? 0), SIDECAR_HOST: '127.0.0.1', LOG_LEVEL: env.LOG_LEVEL ?? 'info' },
+export async function spawnDaemon(env: Record<string, string>, port?: number, opts: { dev?: boolean } = {}): Promise<ChildDaemon> {
+  const proc = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', ...(opts.dev === false ? [] : ['--dev'])], {
+    // Not in dev: exactly `env` (an operator's), which says where to listen itself.
+    env: opts.dev === false ? { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? '/tmp', ...env } : { ...process.env, ...testEnv(env), SIDECAR_PORT: String(port ?? 0), SIDECAR_HOST: '127.0.0.1', LOG_LEVEL: env.LOG_LEVEL ?? 'info' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const output: string[] = [];

@@ -38,14 +38,21 @@ export interface ParticipantSpec {
    * How the delayed leave is handed to the daemon: `v1` (POST /v1/delegations, delayed_events dialect),
    * `compat` (POST /delegate_delayed_leave with a real OpenID token, as lk-jwt-service takes it), or `none`: the
    * client keeps the delayed event alive itself with matrix-js-sdk's default timings (the comparison client).
+   * `get_token` / `sfu_get`: Element Call with a `livekit_service_url` transport (facts §9.2): the LiveKit token
+   * comes from the daemon's `/get_token` (hashed identity) or `/sfu/get` (`<user>:<device>`) with a real OpenID
+   * token, the participant joins LiveKit with it (`livekitUrl` / `livekitToken` are not used), then asks the same
+   * route again with the delay fields to delegate, and throws that second token away.
    */
-  delegate: 'v1' | 'compat' | 'none';
+  delegate: 'v1' | 'compat' | 'none' | TokenRoute;
   /**
    * The participant's own address as the daemon's trusted proxy reports it: each participant is a browser of its
    * own, and the daemon holds one address to a share of a homeserver while its delegations are not yet accepted.
    */
   clientAddress: string;
 }
+
+type TokenRoute = 'get_token' | 'sfu_get';
+const isTokenRoute = (d: ParticipantSpec['delegate']): d is TokenRoute => d === 'get_token' || d === 'sfu_get';
 
 const out = (ev: Record<string, unknown>) => process.stdout.write(`@@rig ${JSON.stringify(ev)}\n`);
 
@@ -87,7 +94,14 @@ async function startOne(i: number, spec: ParticipantSpec) {
   lk.on(RoomEvent.Disconnected, (reason) => out({ ev: 'livekit', i, what: 'disconnected', reason }));
   lk.on(RoomEvent.Reconnecting, () => out({ ev: 'livekit', i, what: 'reconnecting' }));
   lk.on(RoomEvent.Reconnected, () => out({ ev: 'livekit', i, what: 'reconnected' }));
-  await lk.connect(spec.livekitUrl, spec.livekitToken, { autoSubscribe: false, dynacast: false });
+  let livekit = { url: spec.livekitUrl, jwt: spec.livekitToken };
+  if (isTokenRoute(spec.delegate)) {
+    const res = await tokenRequest(spec, spec.delegate, mx, login.user_id, login.device_id, null);
+    out({ ev: 'token', i, route: spec.delegate, status: res.status, url: res.body?.url });
+    if (res.status !== 200) throw new Error(`${spec.delegate} answered ${res.status}: ${JSON.stringify(res.body)}`);
+    livekit = { url: res.body.url, jwt: res.body.jwt };
+  }
+  await lk.connect(livekit.url, livekit.jwt, { autoSubscribe: false, dynacast: false });
   out({ ev: 'joined', i, delayId: id, stateKey, identity: lk.localParticipant?.identity, userId: login.user_id, deviceId: login.device_id });
 
   if (spec.delegate !== 'none') {
@@ -97,7 +111,32 @@ async function startOne(i: number, spec: ParticipantSpec) {
   return { mx, lk, session };
 }
 
+/**
+ * Element Call's token request (facts §1.2, §1.3, §9.2) with a fresh OpenID token from Synapse; with `delayId`, the
+ * delay parts that delegate the delayed leave. Member id `<user>:<device>` as MatrixRTCSession makes it.
+ */
+async function tokenRequest(spec: ParticipantSpec, route: TokenRoute, mx: MatrixClient, userId: string, deviceId: string, delayId: string | null) {
+  const openid = await mx.getOpenIdToken();
+  const delay = delayId === null ? {} : { delay_id: delayId, delay_timeout: spec.delayMs, delay_cs_api_url: spec.homeserverUrl };
+  const body =
+    route === 'get_token'
+      ? { room_id: spec.roomId, slot_id: 'm.call#ROOM', openid_token: openid, member: { id: `${userId}:${deviceId}`, claimed_user_id: userId, claimed_device_id: deviceId }, ...delay }
+      : { room: spec.roomId, openid_token: openid, device_id: deviceId, ...delay };
+  const res = await fetch(`${spec.daemonUrl}/${route === 'get_token' ? 'get_token' : 'sfu/get'}`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', 'x-forwarded-for': spec.clientAddress },
+    body: JSON.stringify(body),
+  });
+  const text = await res.text();
+  return { status: res.status, body: text ? JSON.parse(text) : null };
+}
+
 async function delegate(spec: ParticipantSpec, mx: MatrixClient, delayId: string, userId: string, deviceId: string) {
+  if (isTokenRoute(spec.delegate)) {
+    const res = await tokenRequest(spec, spec.delegate, mx, userId, deviceId, delayId);
+    // Element Call discards the token of its delegating request; only whether one came back is reported.
+    return { status: res.status, body: res.status === 200 ? { jwt: typeof res.body?.jwt === 'string' } : res.body };
+  }
   let res: Response;
   if (spec.delegate === 'v1') {
     res = await fetch(`${spec.daemonUrl}/v1/delegations`, {

@@ -3,7 +3,7 @@ import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AccessToken } from 'livekit-server-sdk';
-import { liveKitIdentity, liveKitRoomName } from '../../src/compat/livekit-names.js';
+import { legacyIdentity, liveKitIdentity, liveKitRoomName } from '../../src/compat/livekit-names.js';
 import { freePort, spawnDaemon, type ChildDaemon } from '../helpers/daemon.js';
 import { RIG_API_KEY, RIG_API_SECRET, startLiveKit, type LiveKit } from './livekit.js';
 import { spawnParticipants, type ParticipantProcess, type ParticipantSpec } from './participants.js';
@@ -25,6 +25,14 @@ export interface RigOptions {
   livekitIp?: string;
   /** Where the daemon listens (0.0.0.0-free: one address only). */
   daemonHost?: string;
+  /**
+   * The daemon configured as an lk-jwt-service operator configures it (no `--dev`): `LIVEKIT_URL` (the WebSocket URL
+   * handed to clients), `LIVEKIT_KEY` / `LIVEKIT_SECRET`, `LIVEKIT_FULL_ACCESS_HOMESERVERS`,
+   * `LIVEKIT_CS_API_URL_OVERRIDES`, `LIVEKIT_SANITY_CHECK_INTERVAL_SECONDS`, `LIVEKIT_LOG_LEVEL`. Beyond them only
+   * the store path, the listen address, the trusted proxy and the federation override the loopback Synapse needs
+   * (lk-jwt-service would find its federation API through `.well-known`, which a loopback Synapse cannot serve).
+   */
+  lkJwtService?: boolean;
 }
 
 export interface Member {
@@ -86,7 +94,21 @@ async function assembleRig(opts: RigOptions, started: Array<() => Promise<unknow
   started.push(() => livekit.stop());
   const store = `sqlite:${join(mkdtempSync(join(tmpdir(), 'futures-sidecar-rig-')), 'sidecar.db')}`;
   const hsOverride = `${synapse.serverName}=${synapse.url}`;
-  const daemonEnv = {
+  const lkJwtEnv = {
+    SIDECAR_STORE: store,
+    LIVEKIT_URL: livekit.wsUrl,
+    LIVEKIT_KEY: RIG_API_KEY,
+    LIVEKIT_SECRET: RIG_API_SECRET,
+    LIVEKIT_FULL_ACCESS_HOMESERVERS: synapse.serverName,
+    LIVEKIT_CS_API_URL_OVERRIDES: hsOverride,
+    LIVEKIT_SANITY_CHECK_INTERVAL_SECONDS: '5',
+    LIVEKIT_LOG_LEVEL: 'info',
+    SIDECAR_FEDERATION_URL_OVERRIDES: hsOverride,
+    LIVEKIT_JWT_BIND: `${daemonHost}:${daemonPort}`,
+    SIDECAR_TRUST_PROXY: 'true',
+    ...opts.daemonEnv,
+  };
+  const daemonEnv = opts.lkJwtService ? lkJwtEnv : {
     SIDECAR_STORE: store,
     LIVEKIT_URL: livekit.httpUrl,
     LIVEKIT_API_KEY: RIG_API_KEY,
@@ -101,7 +123,8 @@ async function assembleRig(opts: RigOptions, started: Array<() => Promise<unknow
     LOG_LEVEL: 'info',
     ...opts.daemonEnv,
   };
-  let daemon = await spawnDaemon(daemonEnv, daemonPort);
+  const spawnOpts = { dev: !opts.lkJwtService };
+  let daemon = await spawnDaemon(daemonEnv, daemonPort, spawnOpts);
   started.push(async () => daemon.kill('SIGKILL'));
   const observer = await synapse.register('observer');
   const calls: Call[] = [];
@@ -119,19 +142,22 @@ async function assembleRig(opts: RigOptions, started: Array<() => Promise<unknow
     async restartDaemon(signal = 'SIGKILL') {
       daemon.kill(signal);
       await daemon.exited;
-      daemon = await spawnDaemon(daemonEnv, daemonPort);
+      daemon = await spawnDaemon(daemonEnv, daemonPort, spawnOpts);
     },
     async startCall(n, call) {
       const { room_id: roomId } = await synapse.call(observer, 'POST', '/_matrix/client/v3/createRoom', { preset: 'public_chat', power_level_content_override: { events_default: 0, state_default: 0 } });
       const livekitRoom = liveKitRoomName(roomId, 'm.call#ROOM');
+      // Through the token routes the room is the daemon's to create (CreateRoom for full-access users) and the token
+      // is the one it issues; otherwise the rig plays the authorization service.
+      const tokenRoute = call.delegate === 'get_token' || call.delegate === 'sfu_get';
       // auto_create is off, as in a deployment where the authorization service creates rooms.
-      await livekit.rooms.createRoom({ name: livekitRoom, emptyTimeout: 600, departureTimeout: 20 });
+      if (!tokenRoute) await livekit.rooms.createRoom({ name: livekitRoom, emptyTimeout: 600, departureTimeout: 20 });
       const specs: ParticipantSpec[] = [];
       const members: Omit<Member, 'delayId'>[] = [];
       for (let k = 0; k < n; k++) {
         const user = await synapse.register(`p${++users}x${Date.now() % 100000}`);
         const deviceId = `RIGDEV${users}`;
-        const identity = liveKitIdentity(user.userId, deviceId, `${user.userId}:${deviceId}`);
+        const identity = call.delegate === 'sfu_get' ? legacyIdentity(user.userId, deviceId) : liveKitIdentity(user.userId, deviceId, `${user.userId}:${deviceId}`);
         const at = new AccessToken(RIG_API_KEY, RIG_API_SECRET, { identity, ttl: '2h' });
         at.addGrant({ roomJoin: true, room: livekitRoom, roomCreate: false, canPublish: true, canSubscribe: true });
         specs.push({
@@ -141,7 +167,7 @@ async function assembleRig(opts: RigOptions, started: Array<() => Promise<unknow
           deviceId,
           roomId,
           livekitUrl: call.livekitUrl ?? livekit.wsUrl,
-          livekitToken: await at.toJwt(),
+          livekitToken: tokenRoute ? '' : await at.toJwt(),
           daemonUrl: call.daemonUrl ?? daemonUrl,
           delayMs: call.delayMs,
           delegate: call.delegate,
