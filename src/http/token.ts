@@ -175,11 +175,13 @@ export async function tokenRoutes(plain: FastifyInstance, deps: TokenDeps): Prom
 
   /** Steps 6-10 of facts section 1.2, shared by both routes. */
   async function issue(req: FastifyRequest, r: TokenRequest): Promise<{ url: string; jwt: string }> {
-    const delegate = r.delayId !== '';
-    // Ours (contract section 6): the accepted delay range, checked before any outgoing call.
-    if (delegate && (r.delayTimeout < config.minTimeoutMs || r.delayTimeout > config.maxTimeoutMs)) {
-      throw badJson(`delay_timeout must be between ${config.minTimeoutMs} and ${config.maxTimeoutMs} ms`);
-    }
+    // Ours (contract section 6): the accepted delay range, checked before any outgoing call. Outside it the
+    // delegation is refused like any other: `/sfu/get` says so at once (Element Call retries without the delay),
+    // `/get_token` still issues the token once the OpenID check passed and leaves the delayed leave to the client.
+    const outOfRange = r.delayId !== '' && (r.delayTimeout < config.minTimeoutMs || r.delayTimeout > config.maxTimeoutMs);
+    const rangeRefusal = outOfRange ? badJson(`delay_timeout must be between ${config.minTimeoutMs} and ${config.maxTimeoutMs} ms`) : null;
+    if (rangeRefusal && r.route === 'sfu_get') throw rangeRefusal;
+    const delegate = r.delayId !== '' && !outOfRange;
     const sub = await openIdUser(deps.resolver, r.serverName, r.accessToken, log);
     if (sub === null) throw unauthorised();
     if (r.claimedUserId !== null && sub !== r.claimedUserId) {
@@ -187,7 +189,7 @@ export async function tokenRoutes(plain: FastifyInstance, deps: TokenDeps): Prom
       throw unauthorised();
     }
     const fullAccess = isServerNameAllowed(r.serverName, config);
-    if (delegate && !fullAccess) throw badJson('Delegation of delayed events is only supported for full access users');
+    if (r.delayId !== '' && !fullAccess) throw badJson('Delegation of delayed events is only supported for full access users');
 
     const names = r.names(sub);
     const [apiKey, apiSecret] = [config.livekitSigningKey, config.livekitKeys.get(config.livekitSigningKey)!];
@@ -236,6 +238,7 @@ export async function tokenRoutes(plain: FastifyInstance, deps: TokenDeps): Prom
         }
       }
     }
+    if (rangeRefusal && fullAccess) return delegationRefused(req, r, rangeRefusal, { url: config.livekitUrl, jwt });
     (req as { tokenOutcome?: TokenOutcome }).tokenOutcome = fullAccess ? 'full_access' : 'restricted';
     return { url: config.livekitUrl, jwt };
   }

@@ -15,6 +15,7 @@ import { startFakeHomeserver, type FakeHomeserver } from '../fakes/homeserver.js
 import { startFakeRoomService, type FakeRoomService } from '../fakes/livekit.js';
 import { startFakeMatrixFederation, type FakeMatrixFederation } from '../fakes/matrix-federation.js';
 import { ADMIN_TOKEN, waitFor } from '../helpers/daemon.js';
+import { metric } from '../helpers/metrics.js';
 import { loopbackBind, requestJson, spawnBareDaemon, type BareDaemon } from '../helpers/lk-jwt.js';
 import { selfSignedLoopbackCert } from '../helpers/tls.js';
 
@@ -150,6 +151,30 @@ describe('a delegation refused by admission control, carried by a token request'
     const text = await metricsText();
     expect(text).toMatch(/futures_sidecar_tokens_issued_total\{route="sfu_get",outcome="delegation_refused"\} 1\b/);
     expect(text).toMatch(/futures_sidecar_tokens_issued_total\{route="sfu_get",outcome="full_access"\} 2\b/);
+  });
+
+  it('a delay outside the accepted range: /get_token still issues the token and stores nothing, /sfu/get refuses before any outgoing call', async () => {
+    const bobDelay = await delayedLeave(bob, 'BOBRANGE');
+    // lk-jwt-service's environment accepts 1 s .. SIDECAR_MAX_TIMEOUT_MS (1 day): 31 days is beyond it.
+    const tooLong = { ...delayFields(bobDelay), delay_timeout: 31 * 86_400_000 };
+    const refusedBefore = metric(await metricsText(), 'futures_sidecar_tokens_issued_total', { route: 'get_token', outcome: 'delegation_refused' }) ?? 0;
+    const lookupsBefore = fed.callsTo('userinfo').length;
+
+    const res = await post('/get_token', getTokenBody(bob, 'tok-bob', 'BOBRANGE', tooLong));
+    expect(res.status, res.text).toBe(200);
+    const claims = await new TokenVerifier(KEY, SECRET).verify(res.json!.jwt as string);
+    expect(claims.sub).toBe(liveKitIdentity(bob, 'BOBRANGE', 'member-BOBRANGE'));
+
+    const sfu = await post('/sfu/get', sfuGetBody('tok-bob', 'BOBRANGE', tooLong));
+    expect(sfu.status, sfu.text).toBe(400);
+    expect(sfu.json!.errcode).toBe('M_BAD_JSON');
+    expect(sfu.json!.error).toMatch(/delay_timeout must be between/);
+    // Only /get_token's OpenID check reached the homeserver.
+    expect(fed.callsTo('userinfo').length).toBe(lookupsBefore + 1);
+
+    expect((await openDelegations()).map((d) => d.identity)).toEqual([legacyIdentity(alice, 'ALICE')]);
+    expect(callsFor(bobDelay)).toEqual([]);
+    expect(metric(await metricsText(), 'futures_sidecar_tokens_issued_total', { route: 'get_token', outcome: 'delegation_refused' })).toBe(refusedBefore + 1);
   });
 
   it("keeps the delegation that holds the budget: alice's delayed leave is still restarted", async () => {
