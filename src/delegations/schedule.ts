@@ -14,7 +14,7 @@ export interface ScheduleSlots {
 }
 
 /** Slots numbered by the schedule itself, reused once unscheduled. */
-export class MapSlots implements ScheduleSlots {
+class MapSlots implements ScheduleSlots {
   private readonly slots = new Map<string, number>();
   private readonly ids: Array<string | undefined> = [];
   private readonly free: number[] = [];
