@@ -19,7 +19,7 @@ import { InstantHomeserver } from './lib/instant-homeserver.js';
 import { nextTurn } from './lib/stats.js';
 
 export interface ChildRequest {
-  mode: 'reload' | 'schedule' | 'heap' | 'compact';
+  mode: 'reload' | 'schedule' | 'heap';
   db: string;
   n: number;
   /** The seeded delegations' reference time (ms). */
@@ -69,20 +69,7 @@ export interface HeapResult {
   open: number;
 }
 
-export interface CompactResult {
-  mode: 'compact';
-  loadMs: number;
-  rssBefore: number;
-  rssAfter: number;
-  heapBefore: number;
-  heapAfter: number;
-  peakRss: number;
-  open: number;
-  /** CPU per 1,000 due slots taken off the indexed heap and put back (the scheduler's part of a refresh). */
-  heapCpuPer1000: number;
-}
-
-export type ChildResult = ReloadResult | ScheduleResult | HeapResult | CompactResult;
+export type ChildResult = ReloadResult | ScheduleResult | HeapResult;
 
 const gc = (globalThis as { gc?: () => void }).gc;
 
@@ -103,7 +90,8 @@ const LIMITS = { maxPerIdentity: 10, maxPerRoom: 5_000, homeserverRate: 1 };
 
 interface EngineInternals {
   schedule?: Record<string, unknown>;
-  inflight: Set<unknown>;
+  /** The engine's calls in flight (its effect runner's, since the engine was split). */
+  effects: { inflight: Set<unknown> };
 }
 
 /** Entries in the engine's schedule heap, stale ones included, whichever layout the schedule has; NaN if unknown. */
@@ -128,12 +116,17 @@ async function reload(req: ChildRequest): Promise<ReloadResult> {
   const { engine, store, clock, hs } = build(req);
   const internals = engine as unknown as EngineInternals;
   let loadOpenMs = 0;
-  const loadOpen = store.loadOpen.bind(store);
-  store.loadOpen = async () => {
+  // The engine streams the rows (`eachOpen`): the store's share is the time spent outside the visits.
+  const eachOpen = store.eachOpen.bind(store);
+  store.eachOpen = async (visit) => {
+    let inVisit = 0;
     const t = performance.now();
-    const rows = await loadOpen();
-    loadOpenMs = performance.now() - t;
-    return rows;
+    await eachOpen((d) => {
+      const v = performance.now();
+      visit(d);
+      inVisit += performance.now() - v;
+    });
+    loadOpenMs = performance.now() - t - inVisit;
   };
   settleGc();
   const m0 = process.memoryUsage();
@@ -173,7 +166,7 @@ async function reload(req: ChildRequest): Promise<ReloadResult> {
     // The due ids' transitions are awaited before their calls start: turn the loop until no call is left in flight.
     let turns = 0;
     do await nextTurn();
-    while (internals.inflight.size > 0 && ++turns < 100_000);
+    while (internals.effects.inflight.size > 0 && ++turns < 100_000);
   }
   const cpu = process.cpuUsage(cpu0);
   const dispatchWallMs = performance.now() - w0;
@@ -234,115 +227,9 @@ async function heap(req: ChildRequest): Promise<HeapResult> {
   return { mode: 'heap', before, after, open };
 }
 
-/**
- * Not the daemon: a sketch of the in-memory layout proposed in docs/benchmarks.md, measured on the same store, to
- * put numbers on the proposal. Rows are streamed (`iterate()`, raw, only the columns the scheduler needs) into
- * columns of typed arrays indexed by slot; strings that repeat are interned; the participant index maps one key
- * string to a slot (chained for several); the schedule is an indexed binary heap of slots (no entry objects, no
- * stale entries). Tokens, token keys, action names and history stay in SQLite.
- */
-function compact(req: ChildRequest): CompactResult {
-  const store = new SqliteStore(req.db);
-  const db = (store as unknown as { db: { prepare(sql: string): { raw(on: boolean): { iterate(): IterableIterator<unknown[]> } } } }).db;
-  settleGc();
-  const m0 = process.memoryUsage();
-  const t0 = performance.now();
-  const n = req.n;
-  const ids: string[] = new Array<string>(n);
-  const sids: string[] = new Array<string>(n);
-  const due = new Float64Array(n);
-  const expires = new Float64Array(n);
-  const state = new Uint8Array(n);
-  const homeserver = new Uint16Array(n);
-  const nextSameKey = new Int32Array(n).fill(-1);
-  const nextInRoom = new Int32Array(n).fill(-1);
-  const interned = new Map<string, number>();
-  const STATES = ['awaiting_join', 'connected', 'grace', 'firing'];
-  const byParticipant = new Map<string, number>();
-  const byRoom = new Map<string, number>();
-  let slot = 0;
-  const rows = db.prepare('SELECT id, homeserver, room, identity, sid, state, expires_at, next_refresh_at, join_deadline, grace_deadline, next_action_at FROM delegations WHERE open = 1').raw(true).iterate();
-  for (const r of rows) {
-    const [id, hs, room, identity, sid, st, exp, nextRefresh, joinDl, graceDl, nextAction] = r as [string, string, string, string, string | null, string, number, number | null, number | null, number | null, number | null];
-    if (slot >= n) break;
-    ids[slot] = id;
-    sids[slot] = sid ?? '';
-    expires[slot] = exp;
-    due[slot] = Math.min(exp, nextRefresh ?? Infinity, joinDl ?? Infinity, graceDl ?? Infinity, nextAction ?? Infinity);
-    state[slot] = STATES.indexOf(st);
-    let h = interned.get(hs);
-    if (h === undefined) interned.set(hs, (h = interned.size));
-    homeserver[slot] = h;
-    const key = `${room}\u0000${identity}`;
-    const prev = byParticipant.get(key);
-    if (prev !== undefined) nextSameKey[slot] = prev;
-    byParticipant.set(key, slot);
-    const head = byRoom.get(room);
-    if (head !== undefined) nextInRoom[slot] = head;
-    byRoom.set(room, slot);
-    slot++;
-  }
-  const heapArr = new Int32Array(n);
-  const pos = new Int32Array(n);
-  const less = (a: number, b: number): boolean => due[a]! < due[b]!;
-  const swap = (i: number, j: number): void => {
-    const a = heapArr[i]!;
-    const b = heapArr[j]!;
-    heapArr[i] = b;
-    heapArr[j] = a;
-    pos[b] = i;
-    pos[a] = j;
-  };
-  const down = (i: number, size: number): void => {
-    for (;;) {
-      const l = 2 * i + 1;
-      const r = l + 1;
-      let m = i;
-      if (l < size && less(heapArr[l]!, heapArr[m]!)) m = l;
-      if (r < size && less(heapArr[r]!, heapArr[m]!)) m = r;
-      if (m === i) return;
-      swap(i, m);
-      i = m;
-    }
-  };
-  for (let i = 0; i < slot; i++) {
-    heapArr[i] = i;
-    pos[i] = i;
-  }
-  for (let i = (slot >> 1) - 1; i >= 0; i--) down(i, slot);
-  const loadMs = performance.now() - t0;
-  const peak = peakRss();
-  settleGc();
-  const m1 = process.memoryUsage();
-  // The scheduler's share of a refresh: the top slot falls due and is set ~54 min later, in place.
-  const rounds = req.refreshes;
-  const cpu0 = process.cpuUsage();
-  for (let k = 0; k < rounds; k++) {
-    const top = heapArr[0]!;
-    due[top] = due[top]! + 3_240_000;
-    down(0, slot);
-  }
-  const cpu = process.cpuUsage(cpu0);
-  const result: CompactResult = {
-    mode: 'compact',
-    loadMs,
-    rssBefore: m0.rss,
-    rssAfter: m1.rss,
-    heapBefore: m0.heapUsed,
-    heapAfter: m1.heapUsed,
-    peakRss: peak,
-    open: slot,
-    heapCpuPer1000: ((cpu.user + cpu.system) / 1000 / rounds) * 1000,
-  };
-  // Keep every structure alive until measured.
-  if (ids.length + sids.length + state.length + homeserver.length + nextSameKey.length + nextInRoom.length + expires.length < 0) console.log(byParticipant.size, byRoom.size);
-  void store.close();
-  return result;
-}
-
 process.once('message', (req: ChildRequest) => {
   void (async () => {
-    const result: ChildResult = req.mode === 'reload' ? await reload(req) : req.mode === 'schedule' ? schedule(req) : req.mode === 'compact' ? compact(req) : await heap(req);
+    const result: ChildResult = req.mode === 'reload' ? await reload(req) : req.mode === 'schedule' ? schedule(req) : await heap(req);
     process.send!(result, () => process.exit(0));
   })().catch((err: unknown) => {
     console.error(err);

@@ -124,7 +124,7 @@ export class DelegationEngine {
       answered: (d, effect, result) => this.onAnswer(d, effect, result),
       settled: (id, failed) => this.onSettled(id, failed),
     });
-    this.schedule = new Schedule(clock, (id) => this.onDue(id));
+    this.schedule = new Schedule(clock, (id) => this.onDue(id), this.open);
     this.presence = new PresenceTracker({ clock, retentionMs: presenceRetentionMs(settings) });
     if (settings.refreshMarginMs !== null) metrics.refreshMargin.set(settings.refreshMarginMs / 1000);
     metrics.attach({
@@ -140,9 +140,11 @@ export class DelegationEngine {
 
   /** Loads every open delegation (a process that owns them all); overdue refreshes and actions run at once. */
   async start(): Promise<void> {
-    const loaded = await this.deps.store.loadOpen();
-    for (const d of loaded) this.track(this.settle(d));
-    this.deps.logger.info({ open: loaded.length }, 'open delegations loaded');
+    const { store } = this.deps;
+    // Row by row where the store can: no array of every open delegation on the way in.
+    if (store.eachOpen) await store.eachOpen((d) => this.track(this.settle(d)));
+    else for (const d of await store.loadOpen()) this.track(this.settle(d));
+    this.deps.logger.info({ open: this.open.size }, 'open delegations loaded');
   }
 
   /** This replica's confirmed load per homeserver origin (republished to the cluster). */
@@ -351,7 +353,7 @@ export class DelegationEngine {
         if (!d) return;
         const correction = source === 'participant_joined' ? null : d.state === 'awaiting_join' ? 'joined' : d.state === 'grace' ? 'rejoined' : d.state === 'connected' && d.sid !== sid ? 'rebound' : null;
         const after = await this.apply(id, { type: 'joined', sid }, source);
-        if (correction && after && after !== d) this.narrator.correction(correction);
+        if (correction && after && (after.state !== d.state || after.sid !== d.sid)) this.narrator.correction(correction);
       }),
     );
   }
@@ -405,8 +407,7 @@ export class DelegationEngine {
 
   /** Totals for the operator console. */
   stats(): { open: number; by_state: Record<string, number>; refreshes_last_minute: number; actions_last_minute: number; smallest_expiry_margin_seconds: number | null } {
-    const byState: Record<string, number> = {};
-    for (const d of this.open.values()) byState[d.state] = (byState[d.state] ?? 0) + 1;
+    const byState = this.open.countByState();
     const margin = this.smallestExpiryMarginSeconds();
     return {
       open: this.open.size,
@@ -419,10 +420,8 @@ export class DelegationEngine {
 
   /** Smallest time left before any open delegation's future would expire, in seconds (+Inf when none). */
   smallestExpiryMarginSeconds(): number {
-    const now = this.deps.clock.now();
-    let min = Infinity;
-    for (const d of this.open.values()) if (d.state !== 'firing') min = Math.min(min, d.expiresAt - now);
-    return min === Infinity ? Infinity : min / 1000;
+    const earliest = this.open.earliestExpiry();
+    return earliest === Infinity ? Infinity : (earliest - this.deps.clock.now()) / 1000;
   }
 
   /** Gives a just-loaded delegation's grace or join deadline time to hear what LiveKit retries after our restart. */
@@ -468,9 +467,10 @@ export class DelegationEngine {
   }
 
   private untrack(d: Delegation): void {
+    // Unscheduled first: the schedule numbers delegations by their slot, which `remove` frees.
+    this.schedule.set(d.id, null);
     this.open.remove(d);
     this.effects.forget(d.id);
-    this.schedule.set(d.id, null);
   }
 
   private reschedule(d: Delegation): void {
@@ -521,7 +521,7 @@ export class DelegationEngine {
       // Not durable, so not done: go back to the stored state and try again shortly.
       this.effects.release(id, t.effects);
       if (isTerminal(after.state)) this.track(before);
-      else if (this.open.get(id) === after) this.open.replace(before);
+      else if (this.open.holds(after)) this.open.replace(before);
       if (this.open.has(id) && !this.effects.stopping) this.schedule.set(id, this.deps.clock.now() + RETRY_MS);
       throw err;
     }

@@ -135,11 +135,6 @@ export function participantKeysOf(d: ParticipantNames): Array<{ room: string; id
   return keys;
 }
 
-/** The LiveKit rooms a delegation's participant may be found in (its own, and Element Call's legacy room). */
-export function roomsOf(d: ParticipantNames): string[] {
-  return d.altRoom ? [d.room, d.altRoom] : [d.room];
-}
-
 /** A lifecycle change of one delegation, as the watch stream carries it. */
 export interface LifecycleEvent {
   type: LifecycleChange;

@@ -1,18 +1,62 @@
 import type { Clock, TimerHandle } from '../clock.js';
 
 /**
- * One timer for every delegation: a binary min-heap of (due time, id, generation) drained by a single clock timer.
- * Rescheduling an id bumps its generation; older heap entries are skipped when they surface (lazy deletion). The
- * heap lives in parallel arrays rather than one object per entry: at a million delegations that is 20 bytes an
- * entry instead of about 56.
+ * Where scheduled ids live: a number (slot) per id. The engine's open delegations already number theirs, so the
+ * schedule keeps no string per id; `MapSlots` numbers ids for a schedule of its own.
+ */
+export interface ScheduleSlots {
+  /** The id's slot, numbering it if needed. */
+  claim(id: string): number;
+  slotOf(id: string): number | undefined;
+  idAt(slot: number): string | undefined;
+  /** The schedule no longer needs the slot. */
+  release(slot: number): void;
+}
+
+/** Slots numbered by the schedule itself, reused once unscheduled. */
+class MapSlots implements ScheduleSlots {
+  private readonly slots = new Map<string, number>();
+  private readonly ids: Array<string | undefined> = [];
+  private readonly free: number[] = [];
+
+  claim(id: string): number {
+    let slot = this.slots.get(id);
+    if (slot === undefined) {
+      slot = this.free.pop() ?? this.ids.length;
+      this.slots.set(id, slot);
+      this.ids[slot] = id;
+    }
+    return slot;
+  }
+
+  slotOf(id: string): number | undefined {
+    return this.slots.get(id);
+  }
+
+  idAt(slot: number): string | undefined {
+    return this.ids[slot];
+  }
+
+  release(slot: number): void {
+    const id = this.ids[slot];
+    if (id === undefined) return;
+    this.slots.delete(id);
+    this.ids[slot] = undefined;
+    this.free.push(slot);
+  }
+}
+
+/**
+ * One timer for every delegation: an indexed binary min-heap of slots by due time, drained by a single clock timer.
+ * Rescheduling moves a slot's one entry in place (its heap position is kept per slot), so nothing goes stale and the
+ * heap never holds more entries than scheduled ids. Typed arrays throughout: 16 bytes a slot, no object per entry.
  */
 export class Schedule {
-  private ats = new Float64Array(1024);
-  private entryGens = new Int32Array(1024);
-  private ids: string[] = [];
+  private due = new Float64Array(1024);
+  /** Per slot: its index in `heap`, or -1 when not scheduled. */
+  private pos = new Int32Array(1024).fill(-1);
+  private heap = new Int32Array(1024);
   private length = 0;
-  private readonly gens = new Map<string, number>();
-  private nextGen = 1;
   private timer: TimerHandle | null = null;
   private timerAt = Infinity;
   private stopped = false;
@@ -20,24 +64,40 @@ export class Schedule {
   constructor(
     private readonly clock: Clock,
     private readonly onDue: (id: string) => void,
+    private readonly slots: ScheduleSlots = new MapSlots(),
   ) {}
 
   /** Due at `at` (ms epoch), replacing any earlier schedule for the id; null unschedules. */
   set(id: string, at: number | null): void {
     if (at === null) {
-      this.gens.delete(id);
+      const slot = this.slots.slotOf(id);
+      if (slot !== undefined && slot < this.pos.length && this.pos[slot]! >= 0) {
+        this.removeAt(this.pos[slot]!);
+        this.slots.release(slot);
+      }
       return;
     }
-    const gen = this.nextGen++ & 0x7fffffff;
-    this.gens.set(id, gen);
-    this.push(at, gen, id);
-    if (at < this.timerAt) this.arm();
-    // Lazy deletion lets stale entries pile up when ids are rescheduled often; rebuild before they dominate.
-    if (this.length > 2 * this.gens.size + 1024) this.compact();
+    const slot = this.slots.claim(id);
+    this.ensureSlot(slot);
+    const i = this.pos[slot]!;
+    if (i < 0) {
+      this.ensureHeap();
+      const j = this.length++;
+      this.heap[j] = slot;
+      this.pos[slot] = j;
+      this.due[slot] = at;
+      this.up(j);
+    } else {
+      const old = this.due[slot]!;
+      this.due[slot] = at;
+      if (at < old) this.up(i);
+      else this.down(i);
+    }
+    this.arm();
   }
 
   get size(): number {
-    return this.gens.size;
+    return this.length;
   }
 
   stop(): void {
@@ -49,12 +109,13 @@ export class Schedule {
 
   private arm(): void {
     if (this.stopped) return;
+    const at = this.length === 0 ? Infinity : this.due[this.heap[0]!]!;
+    if (at === this.timerAt && this.timer) return;
     if (this.timer) this.clock.clearTimeout(this.timer);
     this.timer = null;
-    this.timerAt = Infinity;
-    if (this.length === 0) return;
-    this.timerAt = this.ats[0]!;
-    this.timer = this.clock.setTimeout(() => this.fire(), this.timerAt - this.clock.now());
+    this.timerAt = at;
+    if (at === Infinity) return;
+    this.timer = this.clock.setTimeout(() => this.fire(), at - this.clock.now());
   }
 
   private fire(): void {
@@ -62,88 +123,82 @@ export class Schedule {
     this.timerAt = Infinity;
     const now = this.clock.now();
     const due: string[] = [];
-    while (this.length > 0 && this.ats[0]! <= now) {
-      const id = this.ids[0]!;
-      const gen = this.entryGens[0]!;
-      this.pop();
-      if (this.gens.get(id) !== gen) continue;
-      this.gens.delete(id);
-      due.push(id);
+    while (this.length > 0 && this.due[this.heap[0]!]! <= now) {
+      const slot = this.heap[0]!;
+      this.removeAt(0);
+      const id = this.slots.idAt(slot);
+      this.slots.release(slot);
+      if (id !== undefined) due.push(id);
     }
     this.arm();
     for (const id of due) this.onDue(id);
   }
 
-  private compact(): void {
-    let n = 0;
-    for (let i = 0; i < this.length; i++) {
-      const id = this.ids[i]!;
-      if (this.gens.get(id) !== this.entryGens[i]) continue;
-      this.ats[n] = this.ats[i]!;
-      this.entryGens[n] = this.entryGens[i]!;
-      this.ids[n] = id;
-      n++;
-    }
-    this.length = n;
-    this.ids.length = n;
-    for (let i = (n >> 1) - 1; i >= 0; i--) this.down(i);
+  private removeAt(i: number): void {
+    const slot = this.heap[i]!;
+    const last = --this.length;
+    this.pos[slot] = -1;
+    if (i === last) return;
+    const moved = this.heap[last]!;
+    this.heap[i] = moved;
+    this.pos[moved] = i;
+    this.up(i);
+    this.down(this.pos[moved]!);
   }
 
-  private push(at: number, gen: number, id: string): void {
-    if (this.length === this.ats.length) {
-      const ats = new Float64Array(this.ats.length * 2);
-      ats.set(this.ats);
-      const gens = new Int32Array(this.entryGens.length * 2);
-      gens.set(this.entryGens);
-      this.ats = ats;
-      this.entryGens = gens;
-    }
-    let i = this.length++;
-    this.ats[i] = at;
-    this.entryGens[i] = gen;
-    this.ids[i] = id;
+  private ensureSlot(slot: number): void {
+    if (slot < this.pos.length) return;
+    let size = this.pos.length;
+    while (size <= slot) size *= 2;
+    const due = new Float64Array(size);
+    due.set(this.due);
+    const pos = new Int32Array(size).fill(-1);
+    pos.set(this.pos);
+    this.due = due;
+    this.pos = pos;
+  }
+
+  private ensureHeap(): void {
+    if (this.length < this.heap.length) return;
+    const heap = new Int32Array(this.heap.length * 2);
+    heap.set(this.heap);
+    this.heap = heap;
+  }
+
+  private up(start: number): void {
+    const { heap, due, pos } = this;
+    let i = start;
+    const slot = heap[i]!;
+    const at = due[slot]!;
     while (i > 0) {
       const parent = (i - 1) >> 1;
-      if (this.ats[parent]! <= this.ats[i]!) break;
-      this.swap(i, parent);
+      const p = heap[parent]!;
+      if (due[p]! <= at) break;
+      heap[i] = p;
+      pos[p] = i;
       i = parent;
     }
-  }
-
-  private pop(): void {
-    const last = --this.length;
-    if (last > 0) {
-      this.ats[0] = this.ats[last]!;
-      this.entryGens[0] = this.entryGens[last]!;
-      this.ids[0] = this.ids[last]!;
-      this.down(0);
-    }
-    this.ids.length = this.length;
+    heap[i] = slot;
+    pos[slot] = i;
   }
 
   private down(start: number): void {
+    const { heap, due, pos, length } = this;
     let i = start;
+    const slot = heap[i]!;
+    const at = due[slot]!;
     for (;;) {
       const l = 2 * i + 1;
+      if (l >= length) break;
       const r = l + 1;
-      let m = i;
-      if (l < this.length && this.ats[l]! < this.ats[m]!) m = l;
-      if (r < this.length && this.ats[r]! < this.ats[m]!) m = r;
-      if (m === i) return;
-      this.swap(i, m);
-      i = m;
+      const c = r < length && due[heap[r]!]! < due[heap[l]!]! ? r : l;
+      const child = heap[c]!;
+      if (due[child]! >= at) break;
+      heap[i] = child;
+      pos[child] = i;
+      i = c;
     }
-  }
-
-  private swap(a: number, b: number): void {
-    const at = this.ats[a]!;
-    this.ats[a] = this.ats[b]!;
-    this.ats[b] = at;
-    const g = this.entryGens[a]!;
-    this.entryGens[a] = this.entryGens[b]!;
-    this.entryGens[b] = g;
-    const id = this.ids[a]!;
-    this.ids[a] = this.ids[b]!;
-    this.ids[b] = id;
+    heap[i] = slot;
+    pos[slot] = i;
   }
 }

@@ -1,59 +1,55 @@
-import { InternTable } from '../lib/intern-table.js';
-import type { Delegation } from './model.js';
-
 /**
- * Shared copies of the strings that repeat across delegations (homeserver, room, action names, enum values), so that
- * a million delegations hold one copy each instead of one per row. Strings that only ended delegations used are
- * forgotten by `sweep`.
+ * Numbered shared copies of strings that repeat across delegations (homeserver, room, action names): a column holds
+ * the number, so a million delegations hold one copy of each string and four bytes each. Counted per user, so a
+ * string is forgotten, and its number reused, when the last delegation that named it ends.
  */
-export class StringPool {
-  private readonly strings = new InternTable<string>();
-  private readonly actions = new InternTable<Readonly<Delegation['actions']>>();
+export class StringPool<V = string> {
+  private readonly numbers = new Map<string, number>();
+  private readonly keys: string[] = [];
+  private readonly values: V[] = [];
+  private readonly users: number[] = [];
+  private readonly free: number[] = [];
 
-  intern<T extends string>(v: T): T {
-    return this.strings.get(v, (s) => s) as T;
+  constructor(private readonly make: (key: string) => V = (key) => key as unknown as V) {}
+
+  get size(): number {
+    return this.numbers.size;
   }
 
-  /**
-   * The in-memory form of a delegation. Loaded and registered objects are fresh, so they are compacted in place
-   * rather than copied.
-   */
-  compact(d: Delegation): Delegation {
-    const actions = this.actions.get(actionsKeyOf(d.actions), () => Object.freeze({ ...d.actions }));
-    d.homeserver = this.intern(d.homeserver);
-    d.room = this.intern(d.room);
-    if (d.altRoom !== null) d.altRoom = this.intern(d.altRoom);
-    d.state = this.intern(d.state);
-    d.dialect = this.intern(d.dialect);
-    d.source = this.intern(d.source);
-    if (d.pendingAction !== null) d.pendingAction = this.intern(d.pendingAction);
-    d.actions = actions;
-    return d;
+  /** The key's number, counted as one more user. */
+  acquire(key: string): number {
+    let n = this.numbers.get(key);
+    if (n === undefined) {
+      n = this.free.pop() ?? this.keys.length;
+      this.numbers.set(key, n);
+      this.keys[n] = key;
+      this.values[n] = this.make(key);
+      this.users[n] = 0;
+    }
+    this.users[n]!++;
+    return n;
   }
 
-  /** Keeps only the strings the `live` delegations use. */
-  sweep(live: () => Iterable<Delegation>): void {
-    this.strings.sweep(
-      (function* () {
-        for (const d of live()) {
-          yield d.homeserver;
-          yield d.room;
-          if (d.altRoom !== null) yield d.altRoom;
-          yield d.state;
-          yield d.dialect;
-          yield d.source;
-          if (d.pendingAction !== null) yield d.pendingAction;
-        }
-      })(),
-    );
-    this.actions.sweep(
-      (function* () {
-        for (const d of live()) yield actionsKeyOf(d.actions);
-      })(),
-    );
+  /** One user fewer; the last one's going forgets the key. */
+  release(n: number): void {
+    if (--this.users[n]! > 0) return;
+    this.numbers.delete(this.keys[n]!);
+    this.keys[n] = '';
+    this.values[n] = undefined as V;
+    this.free.push(n);
   }
-}
 
-function actionsKeyOf(actions: Delegation['actions']): string {
-  return `${actions.leave}\u0000${actions.connection_lost}`;
+  /** The key's number, if some user holds it. */
+  numberOf(key: string): number | undefined {
+    return this.numbers.get(key);
+  }
+
+  value(n: number): V {
+    return this.values[n]!;
+  }
+
+  /** Keys in use. */
+  *live(): Iterable<string> {
+    yield* this.numbers.keys();
+  }
 }

@@ -261,11 +261,15 @@ export class SqliteStore implements Store, AppliedWebhooks {
   }
 
   async loadOpen(): Promise<Delegation[]> {
+    const out: Delegation[] = [];
+    await this.eachOpen((d) => out.push(d));
+    return out;
+  }
+
+  async eachOpen(visit: (d: Delegation) => void): Promise<void> {
     this.flush();
     // Row by row: materialising every row first would double the peak memory of a large reload.
-    const out: Delegation[] = [];
-    for (const row of this.stmts.open.iterate() as IterableIterator<Values>) out.push(fromValues(row));
-    return out;
+    for (const row of this.stmts.open.iterate() as IterableIterator<Values>) visit(fromValues(row));
   }
 
   async listDelegations(filter: DelegationFilter): Promise<{ items: Delegation[]; nextCursor: string | null }> {

@@ -70,6 +70,11 @@ export interface Store {
   saveSecrets(id: string, secrets: DelegationSecrets): Promise<void>;
   /** Every delegation that is not terminal (in one shard, for the replicated store). */
   loadOpen(shard?: number): Promise<Delegation[]>;
+  /**
+   * Every delegation that is not terminal, handed to `visit` one at a time as it is read (a store that can stream:
+   * a reload then holds no array of them all). Each object is the visitor's.
+   */
+  eachOpen?(visit: (d: Delegation) => void): Promise<void>;
   listDelegations(filter: DelegationFilter): Promise<{ items: Delegation[]; nextCursor: string | null }>;
   /**
    * Records webhooks (dedupe mark + pending work) in one commit. Returns, per record, true when it is new and
