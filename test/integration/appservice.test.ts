@@ -293,9 +293,10 @@ describe('MSC4502 membership of participants', () => {
     expect(removals(p.identity)).toHaveLength(0);
     hs.setJoined(ROOM_ID, ALICE, false);
     await waitFor('RemoveParticipant', () => removals(p.identity).some((c) => c.status === 200), 15_000);
-    await waitFor('the leave sent as the user', () => hs.status(p.delayId) === 'sent', 15_000);
-    const send = hs.calls.find((c) => c.op === 'send' && c.handle === p.delayId)!;
-    expect([send.authorization, send.userId]).toEqual([`Bearer ${AS_TOKEN}`, ALICE]);
+    // The leave is sent as the user, whom the homeserver refuses once they left the room (as Synapse does).
+    const send = await waitFor('the leave sent as the user', () => hs.calls.find((c) => c.op === 'send' && c.handle === p.delayId), 15_000);
+    expect([send.authorization, send.userId, send.status]).toEqual([`Bearer ${AS_TOKEN}`, ALICE, 403]);
+    expect(hs.status(p.delayId)).toBe('invalidated');
     lk.clear();
   });
 
@@ -313,7 +314,7 @@ describe('MSC4502 membership of participants', () => {
     // LiveKit announces the same session again (a webhook retry): this time the homeserver answers.
     expect((await p.sender.participantJoined(p.room, { sid: 'PA_join', identity: p.identity })).status).toBe(200);
     await waitFor('RemoveParticipant', () => removals(p.identity).length >= 1, 15_000);
-    await waitFor('the leave sent', () => hs.status(p.delayId) === 'sent', 15_000);
+    await waitFor('the leave attempted', () => hs.status(p.delayId) === 'invalidated', 15_000);
     lk.clear();
   });
 });
@@ -340,5 +341,35 @@ describe('limits per mode', () => {
     };
     const answers = [await anonymous('s1'), await anonymous('s2')];
     expect(answers.map((a) => a.status)).toContain(429);
+  });
+});
+
+describe('what the real Synapse sends (test/real/appservice.test.ts)', () => {
+  it("takes matrix-js-sdk 43's `member: {id, claimed_device_id}` in place of `member_id`, and refuses neither or both differing", async () => {
+    const hs = await homeserver();
+    const d = await daemon(hs, tempDbPath('sdk-member'));
+    const sdkBody = { room_id: ROOM_ID, slot_id: SLOT_ID, url: lk.url, member: { id: MEMBER, claimed_device_id: 'DEV' } };
+    const token = await proxied(d, `${CS}/get_token`, sdkBody);
+    expect(token.status, JSON.stringify(token.json)).toBe(200);
+    expect((await grantOf(String(token.json?.jwt))).sub).toBe(msc4195Identity(ALICE, MEMBER));
+    const delayId = await hs.createDelayedEvent({ asUser: ALICE, roomId: ROOM_ID, eventType: 'org.matrix.msc3401.call.member', stateKey: `_${ALICE}_sdk`, content: {}, delayMs: DELAY_MS });
+    const delegated = await proxied(d, `${CS}/delegate_delayed_leave`, { ...sdkBody, delay_id: delayId });
+    expect([delegated.status, delegated.json]).toEqual([200, {}]);
+    const listed = (await api(d.url, 'GET', '/v1/admin/delegations', { token: ADMIN_TOKEN })).body.delegations as Array<{ identity: string }>;
+    expect(listed.map((x) => x.identity)).toEqual([msc4195Identity(ALICE, MEMBER)]);
+    for (const body of [{ ...sdkBody, member: undefined }, { ...sdkBody, member_id: 'another' }]) {
+      const a = await proxied(d, `${CS}/get_token`, body);
+      expect([a.status, a.json?.errcode]).toEqual([400, 'M_BAD_JSON']);
+    }
+  });
+
+  it("acknowledges the homeserver's event transactions (its hs_token only), so that Synapse does not retry them for ever", async () => {
+    const hs = await homeserver();
+    const d = await daemon(hs, tempDbPath('transactions'));
+    const put = (token: string | null) =>
+      requestJson(`${d.url}/_matrix/app/v1/transactions/1`, 'PUT', { events: [{ type: 'm.room.message', content: {} }] }, token ? { authorization: `Bearer ${token}` } : {});
+    expect(await put(HS_TOKEN)).toMatchObject({ status: 200, json: {} });
+    expect((await put(null)).status).toBe(401);
+    expect((await put(AS_TOKEN)).json?.errcode).toBe('M_UNKNOWN_TOKEN');
   });
 });

@@ -38,8 +38,11 @@ export interface ParticipantSpec {
    * How the delayed leave is handed to the daemon: `v1` (POST /v1/delegations, delayed_events dialect),
    * `compat` (POST /delegate_delayed_leave with a real OpenID token, as lk-jwt-service takes it), or `none`: the
    * client keeps the delayed event alive itself with matrix-js-sdk's default timings (the comparison client).
+   * `appservice`: Matrix 2.0, through the homeserver (MSC4195 proxied by MSC4512): the LiveKit token comes from
+   * the SDK's `_unstable_getLivekitToken` (with `livekitUrl` as the transport's `url`; `livekitToken` unused) and
+   * the leave goes to `_unstable_delegateDelayedLeave`.
    */
-  delegate: 'v1' | 'compat' | 'none';
+  delegate: 'v1' | 'compat' | 'none' | 'appservice';
   /**
    * The participant's own address as the daemon's trusted proxy reports it: each participant is a browser of its
    * own, and the daemon holds one address to a share of a homeserver while its delegations are not yet accepted.
@@ -83,14 +86,24 @@ async function startOne(i: number, spec: ParticipantSpec) {
   const stateKey = `_${login.user_id}_${login.device_id}_m.call`;
   await withTimeout(new Promise<void>((resolve) => (session.isJoined() && session.memberships.some((m) => m.sender === login.user_id) ? resolve() : session.on(MatrixRTCSessionEvent.MembershipsChanged, () => session.memberships.some((m) => m.sender === login.user_id) && resolve()))), 30_000, 'the membership event');
 
+  // Matrix 2.0, in matrix-js-sdk 43's body (`member: {id, claimed_device_id}`, no `member_id`); the member id is
+  // the legacy membership's `<user>:<device>` (CallMembership.memberId).
+  const proxied = { url: spec.livekitUrl, room_id: spec.roomId, slot_id: 'm.call#ROOM', member: { id: `${login.user_id}:${login.device_id}`, claimed_device_id: login.device_id } };
+  const livekitToken = spec.delegate === 'appservice' ? (await mx._unstable_getLivekitToken(proxied)).jwt : spec.livekitToken;
   const lk = new Room();
   lk.on(RoomEvent.Disconnected, (reason) => out({ ev: 'livekit', i, what: 'disconnected', reason }));
   lk.on(RoomEvent.Reconnecting, () => out({ ev: 'livekit', i, what: 'reconnecting' }));
   lk.on(RoomEvent.Reconnected, () => out({ ev: 'livekit', i, what: 'reconnected' }));
-  await lk.connect(spec.livekitUrl, spec.livekitToken, { autoSubscribe: false, dynacast: false });
+  await lk.connect(spec.livekitUrl, livekitToken, { autoSubscribe: false, dynacast: false });
   out({ ev: 'joined', i, delayId: id, stateKey, identity: lk.localParticipant?.identity, userId: login.user_id, deviceId: login.device_id });
 
-  if (spec.delegate !== 'none') {
+  if (spec.delegate === 'appservice') {
+    const res = await mx._unstable_delegateDelayedLeave({ ...proxied, delay_id: id }).then(
+      (body) => ({ status: 200, body }),
+      (err: { httpStatus?: number; data?: unknown }) => ({ status: err.httpStatus ?? 0, body: err.data ?? String(err) }),
+    );
+    out({ ev: 'delegated', i, status: res.status, body: res.body });
+  } else if (spec.delegate !== 'none') {
     const res = await delegate(spec, mx, id, login.user_id, login.device_id);
     out({ ev: 'delegated', i, status: res.status, body: res.body });
   }
