@@ -300,6 +300,25 @@ describe('MSC4502 membership of participants', () => {
     lk.clear();
   });
 
+  it('tracks again, after a restart, the participants of delegations made before it, and removes one whose user left meanwhile', async () => {
+    const hs = await homeserver();
+    const store = tempDbPath('membership-restart');
+    const over = { LIVEKIT_MEMBERSHIP_CHECK_INTERVAL_SECONDS: '1', SIDECAR_RECONCILE_INTERVAL_MS: '1000' };
+    const before = await daemon(hs, store, over);
+    const p = await inCall(hs, before, 'PA_restart');
+    expect((await p.sender.participantJoined(p.room, { sid: 'PA_restart', identity: p.identity })).status).toBe(200);
+    await before.stop();
+    // The user leaves while the daemon is down; no token is asked for again.
+    hs.setJoined(ROOM_ID, ALICE, false);
+    await daemon(hs, store, over);
+    await waitFor('RemoveParticipant', () => removals(p.identity).some((c) => c.status === 200), 20_000);
+    const send = await waitFor('the leave attempted as the user', () => hs.calls.find((c) => c.op === 'send' && c.handle === p.delayId), 15_000);
+    expect([send.userId, send.status]).toEqual([ALICE, 403]);
+    // The room was learnt from the delayed event, looked up as its owner.
+    expect(hs.calls.filter((c) => c.method === 'GET' && c.path.includes('/delayed_events/') && c.userId === ALICE).length).toBeGreaterThanOrEqual(2);
+    lk.clear();
+  });
+
   it('checks at participant_joined, and fails open while the homeserver cannot answer', async () => {
     const hs = await homeserver();
     const d = await daemon(hs, tempDbPath('membership-join'));
