@@ -61,7 +61,8 @@ export class OpenDelegations {
   /** Starts holding a loaded or registered delegation (compacted in place); returns the held object. */
   add(loaded: Delegation): Delegation {
     const d = this.strings.compact(loaded);
-    if (!this.open.has(d.id)) this.load.track(this.originOf(d.homeserver), this.refreshRate(d.timeoutMs), d.lastRefreshAt !== null);
+    // Calls made as a user (application-service mode) are limited per user, not in the origin's one-address budget.
+    if (!this.open.has(d.id) && !d.owner) this.load.track(this.originOf(d.homeserver), this.refreshRate(d.timeoutMs), d.lastRefreshAt !== null);
     this.open.set(d.id, d);
     for (const { room, identity } of participantKeysOf(d)) this.indexParticipant(room, identity, d.id, true);
     for (const room of roomsOf(d)) addTo(this.byRoom, room, d.id);
@@ -76,7 +77,7 @@ export class OpenDelegations {
     this.updateWaiting(after);
     // Admission counts a delegation for good from the first refresh its homeserver accepted (or no longer, when a
     // state the store refused is rolled back).
-    if (before && (before.lastRefreshAt === null) !== (after.lastRefreshAt === null)) {
+    if (before && !after.owner && (before.lastRefreshAt === null) !== (after.lastRefreshAt === null)) {
       this.load.confirm(after.id, this.originOf(after.homeserver), this.refreshRate(after.timeoutMs), after.lastRefreshAt !== null ? 1 : -1);
     }
   }
@@ -84,7 +85,7 @@ export class OpenDelegations {
   remove(d: Delegation): void {
     // Counted as it was held: `d` may be a newer state whose first accepted refresh was never counted.
     const held = this.open.get(d.id);
-    if (held) this.load.untrack(d.id, this.originOf(held.homeserver), this.refreshRate(held.timeoutMs), held.lastRefreshAt !== null);
+    if (held && !held.owner) this.load.untrack(d.id, this.originOf(held.homeserver), this.refreshRate(held.timeoutMs), held.lastRefreshAt !== null);
     this.open.delete(d.id);
     this.waiting.delete(d.id);
     for (const { room, identity } of participantKeysOf(d)) this.indexParticipant(room, identity, d.id, false);

@@ -238,7 +238,8 @@ describe('application-service delegations', () => {
     expect(made.every((c) => c.stable && c.path.startsWith('/_matrix/client/v1/delayed_events/'))).toBe(true);
     // The single lookup answered 405 M_UNRECOGNIZED; the user's list found the delay.
     const lookups = hs.calls.filter((c) => c.method === 'GET' && c.path.startsWith('/_matrix/client/v1/delayed_events'));
-    expect(lookups.map((c) => [c.path === '/_matrix/client/v1/delayed_events' ? 'list' : 'single', c.status])).toEqual([['single', 405], ['list', 200]]);
+    // The second pair: after the restart, the membership monitor learns the delegation's Matrix room the same way.
+    expect(lookups.map((c) => [c.path === '/_matrix/client/v1/delayed_events' ? 'list' : 'single', c.status])).toEqual([['single', 405], ['list', 200], ['single', 405], ['list', 200]]);
   });
 });
 
@@ -360,6 +361,24 @@ describe('limits per mode', () => {
     };
     const answers = [await anonymous('s1'), await anonymous('s2')];
     expect(answers.map((a) => a.status)).toContain(429);
+  });
+
+  it("leaves the origin's standalone budget to standalone delegations: the load of calls made as users is not counted in it", async () => {
+    const hs = await homeserver();
+    // Budget 0.8 calls/s; six delegations as users with 4 s delays make about 1.5/s of their own.
+    const d = await daemon(hs, tempDbPath('limits-apart'), { SIDECAR_HOMESERVER_RATE: '1' });
+    for (let i = 0; i < 6; i++) {
+      const user = `@v${i}:hs.test`;
+      const delayId = await hs.createDelayedEvent({ asUser: user, roomId: ROOM_ID, eventType: 'org.matrix.msc3401.call.member', stateKey: `_${user}_d`, content: {}, delayMs: DELAY_MS });
+      const a = await proxied(d, `${CS}/delegate_delayed_leave`, { ...tokenBody({ member_id: `v${i}` }), delay_id: delayId }, { 'x-matrix-user-identifier': user });
+      expect([a.status, a.json]).toEqual([200, {}]);
+    }
+    await waitFor('first refreshes made as the users', async () => (await metricValue(d.daemon.metrics.registry, 'futures_sidecar_homeserver_calls_total', { limit: 'as_user' })) >= 6, 15_000);
+    // A standalone delegation of 60 s (about 0.03 calls/s) fits the budget those do not use.
+    const delayId = await hs.createDelayedEvent({ roomId: '!s:hs.test', eventType: 'org.matrix.msc3401.call.member', stateKey: '_solo', content: {}, delayMs: 60_000 });
+    const jwt = await mintParticipantToken({ apiKey: API_KEY, apiSecret: API_SECRET, identity: 'solo', room: 'standalone' });
+    const created = await api(d.url, 'POST', '/v1/delegations', { token: jwt, body: { homeserver: hs.url, dialect: 'delayed_events', token: delayId, timeout_ms: 60_000 } });
+    expect(created.status, JSON.stringify(created.body)).toBe(201);
   });
 });
 
