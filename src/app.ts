@@ -113,7 +113,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
     allowHttp: config.allowHttp,
   };
   // Application-service mode: what we ask our homeserver as the service, and how calls made as a user look.
-  const asApi = config.appservice ? new AppserviceHomeserver({ asToken: config.appservice.asToken, clock }) : null;
+  const asApi = config.appservice ? new AppserviceHomeserver({ asToken: config.appservice.asToken, clock, policy, ...(deps.resolveAddress ? { resolve: deps.resolveAddress } : {}) }) : null;
   const homeservers = new HomeserverClient({
     rate: config.homeserverRate,
     clock,

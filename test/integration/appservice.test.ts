@@ -6,7 +6,9 @@
  */
 import { TokenVerifier } from 'livekit-server-sdk';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { createServer } from 'node:http';
 import { liveKitRoomName, msc4195Identity } from '../../src/compat/livekit-names.js';
+import { MatrixResolver } from '../../src/compat/matrix-resolver.js';
 import { startFakeHomeserver, type FakeHomeserver, type FakeHomeserverOptions } from '../fakes/homeserver.js';
 import { WebhookSender, mintParticipantToken, startFakeRoomService, type FakeRoomService } from '../fakes/livekit.js';
 import { ADMIN_TOKEN, API_KEY, API_SECRET, api, startDaemon, tempDbPath, waitFor, type RunningDaemon } from '../helpers/daemon.js';
@@ -409,5 +411,35 @@ describe('what the real Synapse sends (test/real/appservice.test.ts)', () => {
     expect(await put(HS_TOKEN)).toMatchObject({ status: 200, json: {} });
     expect((await put(null)).status).toBe(401);
     expect((await put(AS_TOKEN)).json?.errcode).toBe('M_UNKNOWN_TOKEN');
+  });
+});
+
+describe('calls to our own homeserver and the address guard', () => {
+  /** `.well-known/matrix/client` of hs.test naming `baseUrl`, served from an origin the resolver is told to trust. */
+  async function wellKnown(baseUrl: string) {
+    const server = createServer((_req, res) => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ 'm.homeserver': { base_url: baseUrl } })));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+    open.push({ close: () => new Promise<void>((r) => server.close(() => r())) });
+    return url;
+  }
+
+  it('refuses a discovered homeserver whose name resolves to a private address at connect time, and trusts the URL the operator set', async () => {
+    const hs = await homeserver();
+    const port = new URL(hs.url).port;
+    // Discovery sees a public address (a DNS answer that changes later); the connection would go to loopback.
+    const wk = await wellKnown(`http://localhost:${port}`);
+    const resolver = new MatrixResolver({ federationOverrides: new Map([['wk.test', wk]]), csApiOverrides: new Map(), allowPrivateAddresses: false, lookupAll: async () => ['203.0.113.7'], wellKnownOrigin: () => wk });
+    open.push({ close: () => resolver.close() });
+    const strict = { SIDECAR_ALLOW_PRIVATE_ADDRESSES: 'false', SIDECAR_CS_API_URL_OVERRIDES: '' };
+    const discovered = await startDaemon(env(hs, tempDbPath('guard-discovered'), strict), { resolver });
+    open.push(discovered);
+    const refused = await proxied(discovered, `${CS}/get_token`, tokenBody());
+    expect([refused.status, refused.json?.errcode]).toEqual([502, 'M_UNKNOWN']);
+    expect(hs.calls.filter((c) => c.path.includes('is_joined'))).toHaveLength(0);
+    // The operator's own URL for it (SIDECAR_CS_API_URL_OVERRIDES) may be private: it is theirs.
+    const listed = await daemon(hs, tempDbPath('guard-listed'), { ...strict, SIDECAR_CS_API_URL_OVERRIDES: `${SERVER}=http://localhost:${port}` });
+    const granted = await proxied(listed, `${CS}/get_token`, tokenBody());
+    expect(granted.status, JSON.stringify(granted.json)).toBe(200);
   });
 });
