@@ -1,6 +1,7 @@
 /**
  * `npm run bench [-- NAME ...] [--quick] [--no-write] [--rewrite]`: the benchmarks of issue 8, each in turn, then
- * docs/benchmarks.md. Names: intake, scale, latency, load, burst, replicas (all by default). `--quick` shrinks every benchmark
+ * docs/benchmarks.md. Names: intake, scale, latency, load, burst, replicas, appservice (all by default; appservice needs
+ * the real Synapse of `npm run peers:install`). `--quick` shrinks every benchmark
  * to check that it runs; its figures are not measurements and are never written. `--rewrite` measures nothing and
  * rebuilds the document from the stored results and bench/notes/ (after editing a note).
  */
@@ -11,6 +12,7 @@ import { waitForQuiet } from './lib/contention.js';
 import { ensureBuilt, ROOT } from './lib/daemon.js';
 import { describeMachine, machineInfo } from './lib/machine.js';
 import { DOC, RESULTS, summaryTable, writeReport, type BenchOptions, type Section } from './lib/report.js';
+import { run as appservice } from './appservice-capacity.js';
 import { run as burst } from './burst.js';
 import { run as latency } from './disconnect-to-action.js';
 import { run as load } from './homeserver-load.js';
@@ -18,7 +20,7 @@ import { run as scale } from './scale.js';
 import { run as replicas } from './replicas.js';
 import { run as intake } from './webhook-intake.js';
 
-const BENCHES: Record<string, (o: BenchOptions) => Promise<Section>> = { intake, scale, latency, load, burst, replicas };
+const BENCHES: Record<string, (o: BenchOptions) => Promise<Section>> = { intake, scale, latency, load, burst, replicas, appservice };
 
 const args = process.argv.slice(2);
 if (args.includes('--rewrite')) {

@@ -12,6 +12,7 @@ import { tokenRoutes } from './http/token.js';
 import { appserviceRoutes } from './http/appservice.js';
 import { AppserviceHomeserver } from './appservice/homeserver-api.js';
 import { MembershipMonitor, type ParticipantRemover } from './appservice/membership.js';
+import { recoverMemberships } from './appservice/recover-memberships.js';
 import { matrixResolverFor, usableCsApi } from './compat/matrix-user.js';
 import type { MatrixResolver } from './compat/matrix-resolver.js';
 import type { RoomCreator } from './compat/livekit-token.js';
@@ -112,7 +113,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
     allowHttp: config.allowHttp,
   };
   // Application-service mode: what we ask our homeserver as the service, and how calls made as a user look.
-  const asApi = config.appservice ? new AppserviceHomeserver({ asToken: config.appservice.asToken, clock }) : null;
+  const asApi = config.appservice ? new AppserviceHomeserver({ asToken: config.appservice.asToken, clock, policy, ...(deps.resolveAddress ? { resolve: deps.resolveAddress } : {}) }) : null;
   const homeservers = new HomeserverClient({
     rate: config.homeserverRate,
     clock,
@@ -216,6 +217,15 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
       logger: monitorLog,
       metrics,
       intervalMs: config.appservice.membershipCheckIntervalMs,
+      recover: () =>
+        recoverMemberships({
+          open: () => engine.openRooms().flatMap((room) => engine.delegationsInRoom(room)),
+          delayIdOf: async (id) => (await store.getSecrets(id))?.token,
+          lookup: async (user, delayId) => {
+            const base = await usableCsApi(resolver, own, config, monitorLog);
+            return base ? asApi.lookupDelay(base.url, user, delayId) : { kind: 'error', status: null };
+          },
+        }),
     });
     engine.onParticipantJoined((room, identity) => monitor.onJoined(room, identity));
     membership = monitor;

@@ -6,6 +6,7 @@
  */
 import { Agent, request } from 'undici';
 import type { Clock } from '../clock.js';
+import { guardedLookup, type AddressResolver, type GuardPolicy } from '../homeserver/address-guard.js';
 import { readLimited } from '../lib/read-limited.js';
 
 const MSC4140_UNSTABLE = '/_matrix/client/unstable/org.matrix.msc4140/delayed_events';
@@ -41,10 +42,23 @@ interface DelayedEventInfo {
 export type DelayLookup = { kind: 'found'; event: DelayedEventInfo } | { kind: 'unknown' } | { kind: 'error'; status: number | null };
 
 export class AppserviceHomeserver {
-  private readonly agent = new Agent({ keepAliveTimeout: 30_000, connections: 16, connect: { timeout: 5_000 } });
+  private readonly agent: Agent;
+  /** For the operator's own URL of the homeserver (SIDECAR_CS_API_URL_OVERRIDES): it may be on a private address. */
+  private readonly listedAgent: Agent;
   private readonly stable = new Map<string, { stable: boolean; until: number }>();
 
-  constructor(private readonly opts: { asToken: string; clock: Clock }) {}
+  /**
+   * Calls to our own homeserver pass the same address guard as every homeserver call: the URL the operator set is
+   * trusted like a listed origin (private addresses allowed, it is theirs); one discovered through `.well-known`
+   * must resolve to a public address at every connection unless private addresses are allowed, and no cloud
+   * metadata address unless listed. The as_token goes with these calls, so it must not follow a DNS answer that
+   * changed after discovery.
+   */
+  constructor(private readonly opts: { asToken: string; clock: Clock; policy: GuardPolicy; resolve?: AddressResolver }) {
+    const agentFor = (policy: GuardPolicy) => new Agent({ keepAliveTimeout: 30_000, connections: 16, connect: { timeout: 5_000, lookup: guardedLookup(policy, opts.resolve) as never } });
+    this.agent = agentFor({ ...opts.policy, allow: { ...opts.policy.allow, origins: new Set() } });
+    this.listedAgent = agentFor({ ...opts.policy, allowPrivateAddresses: true });
+  }
 
   /** Does this origin serve MSC4140's stable `v1` management paths? Asked once per origin and TTL; false on errors. */
   async stablePaths(baseUrl: string): Promise<boolean> {
@@ -118,7 +132,7 @@ export class AppserviceHomeserver {
       method: 'POST',
       headers: { authorization: `Bearer ${this.opts.asToken}`, 'content-type': 'application/json', 'user-agent': 'futures-sidecar' },
       body: JSON.stringify({ destination: call.destination, method: 'POST', path: call.path, body: call.body }),
-      dispatcher: this.agent,
+      dispatcher: this.dispatcherFor(baseUrl),
       headersTimeout: FED_PROXY_TIMEOUT_MS,
       bodyTimeout: FED_PROXY_TIMEOUT_MS,
     });
@@ -129,13 +143,17 @@ export class AppserviceHomeserver {
   }
 
   async close(): Promise<void> {
-    await this.agent.close();
+    await Promise.all([this.agent.close(), this.listedAgent.close()]);
+  }
+
+  private dispatcherFor(url: string): Agent {
+    return this.opts.policy.allow.origins.has(new URL(url).origin) ? this.listedAgent : this.agent;
   }
 
   private async get(url: string, timeoutMs: number, authenticated: boolean): Promise<JsonAnswer> {
     const headers: Record<string, string> = { 'user-agent': 'futures-sidecar' };
     if (authenticated) headers.authorization = `Bearer ${this.opts.asToken}`;
-    const res = await request(url, { method: 'GET', headers, dispatcher: this.agent, headersTimeout: timeoutMs, bodyTimeout: timeoutMs });
+    const res = await request(url, { method: 'GET', headers, dispatcher: this.dispatcherFor(url), headersTimeout: timeoutMs, bodyTimeout: timeoutMs });
     return answerOf(res.statusCode, res.body);
   }
 }

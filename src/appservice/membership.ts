@@ -33,6 +33,7 @@ export class MembershipMonitor {
   private readonly tracked = new Map<string, Tracked>();
   private timer: ReturnType<Clock['setTimeout']> | null = null;
   private sweeping: Promise<void> | null = null;
+  private recovering: Promise<void> | null = null;
   private stopped = false;
 
   constructor(
@@ -47,6 +48,8 @@ export class MembershipMonitor {
       metrics: Metrics;
       /** 0: no sweep (participant_joined is still checked). */
       intervalMs: number;
+      /** At start: the participants of delegations that outlived a restart, tracked again and swept at once. */
+      recover?: () => Promise<Array<{ room: string; identity: string; matrixRoom: string; user: string }>>;
     },
   ) {}
 
@@ -71,11 +74,27 @@ export class MembershipMonitor {
   }
 
   start(): void {
-    if (this.deps.intervalMs > 0) this.schedule();
+    const recover = this.deps.recover;
+    if (!recover) {
+      if (this.deps.intervalMs > 0) this.schedule();
+      return;
+    }
+    this.recovering = (async () => {
+      try {
+        const members = await recover();
+        for (const m of members) this.track(m.room, m.identity, m.matrixRoom, m.user);
+        if (members.length) this.deps.logger.info({ count: members.length }, 'memberships of delegations open before the restart tracked again');
+        if (!this.stopped) await this.sweep();
+      } catch (err) {
+        this.deps.logger.warn({ reason: (err as Error).message }, 'memberships of open delegations not recovered; they are checked at their next token');
+      }
+      if (this.deps.intervalMs > 0) this.schedule();
+    })();
   }
 
   async stop(): Promise<void> {
     this.stopped = true;
+    await this.recovering;
     if (this.timer) this.deps.clock.clearTimeout(this.timer);
     await this.sweeping;
   }

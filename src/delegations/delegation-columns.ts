@@ -231,6 +231,10 @@ export class DelegationColumns {
     return this.altIdentities[slot]!;
   }
 
+  ownerAt(slot: number): string | undefined {
+    return this.owners.get(slot);
+  }
+
   homeserverAt(slot: number): string {
     return this.homeservers.value(this.homeserver[slot]!);
   }

@@ -96,7 +96,8 @@ export class OpenDelegations implements ScheduleSlots {
       this.replace(d);
       return d;
     }
-    this.load.track(this.originOf(d.homeserver), this.refreshRate(d.timeoutMs), d.lastRefreshAt !== null);
+    // Calls made as a user (application-service mode) are limited per user, not in the origin's one-address budget.
+    if (!d.owner) this.load.track(this.originOf(d.homeserver), this.refreshRate(d.timeoutMs), d.lastRefreshAt !== null);
     const slot = this.columns.insert(d);
     this.byRoom.link(this.columns.roomAt(slot), slot, 0);
     if (this.hasOwnAltRoom(slot)) this.byRoom.link(this.columns.altRoomOrRoomAt(slot), slot, 1);
@@ -114,7 +115,7 @@ export class OpenDelegations implements ScheduleSlots {
     this.updateWaiting(slot, after.state);
     // Admission counts a delegation for good from the first refresh its homeserver accepted (or no longer, when a
     // state the store refused is rolled back).
-    if (refreshedBefore !== (after.lastRefreshAt !== null)) {
+    if (!after.owner && refreshedBefore !== (after.lastRefreshAt !== null)) {
       this.load.confirm(after.id, this.originOf(after.homeserver), this.refreshRate(after.timeoutMs), after.lastRefreshAt !== null ? 1 : -1);
     }
   }
@@ -124,7 +125,7 @@ export class OpenDelegations implements ScheduleSlots {
     if (slot === undefined) return;
     // Counted as it was held: `d` may be a newer state whose first accepted refresh was never counted.
     const homeserver = this.columns.homeserverAt(slot);
-    this.load.untrack(d.id, this.originOf(homeserver), this.refreshRate(this.columns.timeoutAt(slot)), this.columns.refreshedAt(slot) !== null);
+    if (!this.columns.ownerAt(slot)) this.load.untrack(d.id, this.originOf(homeserver), this.refreshRate(this.columns.timeoutAt(slot)), this.columns.refreshedAt(slot) !== null);
     this.waiting.delete(slot);
     this.byRoom.unlink(this.columns.roomAt(slot), slot, 0);
     if (this.hasOwnAltRoom(slot)) this.byRoom.unlink(this.columns.altRoomOrRoomAt(slot), slot, 1);

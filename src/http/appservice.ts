@@ -27,6 +27,13 @@ const SS_PREFIXES = ['/_matrix/federation/unstable/io.element.msc4195/rtc/liveki
 /** Where a remote server's S-S `get_token` is (lk-jwt-service relays to the unstable one; servers serve both here). */
 const REMOTE_GET_TOKEN_PATH = '/_matrix/federation/unstable/io.element.msc4195/rtc/livekit/get_token';
 const PING_PATH = '/_matrix/app/v1/ping';
+/**
+ * Synapse pushes every event of the users in the registration's namespace to a registration with a `url` (which
+ * its ping needs): each transaction is acknowledged and dropped, or Synapse retries it with backoff for ever.
+ */
+const TRANSACTIONS_PATH = '/_matrix/app/v1/transactions/:txnId';
+/** A transaction holds up to 100 events plus EDUs; only the homeserver (its hs_token checked first) gets this far. */
+const TRANSACTION_BODY_LIMIT = 32 * 1024 * 1024;
 
 export interface AppserviceDeps {
   config: Config;
@@ -44,9 +51,14 @@ export interface AppserviceDeps {
 }
 
 const Str = Type.String();
-const CsGetTokenBody = Type.Object({ room_id: Str, slot_id: Str, url: Str, member_id: Str, server_name: Type.Optional(Str) });
+/**
+ * The membership a C-S request is for: MSC4195's `member_id` (lk-jwt-service main), or matrix-js-sdk 43's
+ * `member: {id, claimed_device_id?}` (its LivekitRtcMember; the SDK sends no `member_id`). One of them is required.
+ */
+const MemberOf = { member_id: Type.Optional(Str), member: Type.Optional(Type.Object({ id: Str, claimed_device_id: Type.Optional(Str) })) };
+const CsGetTokenBody = Type.Object({ room_id: Str, slot_id: Str, url: Str, ...MemberOf, server_name: Type.Optional(Str) });
 const SsGetTokenBody = Type.Object({ user_id: Str, room_id: Str, slot_id: Str, url: Str, member_id: Str });
-const DelegateBody = Type.Object({ url: Str, room_id: Str, slot_id: Str, member_id: Str, delay_id: Str });
+const DelegateBody = Type.Object({ url: Str, room_id: Str, slot_id: Str, ...MemberOf, delay_id: Str });
 const ErrorAnswer = Type.Object({ errcode: Type.String(), error: Type.String(), retry_after_ms: Type.Optional(Type.Integer()) });
 const tokenResponses = { 200: Type.Object({ jwt: Type.String() }), '4xx': ErrorAnswer, '5xx': ErrorAnswer };
 
@@ -96,6 +108,7 @@ export async function appserviceRoutes(plain: FastifyInstance, deps: AppserviceD
   const exempt = { exemptFromRateLimit: true };
 
   scope.all(PING_PATH, { config: exempt }, async () => ({}));
+  scope.put(TRANSACTIONS_PATH, { config: exempt, bodyLimit: TRANSACTION_BODY_LIMIT }, async () => ({}));
 
   const csApi = async () => {
     const base = await usableCsApi(deps.resolver, own, config, log);
@@ -125,12 +138,18 @@ export async function appserviceRoutes(plain: FastifyInstance, deps: AppserviceD
     const empty = Object.entries(fields).filter(([, v]) => v === '').map(([k]) => `\`${k}\``);
     if (empty.length) throw badJson(`The request body has an empty ${empty.join(', ')}`);
   };
+  const memberIdOf = (b: { member_id?: string; member?: { id: string } }): string => {
+    if (b.member_id === undefined && b.member === undefined) throw badJson('The request body needs `member_id` (or `member.id`)');
+    if (b.member_id !== undefined && b.member !== undefined && b.member_id !== b.member.id) throw badJson('`member_id` and `member.id` differ');
+    return b.member_id ?? b.member!.id;
+  };
 
   for (const prefix of CS_PREFIXES) {
     scope.post(`${prefix}/get_token`, { config: exempt, onRequest: userHeader, schema: { body: CsGetTokenBody, response: tokenResponses } }, async (req) => {
       const user = callers.get(req)!;
       const b = req.body;
-      required({ room_id: b.room_id, slot_id: b.slot_id, url: b.url, member_id: b.member_id });
+      const memberId = memberIdOf(b);
+      required({ room_id: b.room_id, slot_id: b.slot_id, url: b.url, member_id: memberId });
       const target = (b.server_name ?? '').toLowerCase();
       const local = target === '' || target === own;
       if (local && b.url !== config.livekitUrl) throw invalidParam(URL_MISMATCH);
@@ -138,24 +157,25 @@ export async function appserviceRoutes(plain: FastifyInstance, deps: AppserviceD
       const base = await csApi();
       if (!(await joined(base, b.room_id, { mxid: user }))) throw forbidden(NOT_A_MEMBER);
       if (local) {
-        const [identity, room] = [msc4195Identity(user, b.member_id), liveKitRoomName(b.room_id, b.slot_id)];
+        const [identity, room] = [msc4195Identity(user, memberId), liveKitRoomName(b.room_id, b.slot_id)];
         const answer = await issue(identity, room, true);
         deps.membership.track(room, identity, b.room_id, user);
         deps.metrics.tokensIssued.inc({ route: 'appservice', outcome: 'full_access' });
         return answer;
       }
       if (!(await joined(base, b.room_id, { serverName: target }))) throw forbidden('The target server is not joined to the room');
-      return relay(base, target, { user_id: user, url: b.url, room_id: b.room_id, slot_id: b.slot_id, member_id: b.member_id });
+      return relay(base, target, { user_id: user, url: b.url, room_id: b.room_id, slot_id: b.slot_id, member_id: memberId });
     });
 
     scope.post(`${prefix}/delegate_delayed_leave`, { config: exempt, onRequest: userHeader, schema: { body: DelegateBody, response: { 200: Type.Object({}), '4xx': ErrorAnswer, '5xx': ErrorAnswer } } }, async (req) => {
       const user = callers.get(req)!;
       const b = req.body;
-      required({ url: b.url, room_id: b.room_id, slot_id: b.slot_id, member_id: b.member_id, delay_id: b.delay_id });
+      const memberId = memberIdOf(b);
+      required({ url: b.url, room_id: b.room_id, slot_id: b.slot_id, member_id: memberId, delay_id: b.delay_id });
       if (b.url !== config.livekitUrl) throw invalidParam(URL_MISMATCH);
       if (serverOf(user) !== own) throw invalidParam('Malformed user identifier');
       const room = liveKitRoomName(b.room_id, b.slot_id);
-      const identity = msc4195Identity(user, b.member_id);
+      const identity = msc4195Identity(user, memberId);
       await deps.limitParticipant(req, identity, room);
       const base = await csApi();
       const found = await api.lookupDelay(base, user, b.delay_id);

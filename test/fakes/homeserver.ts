@@ -476,6 +476,13 @@ export class FakeHomeserver {
     this.knobs.perActionEndpoints = enabled;
   }
 
+  /** Only rooms whose memberships the test set (setJoined) know who left: elsewhere every owner may send. */
+  private leftTheRoom(record: DelayedRecord): boolean {
+    if (record.owner === undefined || this.joined.has(`${record.roomId}\u0000${record.owner}`)) return false;
+    for (const key of this.joined) if (key.startsWith(`${record.roomId}\u0000`)) return true;
+    return false;
+  }
+
   /** The user (an mxid) or server (a name) joins or leaves the room, as MSC4502's `is_joined` answers. */
   setJoined(roomId: string, who: string, joined: boolean): void {
     if (joined) this.joined.add(`${roomId}\u0000${who}`);
@@ -991,6 +998,12 @@ export class FakeHomeserver {
         this.armTimer(record);
         break;
       case 'send':
+        if (this.leftTheRoom(record)) {
+          // Synapse: the event is sent as its owner, whom event auth refuses once they left (or were kicked), and the
+          // delayed event is deleted all the same (handlers/delayed_events.py `_send_event`, finally).
+          this.finalise(record, 'invalidated');
+          return matrixError(403, 'M_FORBIDDEN', `User ${record.owner} not in room ${record.roomId}`);
+        }
         this.finalise(record, 'sent');
         this.sendDelayed(record, 'action');
         break;

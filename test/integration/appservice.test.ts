@@ -6,7 +6,9 @@
  */
 import { TokenVerifier } from 'livekit-server-sdk';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { createServer } from 'node:http';
 import { liveKitRoomName, msc4195Identity } from '../../src/compat/livekit-names.js';
+import { MatrixResolver } from '../../src/compat/matrix-resolver.js';
 import { startFakeHomeserver, type FakeHomeserver, type FakeHomeserverOptions } from '../fakes/homeserver.js';
 import { WebhookSender, mintParticipantToken, startFakeRoomService, type FakeRoomService } from '../fakes/livekit.js';
 import { ADMIN_TOKEN, API_KEY, API_SECRET, api, startDaemon, tempDbPath, waitFor, type RunningDaemon } from '../helpers/daemon.js';
@@ -238,7 +240,8 @@ describe('application-service delegations', () => {
     expect(made.every((c) => c.stable && c.path.startsWith('/_matrix/client/v1/delayed_events/'))).toBe(true);
     // The single lookup answered 405 M_UNRECOGNIZED; the user's list found the delay.
     const lookups = hs.calls.filter((c) => c.method === 'GET' && c.path.startsWith('/_matrix/client/v1/delayed_events'));
-    expect(lookups.map((c) => [c.path === '/_matrix/client/v1/delayed_events' ? 'list' : 'single', c.status])).toEqual([['single', 405], ['list', 200]]);
+    // The second pair: after the restart, the membership monitor learns the delegation's Matrix room the same way.
+    expect(lookups.map((c) => [c.path === '/_matrix/client/v1/delayed_events' ? 'list' : 'single', c.status])).toEqual([['single', 405], ['list', 200], ['single', 405], ['list', 200]]);
   });
 });
 
@@ -293,9 +296,29 @@ describe('MSC4502 membership of participants', () => {
     expect(removals(p.identity)).toHaveLength(0);
     hs.setJoined(ROOM_ID, ALICE, false);
     await waitFor('RemoveParticipant', () => removals(p.identity).some((c) => c.status === 200), 15_000);
-    await waitFor('the leave sent as the user', () => hs.status(p.delayId) === 'sent', 15_000);
-    const send = hs.calls.find((c) => c.op === 'send' && c.handle === p.delayId)!;
-    expect([send.authorization, send.userId]).toEqual([`Bearer ${AS_TOKEN}`, ALICE]);
+    // The leave is sent as the user, whom the homeserver refuses once they left the room (as Synapse does).
+    const send = await waitFor('the leave sent as the user', () => hs.calls.find((c) => c.op === 'send' && c.handle === p.delayId), 15_000);
+    expect([send.authorization, send.userId, send.status]).toEqual([`Bearer ${AS_TOKEN}`, ALICE, 403]);
+    expect(hs.status(p.delayId)).toBe('invalidated');
+    lk.clear();
+  });
+
+  it('tracks again, after a restart, the participants of delegations made before it, and removes one whose user left meanwhile', async () => {
+    const hs = await homeserver();
+    const store = tempDbPath('membership-restart');
+    const over = { LIVEKIT_MEMBERSHIP_CHECK_INTERVAL_SECONDS: '1', SIDECAR_RECONCILE_INTERVAL_MS: '1000' };
+    const before = await daemon(hs, store, over);
+    const p = await inCall(hs, before, 'PA_restart');
+    expect((await p.sender.participantJoined(p.room, { sid: 'PA_restart', identity: p.identity })).status).toBe(200);
+    await before.stop();
+    // The user leaves while the daemon is down; no token is asked for again.
+    hs.setJoined(ROOM_ID, ALICE, false);
+    await daemon(hs, store, over);
+    await waitFor('RemoveParticipant', () => removals(p.identity).some((c) => c.status === 200), 20_000);
+    const send = await waitFor('the leave attempted as the user', () => hs.calls.find((c) => c.op === 'send' && c.handle === p.delayId), 15_000);
+    expect([send.userId, send.status]).toEqual([ALICE, 403]);
+    // The room was learnt from the delayed event, looked up as its owner.
+    expect(hs.calls.filter((c) => c.method === 'GET' && c.path.includes('/delayed_events/') && c.userId === ALICE).length).toBeGreaterThanOrEqual(2);
     lk.clear();
   });
 
@@ -313,7 +336,7 @@ describe('MSC4502 membership of participants', () => {
     // LiveKit announces the same session again (a webhook retry): this time the homeserver answers.
     expect((await p.sender.participantJoined(p.room, { sid: 'PA_join', identity: p.identity })).status).toBe(200);
     await waitFor('RemoveParticipant', () => removals(p.identity).length >= 1, 15_000);
-    await waitFor('the leave sent', () => hs.status(p.delayId) === 'sent', 15_000);
+    await waitFor('the leave attempted', () => hs.status(p.delayId) === 'invalidated', 15_000);
     lk.clear();
   });
 });
@@ -340,5 +363,83 @@ describe('limits per mode', () => {
     };
     const answers = [await anonymous('s1'), await anonymous('s2')];
     expect(answers.map((a) => a.status)).toContain(429);
+  });
+
+  it("leaves the origin's standalone budget to standalone delegations: the load of calls made as users is not counted in it", async () => {
+    const hs = await homeserver();
+    // Budget 0.8 calls/s; six delegations as users with 4 s delays make about 1.5/s of their own.
+    const d = await daemon(hs, tempDbPath('limits-apart'), { SIDECAR_HOMESERVER_RATE: '1' });
+    for (let i = 0; i < 6; i++) {
+      const user = `@v${i}:hs.test`;
+      const delayId = await hs.createDelayedEvent({ asUser: user, roomId: ROOM_ID, eventType: 'org.matrix.msc3401.call.member', stateKey: `_${user}_d`, content: {}, delayMs: DELAY_MS });
+      const a = await proxied(d, `${CS}/delegate_delayed_leave`, { ...tokenBody({ member_id: `v${i}` }), delay_id: delayId }, { 'x-matrix-user-identifier': user });
+      expect([a.status, a.json]).toEqual([200, {}]);
+    }
+    await waitFor('first refreshes made as the users', async () => (await metricValue(d.daemon.metrics.registry, 'futures_sidecar_homeserver_calls_total', { limit: 'as_user' })) >= 6, 15_000);
+    // A standalone delegation of 60 s (about 0.03 calls/s) fits the budget those do not use.
+    const delayId = await hs.createDelayedEvent({ roomId: '!s:hs.test', eventType: 'org.matrix.msc3401.call.member', stateKey: '_solo', content: {}, delayMs: 60_000 });
+    const jwt = await mintParticipantToken({ apiKey: API_KEY, apiSecret: API_SECRET, identity: 'solo', room: 'standalone' });
+    const created = await api(d.url, 'POST', '/v1/delegations', { token: jwt, body: { homeserver: hs.url, dialect: 'delayed_events', token: delayId, timeout_ms: 60_000 } });
+    expect(created.status, JSON.stringify(created.body)).toBe(201);
+  });
+});
+
+describe('what the real Synapse sends (test/real/appservice.test.ts)', () => {
+  it("takes matrix-js-sdk 43's `member: {id, claimed_device_id}` in place of `member_id`, and refuses neither or both differing", async () => {
+    const hs = await homeserver();
+    const d = await daemon(hs, tempDbPath('sdk-member'));
+    const sdkBody = { room_id: ROOM_ID, slot_id: SLOT_ID, url: lk.url, member: { id: MEMBER, claimed_device_id: 'DEV' } };
+    const token = await proxied(d, `${CS}/get_token`, sdkBody);
+    expect(token.status, JSON.stringify(token.json)).toBe(200);
+    expect((await grantOf(String(token.json?.jwt))).sub).toBe(msc4195Identity(ALICE, MEMBER));
+    const delayId = await hs.createDelayedEvent({ asUser: ALICE, roomId: ROOM_ID, eventType: 'org.matrix.msc3401.call.member', stateKey: `_${ALICE}_sdk`, content: {}, delayMs: DELAY_MS });
+    const delegated = await proxied(d, `${CS}/delegate_delayed_leave`, { ...sdkBody, delay_id: delayId });
+    expect([delegated.status, delegated.json]).toEqual([200, {}]);
+    const listed = (await api(d.url, 'GET', '/v1/admin/delegations', { token: ADMIN_TOKEN })).body.delegations as Array<{ identity: string }>;
+    expect(listed.map((x) => x.identity)).toEqual([msc4195Identity(ALICE, MEMBER)]);
+    for (const body of [{ ...sdkBody, member: undefined }, { ...sdkBody, member_id: 'another' }]) {
+      const a = await proxied(d, `${CS}/get_token`, body);
+      expect([a.status, a.json?.errcode]).toEqual([400, 'M_BAD_JSON']);
+    }
+  });
+
+  it("acknowledges the homeserver's event transactions (its hs_token only), so that Synapse does not retry them for ever", async () => {
+    const hs = await homeserver();
+    const d = await daemon(hs, tempDbPath('transactions'));
+    const put = (token: string | null) =>
+      requestJson(`${d.url}/_matrix/app/v1/transactions/1`, 'PUT', { events: [{ type: 'm.room.message', content: {} }] }, token ? { authorization: `Bearer ${token}` } : {});
+    expect(await put(HS_TOKEN)).toMatchObject({ status: 200, json: {} });
+    expect((await put(null)).status).toBe(401);
+    expect((await put(AS_TOKEN)).json?.errcode).toBe('M_UNKNOWN_TOKEN');
+  });
+});
+
+describe('calls to our own homeserver and the address guard', () => {
+  /** `.well-known/matrix/client` of hs.test naming `baseUrl`, served from an origin the resolver is told to trust. */
+  async function wellKnown(baseUrl: string) {
+    const server = createServer((_req, res) => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ 'm.homeserver': { base_url: baseUrl } })));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+    open.push({ close: () => new Promise<void>((r) => server.close(() => r())) });
+    return url;
+  }
+
+  it('refuses a discovered homeserver whose name resolves to a private address at connect time, and trusts the URL the operator set', async () => {
+    const hs = await homeserver();
+    const port = new URL(hs.url).port;
+    // Discovery sees a public address (a DNS answer that changes later); the connection would go to loopback.
+    const wk = await wellKnown(`http://localhost:${port}`);
+    const resolver = new MatrixResolver({ federationOverrides: new Map([['wk.test', wk]]), csApiOverrides: new Map(), allowPrivateAddresses: false, lookupAll: async () => ['203.0.113.7'], wellKnownOrigin: () => wk });
+    open.push({ close: () => resolver.close() });
+    const strict = { SIDECAR_ALLOW_PRIVATE_ADDRESSES: 'false', SIDECAR_CS_API_URL_OVERRIDES: '' };
+    const discovered = await startDaemon(env(hs, tempDbPath('guard-discovered'), strict), { resolver });
+    open.push(discovered);
+    const refused = await proxied(discovered, `${CS}/get_token`, tokenBody());
+    expect([refused.status, refused.json?.errcode]).toEqual([502, 'M_UNKNOWN']);
+    expect(hs.calls.filter((c) => c.path.includes('is_joined'))).toHaveLength(0);
+    // The operator's own URL for it (SIDECAR_CS_API_URL_OVERRIDES) may be private: it is theirs.
+    const listed = await daemon(hs, tempDbPath('guard-listed'), { ...strict, SIDECAR_CS_API_URL_OVERRIDES: `${SERVER}=http://localhost:${port}` });
+    const granted = await proxied(listed, `${CS}/get_token`, tokenBody());
+    expect(granted.status, JSON.stringify(granted.json)).toBe(200);
   });
 });

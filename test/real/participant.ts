@@ -42,8 +42,11 @@ export interface ParticipantSpec {
    * comes from the daemon's `/get_token` (hashed identity) or `/sfu/get` (`<user>:<device>`) with a real OpenID
    * token, the participant joins LiveKit with it (`livekitUrl` / `livekitToken` are not used), then asks the same
    * route again with the delay fields to delegate, and throws that second token away.
+   * `appservice`: Matrix 2.0, through the homeserver (MSC4195 proxied by MSC4512): the LiveKit token comes from
+   * the SDK's `_unstable_getLivekitToken` (with `livekitUrl` as the transport's `url`; `livekitToken` unused) and
+   * the leave goes to `_unstable_delegateDelayedLeave`.
    */
-  delegate: 'v1' | 'compat' | 'none' | TokenRoute;
+  delegate: 'v1' | 'compat' | 'none' | 'appservice' | TokenRoute;
   /**
    * The participant's own address as the daemon's trusted proxy reports it: each participant is a browser of its
    * own, and the daemon holds one address to a share of a homeserver while its delegations are not yet accepted.
@@ -90,11 +93,15 @@ async function startOne(i: number, spec: ParticipantSpec) {
   const stateKey = `_${login.user_id}_${login.device_id}_m.call`;
   await withTimeout(new Promise<void>((resolve) => (session.isJoined() && session.memberships.some((m) => m.sender === login.user_id) ? resolve() : session.on(MatrixRTCSessionEvent.MembershipsChanged, () => session.memberships.some((m) => m.sender === login.user_id) && resolve()))), 30_000, 'the membership event');
 
+  // Matrix 2.0, in matrix-js-sdk 43's body (`member: {id, claimed_device_id}`, no `member_id`); the member id is
+  // the legacy membership's `<user>:<device>` (CallMembership.memberId).
+  const proxied = { url: spec.livekitUrl, room_id: spec.roomId, slot_id: 'm.call#ROOM', member: { id: `${login.user_id}:${login.device_id}`, claimed_device_id: login.device_id } };
+  const livekitToken = spec.delegate === 'appservice' ? (await mx._unstable_getLivekitToken(proxied)).jwt : spec.livekitToken;
   const lk = new Room();
   lk.on(RoomEvent.Disconnected, (reason) => out({ ev: 'livekit', i, what: 'disconnected', reason }));
   lk.on(RoomEvent.Reconnecting, () => out({ ev: 'livekit', i, what: 'reconnecting' }));
   lk.on(RoomEvent.Reconnected, () => out({ ev: 'livekit', i, what: 'reconnected' }));
-  let livekit = { url: spec.livekitUrl, jwt: spec.livekitToken };
+  let livekit = { url: spec.livekitUrl, jwt: livekitToken };
   if (isTokenRoute(spec.delegate)) {
     const res = await tokenRequest(spec, spec.delegate, mx, login.user_id, login.device_id, null);
     out({ ev: 'token', i, route: spec.delegate, status: res.status, url: res.body?.url });
@@ -104,7 +111,13 @@ async function startOne(i: number, spec: ParticipantSpec) {
   await lk.connect(livekit.url, livekit.jwt, { autoSubscribe: false, dynacast: false });
   out({ ev: 'joined', i, delayId: id, stateKey, identity: lk.localParticipant?.identity, userId: login.user_id, deviceId: login.device_id });
 
-  if (spec.delegate !== 'none') {
+  if (spec.delegate === 'appservice') {
+    const res = await mx._unstable_delegateDelayedLeave({ ...proxied, delay_id: id }).then(
+      (body) => ({ status: 200, body }),
+      (err: { httpStatus?: number; data?: unknown }) => ({ status: err.httpStatus ?? 0, body: err.data ?? String(err) }),
+    );
+    out({ ev: 'delegated', i, status: res.status, body: res.body });
+  } else if (spec.delegate !== 'none') {
     const res = await delegate(spec, mx, id, login.user_id, login.device_id);
     out({ ev: 'delegated', i, status: res.status, body: res.body });
   }

@@ -1,13 +1,15 @@
-import { mkdtempSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AccessToken } from 'livekit-server-sdk';
-import { legacyIdentity, liveKitIdentity, liveKitRoomName } from '../../src/compat/livekit-names.js';
+import { parse } from 'yaml';
+import { legacyIdentity, liveKitIdentity, liveKitRoomName, msc4195Identity } from '../../src/compat/livekit-names.js';
 import { freePort, spawnDaemon, type ChildDaemon } from '../helpers/daemon.js';
 import { RIG_API_KEY, RIG_API_SECRET, startLiveKit, type LiveKit } from './livekit.js';
 import { spawnParticipants, type ParticipantProcess, type ParticipantSpec } from './participants.js';
-import { CALL_MEMBER_TYPE, startSynapse, type StateEvent, type Synapse, type SynapseUser } from './synapse.js';
+import { CALL_MEMBER_TYPE, startSynapse, SYNAPSE_SERVER_NAME, type StateEvent, type Synapse, type SynapseUser } from './synapse.js';
 
 export interface WebhookSeen {
   event: string;
@@ -33,6 +35,12 @@ export interface RigOptions {
    * (lk-jwt-service would find its federation API through `.well-known`, which a loopback Synapse cannot serve).
    */
   lkJwtService?: boolean;
+  /**
+   * Application-service mode (contract section 8): Synapse gets the registration `futures-sidecar registration`
+   * prints and proxies MSC4195's routes to the daemon, which runs with LIVEKIT_AS_TOKEN / LIVEKIT_HS_TOKEN /
+   * LIVEKIT_HS_SERVER_NAME and hands clients LiveKit's ws:// URL as its LIVEKIT_URL.
+   */
+  appservice?: boolean;
 }
 
 export interface Member {
@@ -58,6 +66,8 @@ export interface Rig {
   /** Webhooks as LiveKit delivered them, recorded by a pass-through proxy in front of the daemon. */
   webhooks: WebhookSeen[];
   observer: SynapseUser;
+  /** The tokens of the registration Synapse loaded, in application-service mode. */
+  appservice: { asToken: string; hsToken: string } | null;
   restartDaemon(signal?: NodeJS.Signals): Promise<void>;
   startCall(n: number, opts: { delayMs: number; delegate: ParticipantSpec['delegate']; wrap?: string[]; homeserverUrl?: string; daemonUrl?: string; livekitUrl?: string }): Promise<Call>;
   /** The member's call membership as Synapse holds it. */
@@ -82,11 +92,12 @@ export async function startRig(opts: RigOptions = {}): Promise<Rig> {
 }
 
 async function assembleRig(opts: RigOptions, started: Array<() => Promise<unknown>>): Promise<Rig> {
-  const synapse = await startSynapse({ defaultDelayedEventLimit: opts.defaultDelayedEventLimit });
-  started.push(() => synapse.stop());
   const daemonHost = opts.daemonHost ?? '127.0.0.1';
   const daemonPort = await freePort();
   const daemonUrl = `http://${daemonHost}:${daemonPort}`;
+  const appservice = opts.appservice ? writeRegistration(daemonUrl) : null;
+  const synapse = await startSynapse({ defaultDelayedEventLimit: opts.defaultDelayedEventLimit, ...(appservice ? { appServiceConfigFiles: [appservice.path] } : {}) });
+  started.push(() => synapse.stop());
   const webhooks: WebhookSeen[] = [];
   const proxy = await webhookProxy(`http://127.0.0.1:${daemonPort}`, webhooks);
   started.push(() => new Promise((r) => proxy.server.close(r)));
@@ -121,6 +132,7 @@ async function assembleRig(opts: RigOptions, started: Array<() => Promise<unknow
     SIDECAR_TRUST_PROXY: 'true',
     SIDECAR_HOST: daemonHost,
     LOG_LEVEL: 'info',
+    ...(appservice ? { LIVEKIT_URL: livekit.wsUrl, LIVEKIT_AS_TOKEN: appservice.asToken, LIVEKIT_HS_TOKEN: appservice.hsToken, LIVEKIT_HS_SERVER_NAME: SYNAPSE_SERVER_NAME } : {}),
     ...opts.daemonEnv,
   };
   const spawnOpts = { dev: !opts.lkJwtService };
@@ -139,6 +151,7 @@ async function assembleRig(opts: RigOptions, started: Array<() => Promise<unknow
     daemonUrl,
     webhooks,
     observer,
+    appservice: appservice && { asToken: appservice.asToken, hsToken: appservice.hsToken },
     async restartDaemon(signal = 'SIGKILL') {
       daemon.kill(signal);
       await daemon.exited;
@@ -157,7 +170,10 @@ async function assembleRig(opts: RigOptions, started: Array<() => Promise<unknow
       for (let k = 0; k < n; k++) {
         const user = await synapse.register(`p${++users}x${Date.now() % 100000}`);
         const deviceId = `RIGDEV${users}`;
-        const identity = call.delegate === 'sfu_get' ? legacyIdentity(user.userId, deviceId) : liveKitIdentity(user.userId, deviceId, `${user.userId}:${deviceId}`);
+        // MSC4195's identity for tokens the homeserver proxied; lk-jwt-service's forms for the others.
+        const memberId = `${user.userId}:${deviceId}`;
+        const identity =
+          call.delegate === 'appservice' ? msc4195Identity(user.userId, memberId) : call.delegate === 'sfu_get' ? legacyIdentity(user.userId, deviceId) : liveKitIdentity(user.userId, deviceId, memberId);
         const at = new AccessToken(RIG_API_KEY, RIG_API_SECRET, { identity, ttl: '2h' });
         at.addGrant({ roomJoin: true, room: livekitRoom, roomCreate: false, canPublish: true, canSubscribe: true });
         specs.push({
@@ -229,6 +245,20 @@ async function assembleRig(opts: RigOptions, started: Array<() => Promise<unknow
     },
   };
   return rig;
+}
+
+/** The registration file as `futures-sidecar registration` prints it for the daemon at `daemonUrl`. */
+function writeRegistration(daemonUrl: string): { path: string; asToken: string; hsToken: string } {
+  const printed = spawnSync(process.execPath, ['--import', 'tsx', 'src/main.ts', 'registration', '--url', daemonUrl, '--server-name', SYNAPSE_SERVER_NAME], {
+    cwd: join(import.meta.dirname, '..', '..'),
+    env: { PATH: process.env.PATH ?? '/usr/bin:/bin' },
+    encoding: 'utf8',
+  });
+  if (printed.status !== 0) throw new Error(`futures-sidecar registration failed (${printed.status}): ${printed.stderr}`);
+  const path = join(mkdtempSync(join(tmpdir(), 'futures-sidecar-as-')), 'registration.yaml');
+  writeFileSync(path, printed.stdout);
+  const reg = parse(printed.stdout) as { as_token: string; hs_token: string };
+  return { path, asToken: reg.as_token, hsToken: reg.hs_token };
 }
 
 /** Forwards LiveKit's webhooks to the daemon untouched and notes when each arrived (for the latency figures). */

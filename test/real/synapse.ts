@@ -8,6 +8,8 @@ import { freePort, waitFor } from '../helpers/daemon.js';
 import { SYNAPSE_PYTHON } from './peers.js';
 
 export const CALL_MEMBER_TYPE = 'org.matrix.msc3401.call.member';
+/** The rig's Synapse's server name (known before it starts: an application service's registration names it). */
+export const SYNAPSE_SERVER_NAME = 'localhost';
 
 /** Every limit Synapse has, opened wide, so that only the scenario that tests one meets it. */
 const RELAXED = { per_second: 10_000, burst_count: 10_000 };
@@ -26,6 +28,8 @@ const RELAXED_LIMITS = {
 export interface SynapseOptions {
   /** Keep Synapse's default `rc_delayed_event_mgmt` (1/s, burst 5 per IP or user) instead of opening it wide. */
   defaultDelayedEventLimit?: boolean;
+  /** Application-service registration files (`app_service_config_files`), read when Synapse starts. */
+  appServiceConfigFiles?: string[];
 }
 
 export interface SynapseUser {
@@ -70,7 +74,7 @@ export interface Synapse {
 export async function startSynapse(opts: SynapseOptions = {}): Promise<Synapse> {
   const dir = mkdtempSync(join(tmpdir(), 'futures-sidecar-synapse-'));
   const port = await freePort();
-  const serverName = 'localhost';
+  const serverName = SYNAPSE_SERVER_NAME;
   const url = `http://127.0.0.1:${port}`;
   const sharedSecret = randomBytes(24).toString('hex');
   const logPath = join(dir, 'homeserver.log');
@@ -108,6 +112,7 @@ export async function startSynapse(opts: SynapseOptions = {}): Promise<Synapse> 
     experimental_features: { msc4512_enabled: true, msc4502_enabled: true },
     ...RELAXED_LIMITS,
     ...(opts.defaultDelayedEventLimit ? {} : { rc_delayed_event_mgmt: RELAXED }),
+    ...(opts.appServiceConfigFiles ? { app_service_config_files: opts.appServiceConfigFiles } : {}),
   };
   writeFileSync(join(dir, 'homeserver.yaml'), stringify(config));
 
