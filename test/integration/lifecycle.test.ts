@@ -1,24 +1,24 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startFakeHomeserver, type FakeHomeserver } from '../fakes/homeserver.js';
+import type { FakeHomeserver } from '../fakes/homeserver.js';
 import type { WebhookSender } from '../fakes/livekit.js';
-import { sleep, startDaemon, waitFor, type RunningDaemon } from '../helpers/daemon.js';
-import { actionsFired, delegate, delegationState, refreshCalls, webhookSender, type DialectName } from '../helpers/scenario.js';
+import { sleep, waitFor, type RunningDaemon } from '../helpers/daemon.js';
+import { startDaemonWithFakes, type DaemonWithFakes } from '../helpers/daemon-with-fakes.js';
+import { actionsFired, delegate, delegationState, refreshCalls, type DialectName } from '../helpers/scenario.js';
 
 /** The contract's promise (section 1), over real HTTP, for both homeserver dialects. */
 describe.each<DialectName>(['futures', 'delayed_events'])('the promise, %s dialect', (dialect) => {
   let hs: FakeHomeserver;
   let d: RunningDaemon;
   let lk: WebhookSender;
+  let world: DaemonWithFakes | undefined;
   const expectedAction = (kind: 'leave' | 'connection_lost') => (dialect === 'futures' ? kind : 'send');
 
   beforeAll(async () => {
-    hs = await startFakeHomeserver();
-    d = await startDaemon({ SIDECAR_JOIN_TIMEOUT_MS: '1500' });
-    lk = webhookSender(d.url);
+    world = await startDaemonWithFakes({ env: { SIDECAR_JOIN_TIMEOUT_MS: '1500' } });
+    ({ hs, d, lk } = world);
   });
   afterAll(async () => {
-    await d.stop();
-    await hs.close();
+    await world?.stop();
   });
 
   it('refreshes at once on registration and keeps the future alive while connected', async () => {

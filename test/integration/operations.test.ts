@@ -1,9 +1,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
-import { startFakeHomeserver, type FakeHomeserver } from '../fakes/homeserver.js';
+import type { FakeHomeserver } from '../fakes/homeserver.js';
 import type { WebhookSender } from '../fakes/livekit.js';
-import { ADMIN_TOKEN, API_SECRET, api, sleep, startDaemon, waitFor, type RunningDaemon } from '../helpers/daemon.js';
-import { delegate, delegationState, refreshCalls, webhookSender, type Participant } from '../helpers/scenario.js';
+import { ADMIN_TOKEN, API_SECRET, api, sleep, waitFor, type RunningDaemon } from '../helpers/daemon.js';
+import { startDaemonWithFakes, type DaemonWithFakes } from '../helpers/daemon-with-fakes.js';
+import { delegate, delegationState, refreshCalls, type Participant } from '../helpers/scenario.js';
 import { metric, scrape } from '../helpers/metrics.js';
 
 function openWatcher(url: string, headers: Record<string, string> = {}): { ws: WebSocket; messages: any[]; ready: Promise<void>; closed: Promise<number> } {
@@ -24,15 +25,14 @@ describe('operations', () => {
   let hs: FakeHomeserver;
   let d: RunningDaemon;
   let lk: WebhookSender;
+  let world: DaemonWithFakes | undefined;
 
   beforeAll(async () => {
-    hs = await startFakeHomeserver();
-    d = await startDaemon({}, { watchMaxBufferedBytes: 64 * 1024 });
-    lk = webhookSender(d.url);
+    world = await startDaemonWithFakes({ deps: { watchMaxBufferedBytes: 64 * 1024 } });
+    ({ hs, d, lk } = world);
   });
   afterAll(async () => {
-    await d.stop();
-    await hs.close();
+    await world?.stop();
   });
 
   describe('metrics', () => {

@@ -1,9 +1,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startFakeHomeserver, type FakeHomeserver } from '../fakes/homeserver.js';
+import type { FakeHomeserver } from '../fakes/homeserver.js';
 import type { WebhookSender } from '../fakes/livekit.js';
-import { ADMIN_TOKEN, api, sleep, startDaemon, waitFor, type RunningDaemon } from '../helpers/daemon.js';
+import { ADMIN_TOKEN, api, sleep, waitFor, type RunningDaemon } from '../helpers/daemon.js';
+import { startDaemonWithFakes, type DaemonWithFakes } from '../helpers/daemon-with-fakes.js';
 import { redisTestsEnabled, startRedis, type RedisServer } from '../helpers/redis.js';
-import { actionsFired, delegate, delegationState, refreshCalls, webhookSender } from '../helpers/scenario.js';
+import { actionsFired, delegate, delegationState, refreshCalls } from '../helpers/scenario.js';
 
 /** One daemon on the replicated store behaves like the embedded one. */
 describe.runIf(redisTestsEnabled('redis store'))('the Redis store, one replica', () => {
@@ -12,16 +13,16 @@ describe.runIf(redisTestsEnabled('redis store'))('the Redis store, one replica',
   let d: RunningDaemon;
   let lk: WebhookSender;
 
+  let world: DaemonWithFakes | undefined;
+
   beforeAll(async () => {
     redis = await startRedis();
-    hs = await startFakeHomeserver();
-    d = await startDaemon({ SIDECAR_STORE: redis.url, SIDECAR_REDIS_LEASE_MS: '3000' });
+    world = await startDaemonWithFakes({ env: { SIDECAR_STORE: redis.url, SIDECAR_REDIS_LEASE_MS: '3000' } });
+    ({ hs, d, lk } = world);
     await waitFor('shards held', async () => (await api(d.url, 'GET', '/readyz')).status === 200);
-    lk = webhookSender(d.url);
   });
   afterAll(async () => {
-    await d?.stop();
-    await hs?.close();
+    await world?.stop();
     await redis?.stop();
   });
 

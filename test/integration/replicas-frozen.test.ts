@@ -1,9 +1,10 @@
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startFakeHomeserver, type FakeHomeserver } from '../fakes/homeserver.js';
-import { spawnDaemon, waitFor, type ChildDaemon } from '../helpers/daemon.js';
+import type { FakeHomeserver } from '../fakes/homeserver.js';
+import { waitFor, type ChildDaemon } from '../helpers/daemon.js';
+import { startReplicasWithFakes, type ReplicasWithFakes } from '../helpers/daemon-with-fakes.js';
 import { metric, scrape } from '../helpers/metrics.js';
-import { redisTestsEnabled, startRedis, type RedisServer } from '../helpers/redis.js';
+import { redisTestsEnabled } from '../helpers/redis.js';
 import { actionsFired, delegate, refreshCalls, webhookSender, type Participant } from '../helpers/scenario.js';
 import { shardOf } from '../../src/store/shard-leases.js';
 
@@ -19,30 +20,21 @@ const PREFIX = 'futures-sidecar:';
  * second line and this test passes without it too.
  */
 describe.runIf(redisTestsEnabled('replicas-frozen'))('a replica frozen past its leases', () => {
-  let redis: RedisServer;
+  let world: ReplicasWithFakes | undefined;
   let hs: FakeHomeserver;
   let client: Redis;
-  const replicas: ChildDaemon[] = [];
+  let replicas: ChildDaemon[];
 
   beforeAll(async () => {
-    redis = await startRedis();
-    hs = await startFakeHomeserver();
-    client = new Redis(redis.url);
-    const env = { SIDECAR_STORE: redis.url, SIDECAR_REDIS_LEASE_MS: String(LEASE_MS), SIDECAR_HOMESERVER_RATE: '500' };
-    for (let i = 0; i < 2; i++) replicas.push(await spawnDaemon(env));
+    world = await startReplicasWithFakes({ count: 2, env: { SIDECAR_REDIS_LEASE_MS: String(LEASE_MS), SIDECAR_HOMESERVER_RATE: '500' } });
+    ({ hs, client, replicas } = world);
     await waitFor('shards spread over the two', async () => {
       const owners = await client.mget(Array.from({ length: 32 }, (_, s) => `${PREFIX}shard:${s}:owner`));
       return owners.every(Boolean) && new Set(owners.map((o) => o!.split('-')[0])).size === 2;
     }, 20_000, 100);
   }, 60_000);
   afterAll(async () => {
-    for (const r of replicas) if (r.proc.exitCode === null && r.proc.signalCode === null) {
-      r.kill('SIGCONT');
-      r.kill('SIGKILL');
-    }
-    client?.disconnect();
-    await hs?.close();
-    await redis?.stop();
+    await world?.stop();
   });
 
   const ownerPid = async (id: string) => (await client.get(`${PREFIX}shard:${shardOf(id)}:owner`))?.split('-')[0];

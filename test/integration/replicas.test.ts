@@ -1,8 +1,9 @@
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startFakeHomeserver, type FakeHomeserver } from '../fakes/homeserver.js';
-import { sleep, spawnDaemon, waitFor, type ChildDaemon } from '../helpers/daemon.js';
-import { redisTestsEnabled, startRedis, type RedisServer } from '../helpers/redis.js';
+import type { FakeHomeserver } from '../fakes/homeserver.js';
+import { sleep, waitFor, type ChildDaemon } from '../helpers/daemon.js';
+import { startReplicasWithFakes, type ReplicasWithFakes } from '../helpers/daemon-with-fakes.js';
+import { redisTestsEnabled } from '../helpers/redis.js';
 import { actionsFired, delegate, refreshCalls, webhookSender, type Participant } from '../helpers/scenario.js';
 
 const LEASE_MS = 3000;
@@ -10,23 +11,17 @@ const PREFIX = 'futures-sidecar:';
 
 /** Three replicas on one Redis: any takes any request, one refreshes each delegation, a dead one is replaced. */
 describe.runIf(redisTestsEnabled('replicas'))('three replicas sharing Redis', () => {
-  let redis: RedisServer;
+  let world: ReplicasWithFakes | undefined;
   let hs: FakeHomeserver;
   let client: Redis;
-  const replicas: ChildDaemon[] = [];
+  let replicas: ChildDaemon[];
 
   beforeAll(async () => {
-    redis = await startRedis();
-    hs = await startFakeHomeserver();
-    client = new Redis(redis.url);
-    const env = { SIDECAR_STORE: redis.url, SIDECAR_REDIS_LEASE_MS: String(LEASE_MS), SIDECAR_HOMESERVER_RATE: '500' };
-    for (let i = 0; i < 3; i++) replicas.push(await spawnDaemon(env));
+    world = await startReplicasWithFakes({ count: 3, env: { SIDECAR_REDIS_LEASE_MS: String(LEASE_MS), SIDECAR_HOMESERVER_RATE: '500' } });
+    ({ hs, client, replicas } = world);
   });
   afterAll(async () => {
-    for (const r of replicas) if (r.proc.exitCode === null) r.kill('SIGKILL');
-    client?.disconnect();
-    await hs?.close();
-    await redis?.stop();
+    await world?.stop();
   });
 
   async function owners(): Promise<string[]> {
