@@ -4,6 +4,7 @@ import { DisconnectReason, ParticipantInfo_State } from '@livekit/protocol';
 import { RoomServiceClient, TokenVerifier, TwirpError, WebhookReceiver } from 'livekit-server-sdk';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { startFakeHomeserver, type FakeHomeserver, type FakeHomeserverOptions } from './homeserver.js';
+import { readRawBody } from './listen.js';
 import {
   buildWebhookBody,
   mintParticipantToken,
@@ -557,10 +558,8 @@ describe('fake LiveKit: webhooks', () => {
 
     beforeAll(async () => {
       server = createServer((req, res) => {
-        const chunks: Buffer[] = [];
-        req.on('data', (chunk: Buffer) => chunks.push(chunk));
-        req.on('end', () => {
-          const body = Buffer.concat(chunks).toString('utf8');
+        void readRawBody(req).then((raw) => {
+          const body = raw.toString('utf8');
           receiver.receive(body, req.headers.authorization).then(
             (event) => {
               received.push({ headers: req.headers, body, accepted: true });
