@@ -45,7 +45,7 @@ describe('homeserver back-pressure', () => {
     const leaver = ps[6]!;
     await lk.participantJoined(room, leaver);
     await lk.participantLeft(room, leaver, 'CLIENT_INITIATED');
-    await waitFor('the leave', () => actionsFired(hs, leaver.token).length === 1, 10_000);
+    await waitFor('the leave', () => actionsFired(hs, leaver.token).length === 1, 20_000);
     const actionAt = hs.calls.find((c) => c.handle === leaver.token && c.op === 'action')!.at;
     const firstRefreshes = ps.slice(0, 6).map((p) => hs.calls.find((c) => c.handle === p.token && c.op === 'refresh' && c.status === 200)?.at ?? Infinity);
     expect(firstRefreshes.some((at) => at > actionAt)).toBe(true);

@@ -541,7 +541,7 @@ describe('compat delegations with only the server name in SIDECAR_HOMESERVERS', 
   it('restarts the delayed event at the overridden client-server API URL when only the server name is listed', async () => {
     const delayId = await newDelayedLeave(h.hs, 10_000);
     expect((await call(h.url, 'POST', delegationBody({ delay_id: delayId, delay_timeout: 10_000 }))).status).toBe(200);
-    await waitFor('the first restart', () => callsFor(h.hs, delayId).find((c) => c.op === 'restart'), 2000);
+    await waitFor('the first restart', () => callsFor(h.hs, delayId).find((c) => c.op === 'restart'), 20_000);
   });
 });
 

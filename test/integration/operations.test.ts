@@ -48,7 +48,7 @@ describe('operations', () => {
       await sleep(700);
       const m2 = metric(await scrape(d.url), 'futures_sidecar_expiry_margin_seconds')!;
       expect(m2).toBeLessThan(m1);
-      await waitFor('second refresh', () => refreshCalls(hs, p.token) >= 2, 3000);
+      await waitFor('second refresh', () => refreshCalls(hs, p.token) >= 2, 20_000);
       const m3 = metric(await scrape(d.url), 'futures_sidecar_expiry_margin_seconds')!;
       expect(m3).toBeGreaterThan(m2);
 
@@ -138,7 +138,7 @@ describe('operations', () => {
       await lk.participantJoined(p.room, p);
       await waitFor('refreshed', () => w.messages.some((m) => m.delegation_id === p.delegationId && m.type === 'refreshed'));
       await lk.participantLeft(p.room, p, 'CONNECTION_TIMEOUT');
-      await waitFor('fired', () => w.messages.some((m) => m.delegation_id === p.delegationId && m.type === 'fired'), 5000);
+      await waitFor('fired', () => w.messages.some((m) => m.delegation_id === p.delegationId && m.type === 'fired'), 20_000);
       const types = w.messages.filter((m) => m.delegation_id === p.delegationId).map((m) => m.type);
       const firstOf = (t: string) => types.indexOf(t);
       expect(firstOf('registered')).toBe(0);

@@ -19,7 +19,7 @@ describe.runIf(redisTestsEnabled('replicas'))('three replicas sharing Redis', ()
   beforeAll(async () => {
     world = await startReplicasWithFakes({ count: 3, env: { SIDECAR_REDIS_LEASE_MS: String(LEASE_MS), SIDECAR_HOMESERVER_RATE: '500' } });
     ({ hs, client, replicas } = world);
-  });
+  }, 180_000);
   afterAll(async () => {
     await world?.stop();
   });
@@ -30,8 +30,8 @@ describe.runIf(redisTestsEnabled('replicas'))('three replicas sharing Redis', ()
   }
 
   it('spreads the shards, survives a SIGKILL with a measured takeover, and fires every later leave exactly once', async () => {
-    await waitFor('every shard owned', async () => (await owners()).every(Boolean), 15_000);
-    await waitFor('shards spread over the three', async () => new Set((await owners()).map((o) => o.split('-')[0])).size === 3, 15_000);
+    await waitFor('every shard owned', async () => (await owners()).every(Boolean), 20_000);
+    await waitFor('shards spread over the three', async () => new Set((await owners()).map((o) => o.split('-')[0])).size === 3, 20_000);
 
     const ps: Participant[] = [];
     for (let i = 0; i < 30; i++) {
@@ -53,7 +53,8 @@ describe.runIf(redisTestsEnabled('replicas'))('three replicas sharing Redis', ()
     await waitFor('the dead replica\'s shards taken over', async () => (await owners()).every((o) => o && !o.startsWith(`${victimPid}-`)), 20_000, 50);
     const takeoverMs = Date.now() - killedAt;
     console.log(`takeover after SIGKILL: ${takeoverMs} ms for ${ownedByVictim} shards (lease ${LEASE_MS} ms)`);
-    expect(takeoverMs).toBeLessThan(LEASE_MS + 3000);
+    // Taken over by the lease running out, not by chance later; the figure itself is logged, not held to a speed.
+    expect(takeoverMs).toBeLessThan(LEASE_MS + 10_000);
 
     const survivors = replicas.slice(1);
     const refreshedAt = ps.map((p) => refreshCalls(hs, p.token));
@@ -64,11 +65,11 @@ describe.runIf(redisTestsEnabled('replicas'))('three replicas sharing Redis', ()
     }
 
     for (const [i, p] of ps.entries()) await webhookSender(survivors[i % 2]!.url).participantLeft(p.room, p, 'CLIENT_INITIATED');
-    await waitFor('every leave fired', () => ps.every((p) => actionsFired(hs, p.token).length >= 1), 10_000);
+    await waitFor('every leave fired', () => ps.every((p) => actionsFired(hs, p.token).length >= 1), 20_000);
     await sleep(1000);
     for (const p of ps) {
       expect(actionsFired(hs, p.token)).toHaveLength(1);
       expect(hs.calls.filter((c) => c.handle === p.token && (c.op === 'action' || c.op === 'send') && c.status === 200)).toHaveLength(1);
     }
-  }, 90_000);
+  }, 180_000);
 });
