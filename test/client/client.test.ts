@@ -434,7 +434,8 @@ describe('KeepAlive', () => {
   it('refreshes by itself while the sidecar is unreachable, then hands over once it is up', async () => {
     const port = await freePort();
     const room = uniqueName('room');
-    const timeoutMs = 1500;
+    // 3 s: a loaded machine's late refresh must not let the future expire before the hand-over (1.5 s once did).
+    const timeoutMs = 3000;
     const future = await kit.createFuture({ roomId: `!${room}:hs`, timeoutMs, onTimeout: member('_f'), actions: { leave: member('_f'), connection_lost: member('_f') } });
     const sidecar = new SidecarClient({ baseUrl: `http://127.0.0.1:${port}`, liveKitToken: await participantToken(uniqueName('frank'), room), retry: { attempts: 1 } });
     const events: KeepAliveEvent[] = [];
