@@ -6,10 +6,12 @@ export default defineConfig({
     include: ['test/**/*.test.ts'],
     pool: 'forks',
     maxWorkers: 2,
-    testTimeout: 30_000,
+    // Condition waits in tests (waitFor) default to 20 s; a test must outlive one on a loaded machine.
+    testTimeout: 60_000,
     // The JSON report lets .ci/run print a plain "N passed, N failed" closing line.
     reporters: ['default', 'json'],
     outputFile: { json: 'coverage/test-results.json' },
-    hookTimeout: 30_000,
+    // Hooks start daemons, Redis and fakes as processes: on a loaded machine each may take seconds.
+    hookTimeout: 60_000,
   },
 });

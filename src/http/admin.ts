@@ -1,11 +1,13 @@
-import { Type, type Static } from 'typebox';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import { Type } from 'typebox';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { matrixError, missingToken, notFound } from '../errors.js';
 import type { DelegationEngine } from '../delegations/engine.js';
 import { DELEGATION_STATES } from '../delegations/model.js';
 import type { Store } from '../store/store.js';
 import { bearerToken, isAdminToken } from './auth.js';
-import { publicView } from './delegations.js';
+import { DelegationView, publicView } from './delegations.js';
+import { Nullable, errorResponses } from './responses.js';
 
 const ListQuery = Type.Object(
   {
@@ -19,6 +21,24 @@ const ListQuery = Type.Object(
 );
 const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 64 }) }, { additionalProperties: false });
 
+const DelegationPage = Type.Object({ delegations: Type.Array(DelegationView), next_cursor: Nullable(Type.String()) });
+const Mode = Type.Union([
+  Type.Object({ kind: Type.Literal('standalone') }),
+  Type.Object({ kind: Type.Literal('appservice'), server_name: Type.String() }),
+]);
+/** What the console's totals panel reads (`public/console/console.js` renderStats). */
+const Stats = Type.Object({
+  open: Type.Integer(),
+  /** Open delegations per state; a state with none is absent. */
+  by_state: Type.Record(Type.String(), Type.Integer()),
+  refreshes_last_minute: Type.Integer(),
+  actions_last_minute: Type.Integer(),
+  smallest_expiry_margin_seconds: Nullable(Type.Number()),
+  mode: Mode,
+});
+const HistoryLine = Type.Object({ at: Type.Number(), what: Type.String(), state: Type.String() });
+const DelegationDetail = Type.Object({ ...DelegationView.properties, history: Type.Array(HistoryLine) });
+
 function requireAdmin(req: FastifyRequest, adminToken: string): void {
   const presented = bearerToken(req);
   if (!presented) throw missingToken('The admin token is required as a Bearer token');
@@ -31,8 +51,9 @@ export async function adminRoutes(
   deps: { adminToken: string; engine: DelegationEngine; store: Store; /** `standalone`, or the homeserver we are the application service of. */ mode: { kind: 'standalone' } | { kind: 'appservice'; server_name: string } },
 ): Promise<void> {
   app.addHook('onRequest', async (req) => requireAdmin(req, deps.adminToken));
+  const routes = app.withTypeProvider<TypeBoxTypeProvider>();
 
-  app.get<{ Querystring: Static<typeof ListQuery> }>('/v1/admin/delegations', { schema: { querystring: ListQuery } }, async (req) => {
+  routes.get('/v1/admin/delegations', { schema: { querystring: ListQuery, response: { 200: DelegationPage, ...errorResponses } } }, async (req) => {
     const q = req.query;
     const limit = q.limit === undefined ? 100 : Number(q.limit);
     if (limit < 1 || limit > 1000) throw matrixError('M_INVALID_PARAM', 'limit must be between 1 and 1000');
@@ -48,15 +69,15 @@ export async function adminRoutes(
     return { delegations: items, next_cursor: page.nextCursor };
   });
 
-  app.get('/v1/admin/stats', async () => ({ ...deps.engine.stats(), mode: deps.mode }));
+  routes.get('/v1/admin/stats', { schema: { response: { 200: Stats, ...errorResponses } } }, async () => ({ ...deps.engine.stats(), mode: deps.mode }));
 
-  app.get<{ Params: Static<typeof IdParams> }>('/v1/admin/delegations/:id', { schema: { params: IdParams } }, async (req) => {
+  routes.get('/v1/admin/delegations/:id', { schema: { params: IdParams, response: { 200: DelegationDetail, ...errorResponses } } }, async (req) => {
     const d = await deps.engine.get(req.params.id);
     if (!d) throw notFound();
     return { ...publicView(d), history: await deps.engine.history(d.id) };
   });
 
-  app.delete<{ Params: Static<typeof IdParams> }>('/v1/admin/delegations/:id', { schema: { params: IdParams } }, async (req) => {
+  routes.delete('/v1/admin/delegations/:id', { schema: { params: IdParams, response: { 200: DelegationView, ...errorResponses } } }, async (req) => {
     const d = await deps.engine.revoke(req.params.id);
     if (!d) throw notFound();
     return publicView(d);

@@ -1,4 +1,6 @@
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { FastifyInstance } from 'fastify';
+import { Type } from 'typebox';
 import type { Logger } from 'pino';
 import type { Clock } from '../clock.js';
 import { legacyIdentity, legacyRoomName, liveKitIdentity, liveKitRoomName } from '../compat/livekit-names.js';
@@ -9,6 +11,7 @@ import type { Config } from '../config.js';
 import type { DelegationEngine } from '../delegations/engine.js';
 import { forbidden, matrixError, shuttingDown } from '../errors.js';
 import { lkJwtMethods, lkJwtScope } from './lk-jwt-scope.js';
+import { errorResponses } from './responses.js';
 
 const DELEGATE_DELAYED_LEAVE_PATH = '/delegate_delayed_leave';
 
@@ -21,6 +24,9 @@ export interface CompatDeps {
   /** Tests substitute one with fake discovery; by default built from the config. */
   resolver?: MatrixResolver;
 }
+
+/** lk-jwt-service answers an accepted delegation with an empty object. */
+const Accepted = Type.Object({}, { additionalProperties: false });
 
 const unauthorized = (message = 'The OpenID token could not be verified') => matrixError('M_UNAUTHORIZED', message);
 
@@ -36,7 +42,9 @@ export async function compatRoutes(scope: FastifyInstance, deps: CompatDeps): Pr
   lkJwtScope(scope);
   lkJwtMethods(scope, DELEGATE_DELAYED_LEAVE_PATH);
 
-  scope.post(DELEGATE_DELAYED_LEAVE_PATH, async (req, reply) => {
+  // The body is decoded by `decodeDelayedLeaveRequest` (lk-jwt-service's rules), so only the responses have schemas.
+  const routes = scope.withTypeProvider<TypeBoxTypeProvider>();
+  routes.post(DELEGATE_DELAYED_LEAVE_PATH, { schema: { response: { 200: Accepted, ...errorResponses } } }, async (req, reply) => {
     if (deps.isShuttingDown()) throw shuttingDown();
     const body = decodeDelayedLeaveRequest(req.body);
     if (body.delay_timeout < config.minTimeoutMs || body.delay_timeout > config.maxTimeoutMs) {

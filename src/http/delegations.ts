@@ -1,5 +1,5 @@
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
-import { Type, type Static, type TSchema } from 'typebox';
+import { Type, type Static } from 'typebox';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { Config } from '../config.js';
 import { normaliseBaseUrl } from '../config.js';
@@ -9,6 +9,7 @@ import { DELEGATION_STATES, SOURCE_ROUTES, type Delegation, type DelegationState
 import { checkHomeserverUrl } from '../homeserver/address-guard.js';
 import { LiveKitAuthError, type LiveKitAuth, type Participant } from '../livekit/auth.js';
 import { bearerToken, isAdminToken } from './auth.js';
+import { Nullable, errorResponses } from './responses.js';
 
 const ActionName = Type.String({ minLength: 1, maxLength: 255, pattern: '^[A-Za-z0-9._~:-]+$' });
 
@@ -26,11 +27,10 @@ const DelegationBody = Type.Object(
 
 const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 64 }) }, { additionalProperties: false });
 
-const Nullable = <T extends TSchema>(t: T) => Type.Union([t, Type.Null()]);
 const State = Type.Unsafe<DelegationState>({ type: 'string', enum: [...DELEGATION_STATES] });
 
 /** What a participant or an admin sees of a delegation: never its token. */
-const DelegationView = Type.Object({
+export const DelegationView = Type.Object({
   delegation_id: Type.String(),
   state: State,
   dialect: Type.Union([Type.Literal('futures'), Type.Literal('delayed_events')]),
@@ -104,7 +104,7 @@ export async function delegationRoutes(
 
   const routes = app.withTypeProvider<TypeBoxTypeProvider>();
 
-  routes.post('/v1/delegations', { schema: { body: DelegationBody, response: { 200: Registered, 201: Registered } } }, async (req, reply) => {
+  routes.post('/v1/delegations', { schema: { body: DelegationBody, response: { 200: Registered, 201: Registered, ...errorResponses } } }, async (req, reply) => {
     const participant = await participantOf(req);
     await deps.limitParticipant(req, participant.identity, participant.room);
     const body = req.body;
@@ -133,11 +133,11 @@ export async function delegationRoutes(
     return reply.status(created ? 201 : 200).send({ delegation_id: view.delegation_id, state: view.state, room: view.room, identity: view.identity, expires_at: view.expires_at });
   });
 
-  routes.get('/v1/delegations/:id', { schema: { params: IdParams, response: { 200: DelegationView } } }, async (req) => {
+  routes.get('/v1/delegations/:id', { schema: { params: IdParams, response: { 200: DelegationView, ...errorResponses } } }, async (req) => {
     return publicView(await authorisedDelegation(req, req.params.id));
   });
 
-  routes.delete('/v1/delegations/:id', { schema: { params: IdParams, response: { 200: DelegationView } } }, async (req) => {
+  routes.delete('/v1/delegations/:id', { schema: { params: IdParams, response: { 200: DelegationView, ...errorResponses } } }, async (req) => {
     const d = await authorisedDelegation(req, req.params.id);
     const after = (await engine.revoke(d.id)) ?? d;
     return publicView(after);

@@ -2,6 +2,7 @@ import type { FastifyInstance } from 'fastify';
 import type { WebSocket } from 'ws';
 import type { LifecycleEvent } from '../delegations/model.js';
 import { bearerToken, isAdminToken } from './auth.js';
+import { MatrixErrorBody, errorResponses } from './responses.js';
 
 /** A watcher further behind than this is dropped: it must never slow the daemon or grow its memory. */
 const WATCH_MAX_BUFFERED_BYTES = 1024 * 1024;
@@ -59,6 +60,8 @@ export async function watchRoutes(app: FastifyInstance, deps: { adminToken: stri
   app.route({
     method: 'GET',
     url: '/v1/watch',
+    // Only the plain-GET answer goes through Fastify's serialiser; the socket's messages are `LifecycleEvent`s.
+    schema: { response: { 426: MatrixErrorBody, ...errorResponses } },
     // A plain GET (no upgrade) gets a Matrix-style answer like every other route.
     handler: async (_req, reply) =>
       reply.status(426).header('upgrade', 'websocket').send({ errcode: 'M_UNRECOGNIZED', error: 'This endpoint speaks WebSocket only' }),

@@ -103,7 +103,8 @@ export async function spawnDaemon(env: Record<string, string>, port?: number, op
   proc.stdout!.on('data', (d) => output.push(...String(d).split('\n').filter(Boolean)));
   proc.stderr!.on('data', (d) => output.push(...String(d).split('\n').filter(Boolean)));
   const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
-  const deadline = Date.now() + 20_000;
+  // A loaded 2-core machine can take tens of seconds to start Node with tsx: wait on readiness, generously.
+  const deadline = Date.now() + 90_000;
   let url: string | null = port === undefined ? null : `http://127.0.0.1:${port}`;
   for (;;) {
     if (proc.exitCode !== null) throw new Error(`daemon exited early (${proc.exitCode}):\n${output.join('\n')}`);
@@ -141,7 +142,7 @@ export function sleep(ms: number): Promise<void> {
 }
 
 /** Polls until `check` returns a truthy value, or fails with `what` after `timeoutMs`. */
-export async function waitFor<T>(what: string, check: () => T | Promise<T>, timeoutMs = 10_000, everyMs = 25): Promise<NonNullable<T>> {
+export async function waitFor<T>(what: string, check: () => T | Promise<T>, timeoutMs = 20_000, everyMs = 25): Promise<NonNullable<T>> {
   const deadline = Date.now() + timeoutMs;
   let last: unknown;
   for (;;) {

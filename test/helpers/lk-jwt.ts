@@ -21,7 +21,7 @@ export async function spawnBareDaemon(env: Record<string, string>, probeUrl: str
   proc.stdout!.on('data', (d) => output.push(...String(d).split('\n').filter(Boolean)));
   proc.stderr!.on('data', (d) => output.push(...String(d).split('\n').filter(Boolean)));
   const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
-  const deadline = Date.now() + 30_000;
+  const deadline = Date.now() + 90_000;
   for (;;) {
     if (proc.exitCode !== null) throw new Error(`daemon exited early (${proc.exitCode}):\n${output.join('\n')}`);
     try {

@@ -1,14 +1,16 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
+import { createConnection, createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { sleep } from './daemon.js';
 
 /**
- * Network namespaces for partition tests: each replica in its own namespace, linked to a hub namespace (Redis) by a
- * veth pair with addresses only inside these namespaces. The test process reaches into them only through Unix
- * sockets (a namespace does not separate the file system), bridged to loopback TCP by small forwarders.
+ * Network namespaces joined by veth pairs whose addresses exist only on those pairs, so nothing a test sends in them
+ * can leave the machine. A link set down inside a namespace is a pulled cable: packets just stop, and no TCP reset or
+ * ICMP error reaches either side. Two shapes: `createNamespaces` (replicas each linked to a hub, for partitions) and
+ * `createNetns` (one namespace linked to this one, for a participant whose network is cut).
  */
 export function netnsAvailable(): boolean {
   return process.getuid?.() === 0 && spawnSync('ip', ['netns', 'list']).status === 0;
@@ -17,6 +19,31 @@ export function netnsAvailable(): boolean {
 function ip(...args: string[]): void {
   const r = spawnSync('ip', args, { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`ip ${args.join(' ')}: ${r.stderr.trim()}`);
+}
+
+/** `ip` inside a namespace, or here for null. */
+const ipIn = (ns: string | null, ...args: string[]): void => (ns ? ip('-n', ns, ...args) : ip(...args));
+
+function addNamespace(ns: string): void {
+  ip('netns', 'add', ns);
+  ipIn(ns, 'link', 'set', 'lo', 'up');
+}
+
+interface LinkEnd {
+  /** The namespace, or null for this one. */
+  ns: string | null;
+  dev: string;
+  /** Address with prefix length, e.g. `10.218.1.1/24`. */
+  address: string;
+}
+
+/** A veth pair between two namespaces, each end with its address and up. */
+function addLink(a: LinkEnd, b: LinkEnd): void {
+  ip('link', 'add', a.dev, ...(a.ns ? ['netns', a.ns] : []), 'type', 'veth', 'peer', 'name', b.dev, ...(b.ns ? ['netns', b.ns] : []));
+  for (const end of [a, b]) {
+    ipIn(end.ns, 'addr', 'add', end.address, 'dev', end.dev);
+    ipIn(end.ns, 'link', 'set', end.dev, 'up');
+  }
 }
 
 /** Copies bytes between a listening address and a connecting one: `tcp:<port>` (loopback) or `unix:<path>`. */
@@ -53,21 +80,15 @@ export function createNamespaces(replicas: string[]): Namespaces {
   const procs: ChildProcess[] = [];
   const created: string[] = [];
   const add = (ns: string) => {
-    ip('netns', 'add', ns);
+    addNamespace(ns);
     created.push(ns);
-    ip('-n', ns, 'link', 'set', 'lo', 'up');
   };
   try {
     add(names.hub!);
     replicas.forEach((r, i) => {
       names[r] = `fs18-${tag}-${i}`;
       add(names[r]!);
-      const [outer, inner] = [`fh${tag}${i}`, `fr${tag}${i}`];
-      ip('link', 'add', outer, 'netns', names.hub!, 'type', 'veth', 'peer', 'name', inner, 'netns', names[r]!);
-      ip('-n', names.hub!, 'addr', 'add', `10.218.${i + 1}.1/24`, 'dev', outer);
-      ip('-n', names[r]!, 'addr', 'add', `10.218.${i + 1}.2/24`, 'dev', inner);
-      ip('-n', names.hub!, 'link', 'set', outer, 'up');
-      ip('-n', names[r]!, 'link', 'set', inner, 'up');
+      addLink({ ns: names.hub!, dev: `fh${tag}${i}`, address: `10.218.${i + 1}.1/24` }, { ns: names[r]!, dev: `fr${tag}${i}`, address: `10.218.${i + 1}.2/24` });
     });
   } catch (err) {
     for (const ns of created) spawnSync('ip', ['netns', 'del', ns]);
@@ -101,6 +122,63 @@ export function createNamespaces(replicas: string[]): Namespaces {
       for (const p of procs) if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
       for (const ns of created) spawnSync('ip', ['netns', 'del', ns]);
       rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** One namespace joined to this one by a veth pair of its own (a /30 of 10.213.0.0/16). */
+export interface Netns {
+  name: string;
+  hostIp: string;
+  nsIp: string;
+  /** Prefix for spawn: run a command inside the namespace. */
+  wrap: string[];
+  cut(): void;
+  restore(): void;
+  /** Forwards hostIp:<port> to 127.0.0.1:<target>, for loopback-only servers the participant must reach. */
+  forward(target: number): Promise<{ url: string; server: Server }>;
+  remove(): void;
+}
+
+export function createNetns(): Netns {
+  const n = process.pid % 250;
+  const name = `fsrig${process.pid}`;
+  const host = `fsh${process.pid}`;
+  const peer = `fsp${process.pid}`;
+  const hostIp = `10.213.${n}.1`;
+  const nsIp = `10.213.${n}.2`;
+  addNamespace(name);
+  try {
+    addLink({ ns: null, dev: host, address: `${hostIp}/30` }, { ns: name, dev: peer, address: `${nsIp}/30` });
+  } catch (err) {
+    spawnSync('ip', ['netns', 'del', name]);
+    throw err;
+  }
+  const servers: Server[] = [];
+  return {
+    name,
+    hostIp,
+    nsIp,
+    wrap: ['ip', 'netns', 'exec', name],
+    cut: () => ipIn(name, 'link', 'set', peer, 'down'),
+    restore: () => ipIn(name, 'link', 'set', peer, 'up'),
+    async forward(target) {
+      const server = createServer((sock) => {
+        const up = createConnection(target, '127.0.0.1');
+        sock.pipe(up).pipe(sock);
+        sock.on('error', () => up.destroy());
+        up.on('error', () => sock.destroy());
+      });
+      servers.push(server);
+      await new Promise<void>((r) => server.listen(0, hostIp, r));
+      const port = (server.address() as { port: number }).port;
+      return { url: `http://${hostIp}:${port}`, server };
+    },
+    remove() {
+      for (const s of servers) s.close();
+      // Deleting the namespace deletes its veth end, and with it the pair.
+      spawnSync('ip', ['netns', 'del', name]);
+      spawnSync('ip', ['link', 'del', host]);
     },
   };
 }

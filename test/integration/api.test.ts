@@ -1,7 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startFakeHomeserver, type FakeHomeserver } from '../fakes/homeserver.js';
+import type { FakeHomeserver } from '../fakes/homeserver.js';
 import { mintParticipantToken, type WebhookSender } from '../fakes/livekit.js';
 import { ADMIN_TOKEN, API_KEY, API_SECRET, api, sleep, startDaemon, type RunningDaemon } from '../helpers/daemon.js';
+import { startDaemonWithFakes, type DaemonWithFakes } from '../helpers/daemon-with-fakes.js';
 import { metricValue } from '../helpers/metrics.js';
 import { createHomeserverToken, delegate, delegationState, uniqueName, webhookSender } from '../helpers/scenario.js';
 
@@ -10,6 +11,7 @@ describe('the delegation API', () => {
   let hs: FakeHomeserver;
   let d: RunningDaemon;
   let lk: WebhookSender;
+  let world: DaemonWithFakes | undefined;
   let jwt: string;
   let token: string;
   const room = uniqueName('room');
@@ -19,15 +21,13 @@ describe('the delegation API', () => {
   const body = (over: Record<string, unknown> = {}) => ({ homeserver: hs.url, dialect: 'futures', token, timeout_ms: 60_000, ...over });
 
   beforeAll(async () => {
-    hs = await startFakeHomeserver();
-    d = await startDaemon({ LIVEKIT_KEYS: `${API_KEY}: ${API_SECRET}\nsecondkey: second-secret` });
-    lk = webhookSender(d.url);
+    world = await startDaemonWithFakes({ env: { LIVEKIT_KEYS: `${API_KEY}: ${API_SECRET}\nsecondkey: second-secret` } });
+    ({ hs, d, lk } = world);
     jwt = await mintParticipantToken({ apiKey: API_KEY, apiSecret: API_SECRET, identity, room });
     token = await createHomeserverToken(hs, 'futures', `!${room}:hs`, 60_000);
   });
   afterAll(async () => {
-    await d.stop();
-    await hs.close();
+    await world?.stop();
   });
 
   const refused: Array<[string, () => Promise<{ status: number; body: any }>, number, string]> = [

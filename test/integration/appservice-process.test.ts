@@ -19,7 +19,7 @@ afterAll(async () => {
 
 const BASE = { PATH: process.env.PATH ?? '/usr/bin:/bin', LIVEKIT_URL: 'ws://127.0.0.1:1', LIVEKIT_KEY: 'lkkey', LIVEKIT_SECRET: 'lk-secret-0123456789abcdef0123456789' };
 
-describe('application-service mode from the registration file', () => {
+describe('application-service mode from the registration file', { timeout: 180_000 }, () => {
   it('starts with the file the registration command printed and answers the homeserver with its hs_token only', async () => {
     const { bind, url } = await loopbackBind();
     const printed = spawnSync(process.execPath, ['--import', 'tsx', 'src/main.ts', 'registration', '--url', url, '--server-name', 'hs.test'], { env: { PATH: BASE.PATH }, encoding: 'utf8' });

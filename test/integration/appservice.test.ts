@@ -215,14 +215,14 @@ describe('application-service delegations', () => {
     const sender = () => new WebhookSender({ url: `${d.url}/livekit/webhook`, apiKey: API_KEY, apiSecret: API_SECRET });
     expect((await sender().participantJoined(room, { sid: 'PA_1', identity })).status).toBe(200);
     const restarts = () => hs.calls.filter((c) => c.op === 'restart' && c.handle === delayId && c.status === 200);
-    await waitFor('a restart made as the user', () => restarts().length >= 1, 15_000);
+    await waitFor('a restart made as the user', () => restarts().length >= 1, 20_000);
     // The delegation and its owner survive a restart of the daemon.
     await d.stop();
     d = await daemon(hs, store);
     const seen = restarts().length;
-    await waitFor('a restart by the new process', () => restarts().length > seen, 15_000);
+    await waitFor('a restart by the new process', () => restarts().length > seen, 20_000);
     expect((await sender().participantLeft(room, { sid: 'PA_1', identity })).status).toBe(200);
-    await waitFor('the leave sent', () => hs.status(delayId) === 'sent', 15_000);
+    await waitFor('the leave sent', () => hs.status(delayId) === 'sent', 20_000);
     const sends = hs.calls.filter((c) => c.op === 'send' && c.handle === delayId);
     const made = [...restarts(), ...sends];
     expect(made.every((c) => c.authorization === `Bearer ${AS_TOKEN}` && c.userId === ALICE)).toBe(true);
@@ -292,12 +292,12 @@ describe('MSC4502 membership of participants', () => {
     const d = await daemon(hs, tempDbPath('membership-sweep'), { LIVEKIT_MEMBERSHIP_CHECK_INTERVAL_SECONDS: '1' });
     const p = await inCall(hs, d, 'PA_sweep');
     expect((await p.sender.participantJoined(p.room, { sid: 'PA_sweep', identity: p.identity })).status).toBe(200);
-    await waitFor('a joined check', async () => (await metricValue(d.daemon.metrics.registry, 'futures_sidecar_membership_checks_total', { outcome: 'joined' })) >= 1, 15_000);
+    await waitFor('a joined check', async () => (await metricValue(d.daemon.metrics.registry, 'futures_sidecar_membership_checks_total', { outcome: 'joined' })) >= 1, 20_000);
     expect(removals(p.identity)).toHaveLength(0);
     hs.setJoined(ROOM_ID, ALICE, false);
-    await waitFor('RemoveParticipant', () => removals(p.identity).some((c) => c.status === 200), 15_000);
+    await waitFor('RemoveParticipant', () => removals(p.identity).some((c) => c.status === 200), 20_000);
     // The leave is sent as the user, whom the homeserver refuses once they left the room (as Synapse does).
-    const send = await waitFor('the leave sent as the user', () => hs.calls.find((c) => c.op === 'send' && c.handle === p.delayId), 15_000);
+    const send = await waitFor('the leave sent as the user', () => hs.calls.find((c) => c.op === 'send' && c.handle === p.delayId), 20_000);
     expect([send.authorization, send.userId, send.status]).toEqual([`Bearer ${AS_TOKEN}`, ALICE, 403]);
     expect(hs.status(p.delayId)).toBe('invalidated');
     lk.clear();
@@ -315,7 +315,7 @@ describe('MSC4502 membership of participants', () => {
     hs.setJoined(ROOM_ID, ALICE, false);
     await daemon(hs, store, over);
     await waitFor('RemoveParticipant', () => removals(p.identity).some((c) => c.status === 200), 20_000);
-    const send = await waitFor('the leave attempted as the user', () => hs.calls.find((c) => c.op === 'send' && c.handle === p.delayId), 15_000);
+    const send = await waitFor('the leave attempted as the user', () => hs.calls.find((c) => c.op === 'send' && c.handle === p.delayId), 20_000);
     expect([send.userId, send.status]).toEqual([ALICE, 403]);
     // The room was learnt from the delayed event, looked up as its owner.
     expect(hs.calls.filter((c) => c.method === 'GET' && c.path.includes('/delayed_events/') && c.userId === ALICE).length).toBeGreaterThanOrEqual(2);
@@ -329,14 +329,14 @@ describe('MSC4502 membership of participants', () => {
     hs.setMembershipDown(true);
     hs.setJoined(ROOM_ID, ALICE, false);
     expect((await p.sender.participantJoined(p.room, { sid: 'PA_join', identity: p.identity })).status).toBe(200);
-    await waitFor('a failed check', async () => (await metricValue(d.daemon.metrics.registry, 'futures_sidecar_membership_checks_total', { outcome: 'error' })) >= 1, 15_000);
+    await waitFor('a failed check', async () => (await metricValue(d.daemon.metrics.registry, 'futures_sidecar_membership_checks_total', { outcome: 'error' })) >= 1, 20_000);
     expect(removals(p.identity)).toHaveLength(0);
     expect(hs.status(p.delayId)).toBe('pending');
     hs.setMembershipDown(false);
     // LiveKit announces the same session again (a webhook retry): this time the homeserver answers.
     expect((await p.sender.participantJoined(p.room, { sid: 'PA_join', identity: p.identity })).status).toBe(200);
-    await waitFor('RemoveParticipant', () => removals(p.identity).length >= 1, 15_000);
-    await waitFor('the leave attempted', () => hs.status(p.delayId) === 'invalidated', 15_000);
+    await waitFor('RemoveParticipant', () => removals(p.identity).length >= 1, 20_000);
+    await waitFor('the leave attempted', () => hs.status(p.delayId) === 'invalidated', 20_000);
     lk.clear();
   });
 });
@@ -353,7 +353,7 @@ describe('limits per mode', () => {
       expect([a.status, a.json]).toEqual([200, {}]);
     }
     expect(d.daemon.engine.openCount).toBe(3);
-    await waitFor('first refreshes made as the users', async () => (await metricValue(d.daemon.metrics.registry, 'futures_sidecar_homeserver_calls_total', { limit: 'as_user' })) >= 3, 15_000);
+    await waitFor('first refreshes made as the users', async () => (await metricValue(d.daemon.metrics.registry, 'futures_sidecar_homeserver_calls_total', { limit: 'as_user' })) >= 3, 20_000);
     expect(await metricValue(d.daemon.metrics.registry, 'futures_sidecar_homeserver_calls_total', { limit: 'per_origin' })).toBe(0);
     // The same budget refuses a standalone delegation to that homeserver once one holds it.
     const jwt = (identity: string) => mintParticipantToken({ apiKey: API_KEY, apiSecret: API_SECRET, identity, room: 'standalone' });

@@ -1,9 +1,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startFakeHomeserver, type FakeHomeserver } from '../fakes/homeserver.js';
+import type { FakeHomeserver } from '../fakes/homeserver.js';
 import { mintParticipantToken, type WebhookSender } from '../fakes/livekit.js';
-import { API_KEY, API_SECRET, api, sleep, startDaemon, waitFor, type RunningDaemon } from '../helpers/daemon.js';
+import { API_KEY, API_SECRET, api, sleep, waitFor, type RunningDaemon } from '../helpers/daemon.js';
+import { startDaemonWithFakes, type DaemonWithFakes } from '../helpers/daemon-with-fakes.js';
 import { metricValue } from '../helpers/metrics.js';
-import { actionsFired, createHomeserverToken, delegate, refreshCalls, uniqueName, webhookSender, type Participant } from '../helpers/scenario.js';
+import { actionsFired, createHomeserverToken, delegate, refreshCalls, uniqueName, type Participant } from '../helpers/scenario.js';
 
 /**
  * A homeserver that limits us like Synapse limits unauthenticated management calls (1/s, burst 5, per client IP):
@@ -13,18 +14,20 @@ describe('homeserver back-pressure', () => {
   let hs: FakeHomeserver;
   let d: RunningDaemon;
   let lk: WebhookSender;
+  let world: DaemonWithFakes | undefined;
   const TIMEOUT_MS = 20_000;
 
   beforeAll(async () => {
-    hs = await startFakeHomeserver({ rateLimit: { perSecond: 1, burst: 5 } });
     // Each participant comes from its own address (through a trusted proxy): one address may hold only a share of a
     // homeserver with delegations it has not accepted yet, and this test is about the homeserver's whole budget.
-    d = await startDaemon({ SIDECAR_HOMESERVER_RATE: '1', SIDECAR_TRUST_PROXY: '127.0.0.1' });
-    lk = webhookSender(d.url);
+    world = await startDaemonWithFakes({
+      homeserver: { rateLimit: { perSecond: 1, burst: 5 } },
+      env: { SIDECAR_HOMESERVER_RATE: '1', SIDECAR_TRUST_PROXY: '127.0.0.1' },
+    });
+    ({ hs, d, lk } = world);
   });
   afterAll(async () => {
-    await d.stop();
-    await hs.close();
+    await world?.stop();
   });
 
   it('refreshes every future the rate allows before it expires, fires actions ahead of queued refreshes, and refuses more', async () => {
@@ -42,7 +45,7 @@ describe('homeserver back-pressure', () => {
     const leaver = ps[6]!;
     await lk.participantJoined(room, leaver);
     await lk.participantLeft(room, leaver, 'CLIENT_INITIATED');
-    await waitFor('the leave', () => actionsFired(hs, leaver.token).length === 1, 10_000);
+    await waitFor('the leave', () => actionsFired(hs, leaver.token).length === 1, 20_000);
     const actionAt = hs.calls.find((c) => c.handle === leaver.token && c.op === 'action')!.at;
     const firstRefreshes = ps.slice(0, 6).map((p) => hs.calls.find((c) => c.handle === p.token && c.op === 'refresh' && c.status === 200)?.at ?? Infinity);
     expect(firstRefreshes.some((at) => at > actionAt)).toBe(true);

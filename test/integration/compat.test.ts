@@ -415,15 +415,17 @@ describe('POST /delegate_delayed_leave: lifecycles', () => {
     expect((await h.lk.participantJoined(room, participant)).status).toBe(200);
     await waitFor('connected', () => eventOf(id, 'connected'));
 
-    await sleep(3500);
-    const restarts = callsFor(h.hs, delayId).filter((c) => c.op === 'restart' && c.status === 200);
-    expect(restarts.length).toBeGreaterThanOrEqual(4);
-    const gaps = restarts.slice(1).map((c, i) => c.at - restarts[i]!.at);
-    for (const gap of gaps) {
-      // SIDECAR_REFRESH_AT 0.5 of 2000 ms: each restart 800-1000 ms after the last success, plus scheduling slack.
-      expect(gap).toBeGreaterThanOrEqual(750);
-      expect(gap).toBeLessThanOrEqual(1300);
-    }
+    const successes = () => callsFor(h.hs, delayId).filter((c) => c.op === 'restart' && c.status === 200);
+    await waitFor('four restarts', () => successes().length >= 4, 20_000);
+    const restarts = successes();
+    const gaps = restarts.slice(1).map((c, i) => c.at - restarts[i]!.at).sort((a, b) => a - b);
+    // SIDECAR_REFRESH_AT 0.5 of 2000 ms: each restart 800-1000 ms after the last success, plus scheduling slack. Seen
+    // at the homeserver a late request shortens the next gap on a loaded machine, so the median holds the fraction,
+    // and no gap may be so short that restarts came in a burst.
+    const median = gaps[Math.floor(gaps.length / 2)]!;
+    expect(median).toBeGreaterThanOrEqual(750);
+    expect(median).toBeLessThanOrEqual(1300);
+    expect(gaps[0]).toBeGreaterThanOrEqual(300);
     expect(h.hs.status(delayId)).toBe('pending');
 
     expect((await h.lk.participantLeft(room, participant, 'CLIENT_INITIATED')).status).toBe(200);
@@ -541,7 +543,7 @@ describe('compat delegations with only the server name in SIDECAR_HOMESERVERS', 
   it('restarts the delayed event at the overridden client-server API URL when only the server name is listed', async () => {
     const delayId = await newDelayedLeave(h.hs, 10_000);
     expect((await call(h.url, 'POST', delegationBody({ delay_id: delayId, delay_timeout: 10_000 }))).status).toBe(200);
-    await waitFor('the first restart', () => callsFor(h.hs, delayId).find((c) => c.op === 'restart'), 2000);
+    await waitFor('the first restart', () => callsFor(h.hs, delayId).find((c) => c.op === 'restart'), 20_000);
   });
 });
 

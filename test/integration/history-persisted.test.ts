@@ -4,7 +4,7 @@ import { ADMIN_TOKEN, api, spawnDaemon, tempDbPath, waitFor, type ChildDaemon } 
 import { delegate, refreshCalls, webhookSender } from '../helpers/scenario.js';
 
 /** Issue 18: a delegation's history is in the store, so the admin API (and the console) show it after a restart. */
-describe('history after a restart (SQLite)', () => {
+describe('history after a restart (SQLite)', { timeout: 180_000 }, () => {
   let hs: FakeHomeserver;
   let d: ChildDaemon | null = null;
   const store = `sqlite:${tempDbPath('history-restart')}`;
@@ -48,5 +48,5 @@ describe('history after a restart (SQLite)', () => {
     }, 15_000, 100);
     expect(continued.slice(0, before.length)).toEqual(before);
     expect(continued.length).toBeGreaterThan(before.length);
-  }, 60_000);
+  }, 180_000);
 });

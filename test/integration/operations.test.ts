@@ -1,9 +1,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
-import { startFakeHomeserver, type FakeHomeserver } from '../fakes/homeserver.js';
+import type { FakeHomeserver } from '../fakes/homeserver.js';
 import type { WebhookSender } from '../fakes/livekit.js';
-import { ADMIN_TOKEN, API_SECRET, api, sleep, startDaemon, waitFor, type RunningDaemon } from '../helpers/daemon.js';
-import { delegate, delegationState, refreshCalls, webhookSender, type Participant } from '../helpers/scenario.js';
+import { ADMIN_TOKEN, API_SECRET, api, sleep, waitFor, type RunningDaemon } from '../helpers/daemon.js';
+import { startDaemonWithFakes, type DaemonWithFakes } from '../helpers/daemon-with-fakes.js';
+import { delegate, delegationState, refreshCalls, type Participant } from '../helpers/scenario.js';
 import { metric, scrape } from '../helpers/metrics.js';
 
 function openWatcher(url: string, headers: Record<string, string> = {}): { ws: WebSocket; messages: any[]; ready: Promise<void>; closed: Promise<number> } {
@@ -24,15 +25,14 @@ describe('operations', () => {
   let hs: FakeHomeserver;
   let d: RunningDaemon;
   let lk: WebhookSender;
+  let world: DaemonWithFakes | undefined;
 
   beforeAll(async () => {
-    hs = await startFakeHomeserver();
-    d = await startDaemon({}, { watchMaxBufferedBytes: 64 * 1024 });
-    lk = webhookSender(d.url);
+    world = await startDaemonWithFakes({ deps: { watchMaxBufferedBytes: 64 * 1024 } });
+    ({ hs, d, lk } = world);
   });
   afterAll(async () => {
-    await d.stop();
-    await hs.close();
+    await world?.stop();
   });
 
   describe('metrics', () => {
@@ -48,7 +48,7 @@ describe('operations', () => {
       await sleep(700);
       const m2 = metric(await scrape(d.url), 'futures_sidecar_expiry_margin_seconds')!;
       expect(m2).toBeLessThan(m1);
-      await waitFor('second refresh', () => refreshCalls(hs, p.token) >= 2, 3000);
+      await waitFor('second refresh', () => refreshCalls(hs, p.token) >= 2, 20_000);
       const m3 = metric(await scrape(d.url), 'futures_sidecar_expiry_margin_seconds')!;
       expect(m3).toBeGreaterThan(m2);
 
@@ -138,7 +138,7 @@ describe('operations', () => {
       await lk.participantJoined(p.room, p);
       await waitFor('refreshed', () => w.messages.some((m) => m.delegation_id === p.delegationId && m.type === 'refreshed'));
       await lk.participantLeft(p.room, p, 'CONNECTION_TIMEOUT');
-      await waitFor('fired', () => w.messages.some((m) => m.delegation_id === p.delegationId && m.type === 'fired'), 5000);
+      await waitFor('fired', () => w.messages.some((m) => m.delegation_id === p.delegationId && m.type === 'fired'), 20_000);
       const types = w.messages.filter((m) => m.delegation_id === p.delegationId).map((m) => m.type);
       const firstOf = (t: string) => types.indexOf(t);
       expect(firstOf('registered')).toBe(0);

@@ -1,9 +1,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startFakeHomeserver, type FakeHomeserver } from '../fakes/homeserver.js';
+import type { FakeHomeserver } from '../fakes/homeserver.js';
 import type { WebhookSender } from '../fakes/livekit.js';
-import { ADMIN_TOKEN, api, sleep, startDaemon, waitFor, type RunningDaemon } from '../helpers/daemon.js';
+import { ADMIN_TOKEN, api, sleep, waitFor, type RunningDaemon } from '../helpers/daemon.js';
+import { startDaemonWithFakes, type DaemonWithFakes } from '../helpers/daemon-with-fakes.js';
 import { redisTestsEnabled, startRedis, type RedisServer } from '../helpers/redis.js';
-import { actionsFired, delegate, delegationState, refreshCalls, webhookSender } from '../helpers/scenario.js';
+import { actionsFired, delegate, delegationState, refreshCalls } from '../helpers/scenario.js';
 
 /** One daemon on the replicated store behaves like the embedded one. */
 describe.runIf(redisTestsEnabled('redis store'))('the Redis store, one replica', () => {
@@ -12,16 +13,16 @@ describe.runIf(redisTestsEnabled('redis store'))('the Redis store, one replica',
   let d: RunningDaemon;
   let lk: WebhookSender;
 
+  let world: DaemonWithFakes | undefined;
+
   beforeAll(async () => {
     redis = await startRedis();
-    hs = await startFakeHomeserver();
-    d = await startDaemon({ SIDECAR_STORE: redis.url, SIDECAR_REDIS_LEASE_MS: '3000' });
+    world = await startDaemonWithFakes({ env: { SIDECAR_STORE: redis.url, SIDECAR_REDIS_LEASE_MS: '3000' } });
+    ({ hs, d, lk } = world);
     await waitFor('shards held', async () => (await api(d.url, 'GET', '/readyz')).status === 200);
-    lk = webhookSender(d.url);
   });
   afterAll(async () => {
-    await d?.stop();
-    await hs?.close();
+    await world?.stop();
     await redis?.stop();
   });
 
@@ -30,7 +31,7 @@ describe.runIf(redisTestsEnabled('redis store'))('the Redis store, one replica',
     const p = await delegate(d.url, hs, 'futures', { timeoutMs: 8000 });
     await lk.participantJoined(p.room, p);
     await waitFor('connected', async () => (await delegationState(d.url, p)).state === 'connected');
-    await waitFor('two refreshes', () => refreshCalls(hs, p.token) >= 2, 15_000);
+    await waitFor('two refreshes', () => refreshCalls(hs, p.token) >= 2, 20_000);
     expect(hs.status(p.token)).toBe('pending');
     const left = await lk.participantLeft(p.room, p, 'CLIENT_INITIATED');
     const again = await lk.participantLeft(p.room, p, 'CLIENT_INITIATED', { id: left.id });
@@ -58,18 +59,18 @@ describe.runIf(redisTestsEnabled('redis store'))('the Redis store, one replica',
     await waitFor('connected', async () => (await delegationState(d.url, leaves)).state === 'connected');
     const refreshesBefore = refreshCalls(hs, stays.token);
     redis.pause();
-    await waitFor('not ready', async () => (await api(d.url, 'GET', '/readyz')).status === 503, 5000);
+    await waitFor('not ready', async () => (await api(d.url, 'GET', '/readyz')).status === 503, 20_000);
     // Not acknowledged, so LiveKit retries it; whether the first attempt reached Redis or not, it takes effect once.
     const duringOutage = await lk.participantLeft(leaves.room, leaves, 'CLIENT_INITIATED');
     expect(duringOutage.status).toBe(503);
     expect(duringOutage.body).toMatchObject({ errcode: 'M_UNKNOWN' });
     await sleep(2000);
     redis.resume();
-    await waitFor('ready again', async () => (await api(d.url, 'GET', '/readyz')).status === 200, 10_000);
+    await waitFor('ready again', async () => (await api(d.url, 'GET', '/readyz')).status === 200, 20_000);
     const retried = await lk.participantLeft(leaves.room, leaves, 'CLIENT_INITIATED', { id: duringOutage.id });
     expect(retried.status).toBe(200);
-    await waitFor('leave after the outage', () => actionsFired(hs, leaves.token).length === 1, 5000);
-    await waitFor('refreshing again', () => refreshCalls(hs, stays.token) > refreshesBefore, 10_000);
+    await waitFor('leave after the outage', () => actionsFired(hs, leaves.token).length === 1, 20_000);
+    await waitFor('refreshing again', () => refreshCalls(hs, stays.token) > refreshesBefore, 20_000);
     await sleep(500);
     expect(actionsFired(hs, leaves.token)).toEqual(['send']);
     expect(actionsFired(hs, stays.token)).toEqual([]);

@@ -99,7 +99,7 @@ describe.runIf(redisTestsEnabled('replicas-cluster'))('replicas see the cluster 
       const owners = await client.mget(Array.from({ length: 32 }, (_, s) => `${PREFIX}shard:${s}:owner`));
       return owners.every(Boolean) && new Set(owners.map((o) => o!.split('-')[0])).size === 3;
     }, 20_000);
-  }, 60_000);
+  }, 180_000);
   afterAll(async () => {
     for (const r of [...replicas, single]) if (r && r.proc.exitCode === null) r.kill('SIGKILL');
     client?.disconnect();
@@ -130,7 +130,7 @@ describe.runIf(redisTestsEnabled('replicas-cluster'))('replicas see the cluster 
     expect((await api(replicas[0]!.url, 'POST', '/delegate_delayed_leave', { body: compatBody(first) })).status).toBe(200);
     const [old] = await idsInRoom();
     expect(old).toBeDefined();
-    await waitFor('the first delegation restarted by its owner', () => refreshCalls(hs, first) >= 1, 10_000);
+    await waitFor('the first delegation restarted by its owner', () => refreshCalls(hs, first) >= 1, 20_000);
     const ownerOfOld = await owned(old!.delegation_id);
     expect(ownerOfOld).toBeGreaterThanOrEqual(0);
 
@@ -148,7 +148,7 @@ describe.runIf(redisTestsEnabled('replicas-cluster'))('replicas see the cluster 
     const lk = webhookSender(replicas[ownerOfOld]!.url);
     await lk.participantJoined(room, participant);
     await lk.participantLeft(room, participant, 'CLIENT_INITIATED');
-    await waitFor('the new delegation\'s leave sent', () => hs.status(second) === 'sent', 10_000);
+    await waitFor('the new delegation\'s leave sent', () => hs.status(second) === 'sent', 20_000);
     expect(hs.status(first)).toBe('pending');
     expect(hs.calls.filter((c) => c.handle === first && c.op !== 'create')).toHaveLength(restartsOfFirst);
   });
@@ -169,7 +169,7 @@ describe.runIf(redisTestsEnabled('replicas-cluster'))('replicas see the cluster 
       await lk.participantJoined(room, p);
       await lk.participantLeft(room, p, 'CLIENT_INITIATED');
     }
-    await waitFor('the control delegation\'s leave fired', () => actionsFired(hs, control.reg.token).length === 1, 10_000);
+    await waitFor('the control delegation\'s leave fired', () => actionsFired(hs, control.reg.token).length === 1, 20_000);
     expect(actionsFired(hs, target.reg.token)).toEqual([]);
     expect(hs.status(target.reg.token)).toBe('pending');
   });
@@ -255,5 +255,5 @@ describe.runIf(redisTestsEnabled('replicas-cluster'))('replicas see the cluster 
     const after = await lines(other.url);
     expect(after.slice(0, before.length)).toEqual(before);
     expect(hs.status(token)).toBe('pending');
-  }, 60_000);
+  }, 180_000);
 });

@@ -45,7 +45,7 @@ describe.runIf(enabled())('a replica partitioned from Redis', () => {
     const redis = net.spawnIn(net.names.hub!, 'redis-server', ['--port', '6379', '--bind', net.hubAddress('a'), net.hubAddress('b'), '--unixsocket', redisSock, '--unixsocketperm', '777', '--save', '', '--appendonly', 'no', '--protected-mode', 'no', '--dir', net.dir]);
     redis.stdout!.resume();
     redis.stderr!.resume();
-    await waitFor('redis in the hub namespace', () => existsSync(redisSock), 10_000, 50);
+    await waitFor('redis in the hub namespace', () => existsSync(redisSock), 20_000, 50);
     client = new Redis({ path: redisSock, maxRetriesPerRequest: 1 });
     client.on('error', () => undefined);
     await client.ping();
@@ -89,7 +89,7 @@ describe.runIf(enabled())('a replica partitioned from Redis', () => {
       await webhookSender(urls.b!).participantJoined(p.room, p);
       ps.push(p);
     }
-    await waitFor('every delegation refreshed', () => ps.every((p) => refreshCalls(hs, p.token) >= 1), 15_000);
+    await waitFor('every delegation refreshed', () => ps.every((p) => refreshCalls(hs, p.token) >= 1), 20_000);
     const pidA = pids.a!;
     const ofA: Participant[] = [];
     for (const p of ps) if ((await ownerOf(p.delegationId)) === pidA) ofA.push(p);
@@ -101,15 +101,15 @@ describe.runIf(enabled())('a replica partitioned from Redis', () => {
     const takeoverMs = Date.now() - cutAt;
     // While a is cut off (and still reaches the homeserver), its delegations' participants leave: b fires each.
     for (const p of ofA) await webhookSender(urls.b!).participantLeft(p.room, p, 'CLIENT_INITIATED');
-    await waitFor('every leave fired by b', () => ofA.every((p) => actionsFired(hs, p.token).length === 1), 15_000);
+    await waitFor('every leave fired by b', () => ofA.every((p) => actionsFired(hs, p.token).length === 1), 20_000);
     // Stay cut off until a has noticed on its own that it can no longer vouch for its leases.
-    await waitFor('a drops the leases it could not renew', () => outputs.a!.some((l) => l.includes('shard released')), 15_000, 50);
+    await waitFor('a drops the leases it could not renew', () => outputs.a!.some((l) => l.includes('shard released')), 20_000, 50);
     const callsAtHeal = new Map(ps.map((p) => [p.token, callsOf(p.token).length]));
     net.heal('a');
-    await waitFor('a answers again', async () => fetch(`${urls.a}/livez`).then((r) => r.ok, () => false), 10_000, 100);
+    await waitFor('a answers again', async () => fetch(`${urls.a}/livez`).then((r) => r.ok, () => false), 20_000, 100);
     expect(outputs.a!.some((l) => l.includes('gave up a shard'))).toBe(true);
     const open = ps.filter((p) => !ofA.includes(p));
-    await waitFor('every open delegation refreshed after the heal', () => open.every((p) => callsOf(p.token).length > callsAtHeal.get(p.token)!), 15_000, 100);
+    await waitFor('every open delegation refreshed after the heal', () => open.every((p) => callsOf(p.token).length > callsAtHeal.get(p.token)!), 20_000, 100);
     console.log(`partition: shards of the cut-off replica taken over ${takeoverMs} ms after the cut (lease ${LEASE_MS} ms); ${ofA.length} of its delegations fired once by the other`);
     for (const p of ofA) {
       expect(actionsFired(hs, p.token), 'fired once').toHaveLength(1);

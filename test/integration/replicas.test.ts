@@ -1,8 +1,9 @@
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startFakeHomeserver, type FakeHomeserver } from '../fakes/homeserver.js';
-import { sleep, spawnDaemon, waitFor, type ChildDaemon } from '../helpers/daemon.js';
-import { redisTestsEnabled, startRedis, type RedisServer } from '../helpers/redis.js';
+import type { FakeHomeserver } from '../fakes/homeserver.js';
+import { sleep, waitFor, type ChildDaemon } from '../helpers/daemon.js';
+import { startReplicasWithFakes, type ReplicasWithFakes } from '../helpers/daemon-with-fakes.js';
+import { redisTestsEnabled } from '../helpers/redis.js';
 import { actionsFired, delegate, refreshCalls, webhookSender, type Participant } from '../helpers/scenario.js';
 
 const LEASE_MS = 3000;
@@ -10,23 +11,17 @@ const PREFIX = 'futures-sidecar:';
 
 /** Three replicas on one Redis: any takes any request, one refreshes each delegation, a dead one is replaced. */
 describe.runIf(redisTestsEnabled('replicas'))('three replicas sharing Redis', () => {
-  let redis: RedisServer;
+  let world: ReplicasWithFakes | undefined;
   let hs: FakeHomeserver;
   let client: Redis;
-  const replicas: ChildDaemon[] = [];
+  let replicas: ChildDaemon[];
 
   beforeAll(async () => {
-    redis = await startRedis();
-    hs = await startFakeHomeserver();
-    client = new Redis(redis.url);
-    const env = { SIDECAR_STORE: redis.url, SIDECAR_REDIS_LEASE_MS: String(LEASE_MS), SIDECAR_HOMESERVER_RATE: '500' };
-    for (let i = 0; i < 3; i++) replicas.push(await spawnDaemon(env));
-  });
+    world = await startReplicasWithFakes({ count: 3, env: { SIDECAR_REDIS_LEASE_MS: String(LEASE_MS), SIDECAR_HOMESERVER_RATE: '500' } });
+    ({ hs, client, replicas } = world);
+  }, 180_000);
   afterAll(async () => {
-    for (const r of replicas) if (r.proc.exitCode === null) r.kill('SIGKILL');
-    client?.disconnect();
-    await hs?.close();
-    await redis?.stop();
+    await world?.stop();
   });
 
   async function owners(): Promise<string[]> {
@@ -35,8 +30,8 @@ describe.runIf(redisTestsEnabled('replicas'))('three replicas sharing Redis', ()
   }
 
   it('spreads the shards, survives a SIGKILL with a measured takeover, and fires every later leave exactly once', async () => {
-    await waitFor('every shard owned', async () => (await owners()).every(Boolean), 15_000);
-    await waitFor('shards spread over the three', async () => new Set((await owners()).map((o) => o.split('-')[0])).size === 3, 15_000);
+    await waitFor('every shard owned', async () => (await owners()).every(Boolean), 20_000);
+    await waitFor('shards spread over the three', async () => new Set((await owners()).map((o) => o.split('-')[0])).size === 3, 20_000);
 
     const ps: Participant[] = [];
     for (let i = 0; i < 30; i++) {
@@ -58,7 +53,8 @@ describe.runIf(redisTestsEnabled('replicas'))('three replicas sharing Redis', ()
     await waitFor('the dead replica\'s shards taken over', async () => (await owners()).every((o) => o && !o.startsWith(`${victimPid}-`)), 20_000, 50);
     const takeoverMs = Date.now() - killedAt;
     console.log(`takeover after SIGKILL: ${takeoverMs} ms for ${ownedByVictim} shards (lease ${LEASE_MS} ms)`);
-    expect(takeoverMs).toBeLessThan(LEASE_MS + 3000);
+    // Taken over by the lease running out, not by chance later; the figure itself is logged, not held to a speed.
+    expect(takeoverMs).toBeLessThan(LEASE_MS + 10_000);
 
     const survivors = replicas.slice(1);
     const refreshedAt = ps.map((p) => refreshCalls(hs, p.token));
@@ -69,11 +65,11 @@ describe.runIf(redisTestsEnabled('replicas'))('three replicas sharing Redis', ()
     }
 
     for (const [i, p] of ps.entries()) await webhookSender(survivors[i % 2]!.url).participantLeft(p.room, p, 'CLIENT_INITIATED');
-    await waitFor('every leave fired', () => ps.every((p) => actionsFired(hs, p.token).length >= 1), 10_000);
+    await waitFor('every leave fired', () => ps.every((p) => actionsFired(hs, p.token).length >= 1), 20_000);
     await sleep(1000);
     for (const p of ps) {
       expect(actionsFired(hs, p.token)).toHaveLength(1);
       expect(hs.calls.filter((c) => c.handle === p.token && (c.op === 'action' || c.op === 'send') && c.status === 200)).toHaveLength(1);
     }
-  }, 90_000);
+  }, 180_000);
 });

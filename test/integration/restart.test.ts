@@ -4,7 +4,8 @@ import { ADMIN_TOKEN, api, sleep, spawnDaemon, tempDbPath, waitFor, type ChildDa
 import { actionsFired, delegate, delegationState, refreshCalls, webhookSender, type Participant } from '../helpers/scenario.js';
 
 /** The daemon as a real process: crashes lose nothing, and its own shutdown fires nothing. */
-describe('restarts', () => {
+// Each test starts daemons as processes; on a loaded machine that alone takes many seconds.
+describe('restarts', { timeout: 180_000 }, () => {
   let hs: FakeHomeserver;
   const children: ChildDaemon[] = [];
 
@@ -35,13 +36,13 @@ describe('restarts', () => {
         ps.push(p);
       }
     }
-    await waitFor('first refreshes', () => ps.every((p) => refreshCalls(hs, p.token) >= 1), 5000);
+    await waitFor('first refreshes', () => ps.every((p) => refreshCalls(hs, p.token) >= 1), 20_000);
     first.kill('SIGKILL');
     await first.exited;
     const refreshedBefore = ps.map((p) => refreshCalls(hs, p.token));
 
     const second = await spawn(env);
-    await waitFor('refreshes after the restart', () => ps.every((p, i) => refreshCalls(hs, p.token) > refreshedBefore[i]!), 10_000);
+    await waitFor('refreshes after the restart', () => ps.every((p, i) => refreshCalls(hs, p.token) > refreshedBefore[i]!), 20_000);
     await sleep(2500);
     for (const p of ps) expect(hs.status(p.token)).toBe('pending');
 
@@ -95,13 +96,14 @@ describe('restarts', () => {
     await waitFor('first refreshes', () => ps.every((p) => refreshCalls(hs, p.token) >= 1));
     hs.setLatency(1500);
     const refreshes = ps.map((p) => refreshCalls(hs, p.token));
-    await waitFor('a refresh held in flight by the homeserver', () => hs.inFlight > 0, 15_000, 5);
+    await waitFor('a refresh held in flight by the homeserver', () => hs.inFlight > 0, 20_000, 5);
     const t0 = Date.now();
     first.kill('SIGTERM');
     const code = await first.exited;
     expect(code).toBe(0);
     expect(ps.some((p, i) => refreshCalls(hs, p.token) > refreshes[i]!)).toBe(true);
-    expect(Date.now() - t0).toBeLessThan(3000 + 2000);
+    // Within the 3 s drain plus room for a loaded machine's process exit.
+    expect(Date.now() - t0).toBeLessThan(3000 + 7000);
     const postWhileDown = await fetch(`${first.url}/readyz`).then(() => 'up', () => 'down');
     expect(postWhileDown).toBe('down');
     hs.setLatency(0);
@@ -114,7 +116,7 @@ describe('restarts', () => {
     for (const p of ps) expect(hs.status(p.token)).toBe('pending');
     second.kill('SIGTERM');
     expect(await second.exited).toBe(0);
-  }, 90_000);
+  }, 180_000);
 
   it('refuses to start with a bad setting, naming it, and exits 2', async () => {
     const { spawnSync } = await import('node:child_process');
@@ -135,7 +137,7 @@ describe('restarts', () => {
     await lk.participantJoined(p.room, p);
     await waitFor('first refresh', () => refreshCalls(hs, p.token) >= 1);
     hs.setLatency(20_000);
-    await waitFor('a refresh held in flight', () => hs.inFlight > 0, 5000, 5);
+    await waitFor('a refresh held in flight', () => hs.inFlight > 0, 20_000, 5);
     const t0 = Date.now();
     d.kill('SIGTERM');
     await sleep(300);
@@ -143,7 +145,8 @@ describe('restarts', () => {
     d.kill('SIGTERM');
     await d.exited;
     hs.setLatency(0);
-    expect(Date.now() - t0).toBeLessThan(5000);
+    // Well before the 20 s homeserver call the first signal was draining.
+    expect(Date.now() - t0).toBeLessThan(15_000);
     expect(actionsFired(hs, p.token)).toEqual([]);
   });
 
@@ -177,5 +180,5 @@ describe('restarts', () => {
     second.kill('SIGTERM');
     await second.exited;
     // Two daemon starts, a 6 s grace run out with no process, and a rejoin: more than 30 s on a loaded machine.
-  }, 90_000);
+  }, 180_000);
 });

@@ -183,7 +183,7 @@ for (const backend of BACKENDS) {
       const second = await startDaemon({ ...base, SIDECAR_TOKEN_KEY: currentKey, SIDECAR_TOKEN_OLD_KEYS: oldKey });
       let added: Delegated[];
       try {
-        await waitFor('refreshes after the rotation', () => old.every((x) => successfulRefreshes(hs, x.token, restartedAt).length > 0), 8_000);
+        await waitFor('refreshes after the rotation', () => old.every((x) => successfulRefreshes(hs, x.token, restartedAt).length > 0), 20_000);
         for (const x of old) {
           const state = await api(second.url, 'GET', `/v1/delegations/${x.id}`, { token: x.jwt });
           expect(state.body.state).toBe('awaiting_join');

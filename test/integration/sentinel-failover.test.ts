@@ -32,7 +32,7 @@ describe.runIf(redisTestsEnabled('sentinel failover'))('Redis Sentinel failover'
     }
     const env = { SIDECAR_STORE: cluster.storeUrl, SIDECAR_REDIS_LEASE_MS: String(LEASE_MS), SIDECAR_HOMESERVER_RATE: '500' };
     for (let i = 0; i < 2; i++) sidecars.push(await spawnDaemon(env));
-  }, 90_000);
+  }, 180_000);
   afterAll(async () => {
     for (const s of sidecars) if (s.proc.exitCode === null && s.proc.signalCode === null) s.kill('SIGKILL');
     await hs?.close();
@@ -83,7 +83,7 @@ describe.runIf(redisTestsEnabled('sentinel failover'))('Redis Sentinel failover'
     // Half leave: each fires exactly once; the rest stay alive (none expired).
     const leaving = ps.slice(0, 5);
     for (const p of leaving) await webhookSender(sidecars[1]!.url).participantLeft(p.room, p, 'CLIENT_INITIATED');
-    await waitFor('every leave fired', () => leaving.every((p) => actionsFired(hs, p.token).length >= 1), 15_000);
+    await waitFor('every leave fired', () => leaving.every((p) => actionsFired(hs, p.token).length >= 1), 20_000);
     for (const p of leaving) {
       expect(actionsFired(hs, p.token)).toHaveLength(1);
       expect(hs.calls.filter((c) => c.handle === p.token && (c.op === 'action' || c.op === 'send') && c.status === 200)).toHaveLength(1);

@@ -449,7 +449,7 @@ describe('the homeserver client against hostile servers', () => {
       const result = await c.call(refreshCall(target.url));
       expect(result.outcome.kind).toBe('ok');
       expect(Date.now() - started).toBeLessThan(5_000);
-      await waitFor('the server to see the connection closed', () => closedAt > 0, 5_000);
+      await waitFor('the server to see the connection closed', () => closedAt > 0, 20_000);
       // What the kernel's socket buffers and undici's stream buffer hold, not the 1 GiB on offer.
       expect(written).toBeLessThan(32 * 1024 * 1024);
       expect(process.memoryUsage().arrayBuffers - before).toBeLessThan(16 * 1024 * 1024);
@@ -490,7 +490,8 @@ describe('the homeserver client against hostile servers', () => {
       const took = Date.now() - started;
       expect(result.outcome).toEqual({ kind: 'retry', detail: 'timeout' });
       expect(took).toBeGreaterThanOrEqual(250);
-      expect(took).toBeLessThan(2_000);
+      // Cut by the 300 ms timeout, not left hanging; the bound leaves room for a loaded machine.
+      expect(took).toBeLessThan(10_000);
     } finally {
       await c.close();
       await silent.close();
@@ -507,7 +508,7 @@ describe('the homeserver client against hostile servers', () => {
       const started = Date.now();
       const result = await c.call(refreshCall(stalling.url));
       expect(result.outcome).toEqual({ kind: 'retry', detail: 'timeout' });
-      expect(Date.now() - started).toBeLessThan(2_000);
+      expect(Date.now() - started).toBeLessThan(10_000);
     } finally {
       await c.close();
       await stalling.close();

@@ -2,7 +2,6 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import {
   nextDueAt,
-  registerDelegation,
   transition,
   type DelegationEvent,
   type MachineContext,
@@ -11,6 +10,7 @@ import {
 } from '../../src/delegations/machine.js';
 import { REFRESHING_STATES, isTerminal, type Delegation, type Departure } from '../../src/delegations/model.js';
 import type { HomeserverOutcome } from '../../src/homeserver/outcome.js';
+import { aDelegation } from '../helpers/delegation.js';
 import { fcParams, seededRandom } from './support.js';
 
 /**
@@ -116,25 +116,7 @@ class Caller {
     readonly honest: boolean,
   ) {
     this.random = seededRandom(s.seed);
-    const t = registerDelegation(
-      {
-        id: 'dg_prop',
-        dialect: 'futures',
-        homeserver: 'https://hs.example',
-        room: 'room',
-        identity: 'alice',
-        altIdentity: null,
-        altRoom: null,
-        sid: null,
-        actions: { leave: 'leave', connection_lost: 'connection_lost' },
-        timeoutMs: s.timeoutMs,
-        source: 'api',
-        createdAt: T0,
-      },
-      this.ctx(),
-      s.connectedAtStart ? 'S0' : null,
-    );
-    this.d = t.delegation;
+    this.d = aDelegation({ id: 'dg_prop', timeoutMs: s.timeoutMs, createdAt: T0 }, { ctx: this.ctx(), sid: s.connectedAtStart ? 'S0' : null });
     this.joinHolds = s.connectedAtStart;
   }
 

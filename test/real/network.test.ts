@@ -1,13 +1,13 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { membershipGone, membershipsHeld, recordFigure, webhookFor } from './judge.js';
-import { createNetns, netnsUsable, type Netns } from './netns.js';
+import { createNetns, netnsAvailable, type Netns } from '../helpers/netns.js';
 import { peersTestsEnabled } from './peers.js';
 import { startRig, type Call, type Rig } from './rig.js';
 import { waitFor } from '../helpers/daemon.js';
 
 // Scenarios 3 and 4 of contract section 9: the participant's network cut inside a network namespace (no TCP reset).
 let enabled = peersTestsEnabled('real servers: network cut');
-if (enabled && !netnsUsable()) {
+if (enabled && !netnsAvailable()) {
   if (process.env.SIDECAR_TEST_REQUIRE_PEERS === '1') throw new Error('real servers: network cut needs root and iproute2 (ip netns) with SIDECAR_TEST_REQUIRE_PEERS=1');
   console.warn('\n!!! real servers: network cut: SKIPPED — needs root and iproute2 (ip netns) !!!\n');
   enabled = false;

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { AccessToken } from 'livekit-server-sdk';
 import { parse } from 'yaml';
 import { legacyIdentity, liveKitIdentity, liveKitRoomName, msc4195Identity } from '../../src/compat/livekit-names.js';
+import { readRawBody } from '../fakes/listen.js';
 import { freePort, spawnDaemon, type ChildDaemon } from '../helpers/daemon.js';
 import { RIG_API_KEY, RIG_API_SECRET, startLiveKit, type LiveKit } from './livekit.js';
 import { spawnParticipants, type ParticipantProcess, type ParticipantSpec } from './participants.js';
@@ -264,9 +265,7 @@ function writeRegistration(daemonUrl: string): { path: string; asToken: string; 
 /** Forwards LiveKit's webhooks to the daemon untouched and notes when each arrived (for the latency figures). */
 async function webhookProxy(target: string, seen: WebhookSeen[]): Promise<{ url: string; server: Server }> {
   const server = createServer(async (req, res) => {
-    const chunks: Buffer[] = [];
-    for await (const c of req) chunks.push(c as Buffer);
-    const body = Buffer.concat(chunks);
+    const body = await readRawBody(req);
     try {
       const ev = JSON.parse(body.toString('utf8'));
       seen.push({ event: ev.event, room: ev.room?.name, identity: ev.participant?.identity, reason: ev.participant?.disconnectReason, at: Date.now() });

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { nextDueAt, registerDelegation, retryDelay, steadyRefreshIntervalMs, transition, type DelegationEvent, type MachineContext } from '../../src/delegations/machine.js';
+import { nextDueAt, retryDelay, steadyRefreshIntervalMs, transition, type DelegationEvent, type MachineContext } from '../../src/delegations/machine.js';
 import type { Delegation, DelegationState } from '../../src/delegations/model.js';
+import { aDelegation } from '../helpers/delegation.js';
 
 const settings = { reconnectGraceMs: 10_000, joinTimeoutMs: 300_000, refreshAt: 0.5, refreshMarginMs: null };
 const T0 = 1_000_000;
@@ -11,24 +12,7 @@ function ctx(now: number, random = 0.5): MachineContext {
 }
 
 function fresh(sid: string | null = null): Delegation {
-  return registerDelegation(
-    {
-      id: 'dg_1',
-      dialect: 'futures',
-      homeserver: 'https://hs.example',
-      room: 'room',
-      identity: 'alice',
-      altIdentity: null,
-      altRoom: null,
-      sid: null,
-      actions: { leave: 'leave', connection_lost: 'connection_lost' },
-      timeoutMs: TIMEOUT,
-      source: 'api',
-      createdAt: T0,
-    },
-    ctx(T0),
-    sid,
-  ).delegation;
+  return aDelegation({ timeoutMs: TIMEOUT, createdAt: T0 }, { sid, ctx: ctx(T0) });
 }
 
 function inState(state: DelegationState): Delegation {
