@@ -2,7 +2,7 @@ import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startFakeHomeserver, type FakeHomeserver } from '../fakes/homeserver.js';
 import { spawnDaemon, waitFor, type ChildDaemon } from '../helpers/daemon.js';
-import { redisTestsEnabled, startRedis, type RedisServer } from '../helpers/redis.js';
+import { redisTestsEnabled, shardsSpread, startRedis, type RedisServer } from '../helpers/redis.js';
 import { delegate, refreshCalls, webhookSender, type Participant } from '../helpers/scenario.js';
 import { shardOf } from '../../src/store/shard-leases.js';
 
@@ -31,10 +31,7 @@ describe.runIf(redisTestsEnabled('replicas-fence'))('a stale replica that keeps 
     const env = { SIDECAR_STORE: redis.url, SIDECAR_REDIS_LEASE_MS: String(LEASE_MS), SIDECAR_HOMESERVER_RATE: '500' };
     stale = await spawnDaemon({ ...env, SIDECAR_TEST_IGNORE_LEASE_LOSS: '1' });
     other = await spawnDaemon(env);
-    await waitFor('shards spread over the two', async () => {
-      const owners = await client.mget(Array.from({ length: 32 }, (_, s) => `${PREFIX}shard:${s}:owner`));
-      return owners.every(Boolean) && new Set(owners.map((o) => o!.split('-')[0])).size === 2;
-    }, 30_000, 100);
+    await waitFor('shards spread over the two', () => shardsSpread(client, PREFIX, 2), 30_000, 100);
   }, 90_000);
   afterAll(async () => {
     for (const r of [stale, other]) if (r && r.proc.exitCode === null && r.proc.signalCode === null) {

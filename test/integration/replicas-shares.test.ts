@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startFakeHomeserver, type FakeHomeserver } from '../fakes/homeserver.js';
 import { mintParticipantToken } from '../fakes/livekit.js';
 import { API_KEY, API_SECRET, spawnDaemon, waitFor, type ChildDaemon } from '../helpers/daemon.js';
-import { redisTestsEnabled, startRedis, type RedisServer } from '../helpers/redis.js';
+import { redisTestsEnabled, shardsSpread, startRedis, type RedisServer } from '../helpers/redis.js';
 import { createHomeserverToken, uniqueName } from '../helpers/scenario.js';
 
 /**
@@ -66,10 +66,7 @@ describe.runIf(redisTestsEnabled('replicas-shares'))("a participant's and an add
     const env = { ...common, SIDECAR_STORE: redis.url, SIDECAR_REDIS_LEASE_MS: String(LEASE_MS) };
     for (let i = 0; i < 3; i++) replicas.push(await spawnDaemon(env));
     single = await spawnDaemon(common);
-    await waitFor('every shard owned, spread over the three', async () => {
-      const owners = await client.mget(Array.from({ length: 32 }, (_, s) => `${PREFIX}shard:${s}:owner`));
-      return owners.every(Boolean) && new Set(owners.map((o) => o!.split('-')[0])).size === 3;
-    }, 30_000, 100);
+    await waitFor('every shard owned, spread over the three', () => shardsSpread(client, PREFIX, 3), 30_000, 100);
   }, 90_000);
   afterAll(async () => {
     for (const r of [...replicas, single]) if (r && r.proc.exitCode === null) r.kill('SIGKILL');
@@ -85,36 +82,40 @@ describe.runIf(redisTestsEnabled('replicas-shares'))("a participant's and an add
     return hs;
   }
 
-  it('refuses one participant at the same count on three replicas as on one process', async () => {
-    const counts: number[] = [];
-    for (const urls of [[single.url], replicas.map((r) => r.url)]) {
-      const hs = await slowHomeserver();
-      const who = { room: uniqueName('room'), identity: uniqueName('user') };
-      const { admitted, refusal } = await fill(urls, hs, () => ({ who, address: freshAddress() }));
-      expect([refusal.status, refusal.body.errcode]).toEqual([429, 'M_LIMIT_EXCEEDED']);
-      expect(refusal.body.error).toMatch(/participant holds its share/);
-      counts.push(admitted);
-    }
-    const [one, three] = counts as [number, number];
-    expect(one, 'a quarter of the budget, not all of it').toBe(PARTICIPANT_ADMITS);
-    expect(PARTICIPANT_ADMITS).toBeLessThan(BUDGET_ADMITS);
-    expect(three, 'admitted for one participant through three replicas').toBe(one);
-  }, 90_000);
+  const holders = [
+    {
+      holder: 'one participant',
+      refusal: /participant holds its share/,
+      expected: PARTICIPANT_ADMITS,
+      // One participant, each registration from another address.
+      asker: () => {
+        const who = { room: uniqueName('room'), identity: uniqueName('user') };
+        return () => ({ who, address: freshAddress() });
+      },
+    },
+    {
+      holder: 'one client address',
+      refusal: /address holds its share/,
+      expected: ADDRESS_ADMITS,
+      // One address, each registration for another participant.
+      asker: () => {
+        const [room, address] = [uniqueName('room'), freshAddress()];
+        return () => ({ who: { room, identity: uniqueName('user') }, address });
+      },
+    },
+  ];
 
-  it('refuses one client address at the same count on three replicas as on one process', async () => {
+  it.each(holders)('refuses $holder at the same count on three replicas as on one process', async ({ refusal: text, expected, asker }) => {
     const counts: number[] = [];
     for (const urls of [[single.url], replicas.map((r) => r.url)]) {
-      const hs = await slowHomeserver();
-      const address = freshAddress();
-      const room = uniqueName('room');
-      const { admitted, refusal } = await fill(urls, hs, () => ({ who: { room, identity: uniqueName('user') }, address }));
+      const { admitted, refusal } = await fill(urls, await slowHomeserver(), asker());
       expect([refusal.status, refusal.body.errcode]).toEqual([429, 'M_LIMIT_EXCEEDED']);
-      expect(refusal.body.error).toMatch(/address holds its share/);
+      expect(refusal.body.error).toMatch(text);
       counts.push(admitted);
     }
     const [one, three] = counts as [number, number];
-    expect(one, 'half of the budget, not all of it').toBe(ADDRESS_ADMITS);
-    expect(ADDRESS_ADMITS).toBeLessThan(BUDGET_ADMITS);
-    expect(three, 'admitted from one address through three replicas').toBe(one);
+    expect(one, 'its share of the budget, not all of it').toBe(expected);
+    expect(expected).toBeLessThan(BUDGET_ADMITS);
+    expect(three, 'admitted through three replicas').toBe(one);
   }, 90_000);
 });

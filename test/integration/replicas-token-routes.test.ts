@@ -7,7 +7,7 @@ import { startFakeRoomService, type FakeRoomService } from '../fakes/livekit.js'
 import { startFakeMatrixFederation, type FakeMatrixFederation } from '../fakes/matrix-federation.js';
 import { ADMIN_TOKEN, API_KEY, API_SECRET, api, spawnDaemon, waitFor, type ChildDaemon } from '../helpers/daemon.js';
 import { requestJson } from '../helpers/lk-jwt.js';
-import { redisTestsEnabled, startRedis, type RedisServer } from '../helpers/redis.js';
+import { redisTestsEnabled, shardsSpread, startRedis, type RedisServer } from '../helpers/redis.js';
 import { refreshCalls, webhookSender } from '../helpers/scenario.js';
 
 /**
@@ -51,10 +51,7 @@ describe.runIf(redisTestsEnabled('replicas-token-routes'))('replacement and revo
   async function startCluster(prefix: string, env: Record<string, string>): Promise<Cluster> {
     const all = { ...env, SIDECAR_STORE: redis.url, SIDECAR_REDIS_PREFIX: prefix, SIDECAR_REDIS_LEASE_MS: String(LEASE_MS), LIVEKIT_URL: lk.url, SIDECAR_RECONCILE_INTERVAL_MS: '600000' };
     const replicas = [await spawnDaemon(all), await spawnDaemon(all)];
-    await waitFor(`${prefix}: every shard owned, spread over both replicas`, async () => {
-      const owners = await client.mget(Array.from({ length: 32 }, (_, s) => `${prefix}shard:${s}:owner`));
-      return owners.every(Boolean) && new Set(owners.map((o) => o!.split('-')[0])).size === 2;
-    }, 30_000, 100);
+    await waitFor(`${prefix}: every shard owned, spread over both replicas`, () => shardsSpread(client, prefix, 2), 30_000, 100);
     return { prefix, replicas };
   }
 
@@ -151,6 +148,16 @@ describe.runIf(redisTestsEnabled('replicas-token-routes'))('replacement and revo
   }
 
   const openIdToken = { access_token: ALICE_OPENID, token_type: 'Bearer', matrix_server_name: SERVER, expires_in: 3600 };
+  /** Element Call's `/get_token` with a delayed leave to delegate, for Alice's device `device`. */
+  const getToken = (url: string, device: string, delayId: string) =>
+    requestJson(`${url}/get_token`, 'POST', {
+      room_id: ROOM_ID,
+      slot_id: SLOT_ID,
+      openid_token: openIdToken,
+      member: { id: MEMBER, claimed_user_id: ALICE, claimed_device_id: device },
+      delay_id: delayId,
+      delay_timeout: DELAY_MS,
+    });
   const delayedLeave = (server: FakeHomeserver, stateKey: string, asUser?: string) => () =>
     server.createDelayedEvent({ ...(asUser ? { asUser } : {}), roomId: ROOM_ID, eventType: MEMBERSHIP, stateKey, content: {}, delayMs: DELAY_MS });
 
@@ -162,15 +169,7 @@ describe.runIf(redisTestsEnabled('replicas-token-routes'))('replacement and revo
       room: liveKitRoomName(ROOM_ID, SLOT_ID),
       identity: liveKitIdentity(ALICE, device, MEMBER),
       newDelay: delayedLeave(hs, `_${ALICE}_${device}`),
-      delegate: (url, delayId) =>
-        requestJson(`${url}/get_token`, 'POST', {
-          room_id: ROOM_ID,
-          slot_id: SLOT_ID,
-          openid_token: openIdToken,
-          member: { id: MEMBER, claimed_user_id: ALICE, claimed_device_id: device },
-          delay_id: delayId,
-          delay_timeout: DELAY_MS,
-        }),
+      delegate: (url, delayId) => getToken(url, device, delayId),
     });
   }, 90_000);
 
@@ -204,14 +203,7 @@ describe.runIf(redisTestsEnabled('replicas-token-routes'))('replacement and revo
     const room = liveKitRoomName(ROOM_ID, SLOT_ID);
     const identity = liveKitIdentity(ALICE, device, MEMBER);
     const delayId = await delayedLeave(hs, `_${ALICE}_${device}`)();
-    const res = await requestJson(`${standalone.replicas[0]!.url}/get_token`, 'POST', {
-      room_id: ROOM_ID,
-      slot_id: SLOT_ID,
-      openid_token: openIdToken,
-      member: { id: MEMBER, claimed_user_id: ALICE, claimed_device_id: device },
-      delay_id: delayId,
-      delay_timeout: DELAY_MS,
-    });
+    const res = await getToken(standalone.replicas[0]!.url, device, delayId);
     expect(res.status, res.text).toBe(200);
     const [d] = await delegationsOf(standalone, room, identity);
     await waitFor('restarted by its owner', () => refreshCalls(hs, delayId) >= 1, 15_000);
@@ -232,14 +224,7 @@ describe.runIf(redisTestsEnabled('replicas-token-routes'))('replacement and revo
     for (let i = 0; i < 20 && !control; i++) {
       const device = `DEVICE_CONTROL_${i}`;
       const delay = await delayedLeave(hs, `_${ALICE}_${device}`)();
-      const ctl = await requestJson(`${standalone.replicas[owner]!.url}/get_token`, 'POST', {
-        room_id: ROOM_ID,
-        slot_id: SLOT_ID,
-        openid_token: openIdToken,
-        member: { id: MEMBER, claimed_user_id: ALICE, claimed_device_id: device },
-        delay_id: delay,
-        delay_timeout: DELAY_MS,
-      });
+      const ctl = await getToken(standalone.replicas[owner]!.url, device, delay);
       expect(ctl.status, ctl.text).toBe(200);
       const ctlIdentity = liveKitIdentity(ALICE, device, MEMBER);
       const [c] = await delegationsOf(standalone, room, ctlIdentity);
