@@ -95,7 +95,7 @@ async function openDeployment(config: Config, clock: Clock, logger: Logger, metr
   }
   const store = new RedisStore(config.store.url, { keys: new RedisKeys(config.redisPrefix), secretBox: box, logger: logger.child({ component: 'redis' }) });
   await store.connect();
-  const topology = new RedisReplicas({ store, clock, logger, leaseMs: config.redisLeaseMs, backlogMs: Math.max(config.joinTimeoutMs, DEDUPE_WINDOW_MS), metrics });
+  const topology = new RedisReplicas({ store, clock, logger, leaseMs: config.redisLeaseMs, ignoreLeaseLoss: config.redisIgnoreLeaseLoss, backlogMs: Math.max(config.joinTimeoutMs, DEDUPE_WINDOW_MS), metrics });
   return { store, topology };
 }
 

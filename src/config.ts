@@ -64,6 +64,11 @@ export interface Config {
   redisPrefix: string;
   /** Shard lease time: a dead replica's delegations are taken over within about this long. */
   redisLeaseMs: number;
+  /**
+   * Test only (`--dev` with SIDECAR_TEST_IGNORE_LEASE_LOSS=1): a replica keeps acting on shards whose leases it lost,
+   * so that tests can show the store's write fence alone keeps it from acting twice.
+   */
+  redisIgnoreLeaseLoss: boolean;
   /** Longest a request may take to arrive (headers and body); a stalled client is cut after it. */
   requestTimeoutMs: number;
   /** Bytes the in-memory delegation history (operator console) may hold. */
@@ -315,6 +320,7 @@ export function loadConfig(input: Record<string, string | undefined>, opts: { de
   const redisPrefix = get('SIDECAR_REDIS_PREFIX') ?? DEFAULT_REDIS_PREFIX;
   if (!/^[A-Za-z0-9:_.-]{1,64}$/.test(redisPrefix)) problems.push(`SIDECAR_REDIS_PREFIX must be 1-64 characters of letters, digits and :_.-, got ${JSON.stringify(redisPrefix)}`);
   const redisLeaseMs = int('SIDECAR_REDIS_LEASE_MS', 10_000, 1_000, 300_000);
+  const redisIgnoreLeaseLoss = dev && get('SIDECAR_TEST_IGNORE_LEASE_LOSS') === '1';
   const syncRaw = (get('SIDECAR_SQLITE_SYNCHRONOUS') ?? 'NORMAL').toUpperCase();
   if (syncRaw !== 'NORMAL' && syncRaw !== 'FULL') problems.push(`SIDECAR_SQLITE_SYNCHRONOUS must be NORMAL or FULL, got ${JSON.stringify(syncRaw)}`);
   const requestTimeoutMs = int('SIDECAR_REQUEST_TIMEOUT_MS', 30_000, 1_000, 600_000);
@@ -358,6 +364,7 @@ export function loadConfig(input: Record<string, string | undefined>, opts: { de
     sqliteSynchronous: syncRaw as 'NORMAL' | 'FULL',
     redisPrefix,
     redisLeaseMs,
+    redisIgnoreLeaseLoss,
     livekitSigningKey: lk.settings.signingKey ?? [...livekitKeys.keys()][0]!,
     canUpdateOwnMetadata: lk.settings.canUpdateOwnMetadata,
     restrictedUsersCanPublish,

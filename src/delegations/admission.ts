@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import { limitExceeded } from '../errors.js';
-import type { AdmissionRefusal, ClusterLoad } from './homeserver-load.js';
+import { clientKey, identityKey, type AdmissionRefusal, type ClusterLoad } from './homeserver-load.js';
 import type { Dialect } from './model.js';
 import type { Narrator } from './narrator.js';
 import type { OpenDelegations } from './open-delegations.js';
@@ -69,7 +69,10 @@ export class Admission {
     const origin = open.originOf(req.homeserver);
     const load = this.loadRequest(req);
     let refusal = open.load.check(load);
-    if (!refusal && this.deps.cluster && !(await this.deps.cluster.reserve(origin, id, load.load, limits.homeserverRate * REFRESH_CAPACITY_SHARE))) refusal = 'homeserver_full';
+    if (!refusal && this.deps.cluster) {
+      const limitsOfCluster = { budget: limits.homeserverRate * REFRESH_CAPACITY_SHARE, identity: identityKey(origin, req.room, req.identity), client: clientKey(origin, load.client) };
+      refusal = await this.deps.cluster.reserve(origin, id, load.load, limitsOfCluster);
+    }
     if (refusal) {
       narrator.registration(req.dialect, refusal === 'homeserver_full' ? 'overloaded' : 'limited');
       this.deps.logger.warn({ refusal, homeserver_load: Number(open.load.loadOf(origin).toFixed(3)), rate: limits.homeserverRate }, 'new delegation refused by admission control');

@@ -60,8 +60,6 @@ export function presenceRetentionMs(settings: MachineSettings): number {
 /** How long an API revoke waits for the owning replica to apply it, and how often it looks. */
 const REMOTE_REVOKE_WAIT_MS = 3_000;
 const REMOTE_REVOKE_POLL_MS = 25;
-/** How many of one participant's delegations (open or ended) a cluster-wide lookup reads. */
-const PARTICIPANT_LOOKUP_LIMIT = 1000;
 /** A state change the store could not take, or a call that failed without an answer, is retried after this long. */
 const RETRY_MS = 1_000;
 
@@ -249,9 +247,9 @@ export class DelegationEngine {
       .map((id) => this.open.get(id)!)
       .filter((d) => d.room === room && d.identity === identity);
     if (!this.ownership.shared) return local;
-    const stored = await this.deps.store.listDelegations({ room, identity, limit: PARTICIPANT_LOOKUP_LIMIT });
+    const stored = await this.deps.store.openOfParticipant(room, identity);
     const ids = new Set(local.map((d) => d.id));
-    return [...local, ...stored.items.filter((d) => !ids.has(d.id) && !isTerminal(d.state))];
+    return [...local, ...stored.filter((d) => !ids.has(d.id))];
   }
 
   /** Revokes without calling the homeserver; a terminal delegation is returned as it is. */

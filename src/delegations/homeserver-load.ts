@@ -28,10 +28,20 @@ interface Hold {
  * load per origin; a new delegation's provisional hold is kept there by id until its owner confirms or drops it.
  */
 export interface ClusterLoad {
-  /** Atomically: when the cluster's load of `origin` plus `load` fits `budget`, holds `load` for delegation `id`. */
-  reserve(origin: string, id: string, load: number, budget: number): Promise<boolean>;
+  /**
+   * Atomically: when the cluster's load of `origin` plus `load` fits `budget`, and what the holder's participant and
+   * client address hold across the cluster stays within their shares, holds `load` for delegation `id`.
+   */
+  reserve(origin: string, id: string, load: number, limits: ClusterLimits): Promise<AdmissionRefusal | null>;
   /** This replica now carries `confirmed` for `origin`; the hold of `endHold` (if any) goes in the same step. */
   publish(origin: string, confirmed: number, endHold?: string): void;
+}
+
+/** What a new delegation is weighed against in the cluster: the origin's budget and its holder's shares of it. */
+export interface ClusterLimits {
+  budget: number;
+  identity: string;
+  client: string | null;
 }
 
 interface OriginLoad {
@@ -173,12 +183,12 @@ export class HomeserverLoad {
   }
 }
 
-function identityKey(origin: string, room: string, identity: string): string {
+export function identityKey(origin: string, room: string, identity: string): string {
   return `${origin}\u0000i\u0000${room}\u0000${identity}`;
 }
 
 /** IPv6 clients are counted by /64, the block one subscriber usually gets, so they cannot pick a fresh address each time. */
-function clientKey(origin: string, client: string | null): string | null {
+export function clientKey(origin: string, client: string | null): string | null {
   if (!client) return null;
   const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(client);
   const address = mapped ? mapped[1]! : client;

@@ -43,6 +43,19 @@ export class RedisKeys {
     return `${this.prefix}ident:${identity}`;
   }
 
+  /**
+   * Ids of one participant's open delegations (exactly this room and identity; the length keeps the two apart), for
+   * replacement and the per-participant cap. An id leaves it in the same step as its delegation ends.
+   */
+  openOfParticipant(room: string, identity: string): string {
+    return `${this.prefix}openp:${room.length}:${room}:${identity}`;
+  }
+
+  /** Ended delegations by when they ended: what is deleted (with its index entries) once the retention has passed. */
+  ended(): string {
+    return `${this.prefix}ended`;
+  }
+
   /** A webhook id's dedupe mark. */
   webhook(eventId: string): string {
     return `${this.prefix}wh:${eventId}`;

@@ -1,26 +1,43 @@
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { Clock, TimerHandle } from '../clock.js';
-import type { ClusterLoad } from '../delegations/homeserver-load.js';
-import { PROVISIONAL_LEASE_MS } from '../delegations/homeserver-load.js';
+import { CLIENT_SHARE, IDENTITY_SHARE, PROVISIONAL_LEASE_MS, type AdmissionRefusal, type ClusterLimits, type ClusterLoad } from '../delegations/homeserver-load.js';
 import type { RedisStore } from './redis.js';
 
 /**
- * One hash per origin, every field `load|until`: `r:<replica>` is a replica's confirmed load, `h:<delegation>` a new
- * delegation's provisional hold. Fields past their `until` no longer count and are dropped when read, so a replica
- * that dies stops counting once it misses its heartbeats.
+ * One hash per origin, every field `load|until[|participant|client]`: `r:<replica>` is a replica's confirmed load,
+ * `h:<delegation>` a new delegation's provisional hold, with (hashes of) its participant's and client address's keys.
+ * Fields past their `until` no longer count and are dropped when read, so a replica that dies stops counting once it
+ * misses its heartbeats. Answers 1 when the hold was taken, 0 when the origin is full, -1 or -2 when the participant
+ * or the address would hold more than its share (the shares bound what a holder adds on top of what it holds, as
+ * `HomeserverLoad` does for one process).
  */
 const RESERVE = `local now = tonumber(ARGV[1])
-local total = 0
+local want = tonumber(ARGV[3])
+local total, byIdentity, byClient = 0, 0, 0
 local fields = redis.call('HGETALL', KEYS[1])
 for i = 1, #fields, 2 do
-  local load, untilMs = string.match(fields[i + 1], '^([^|]+)|(.+)$')
-  if tonumber(untilMs) <= now then redis.call('HDEL', KEYS[1], fields[i]) else total = total + tonumber(load) end
+  local load, untilMs, ik, ck = string.match(fields[i + 1], '^([^|]*)|([^|]*)|?([^|]*)|?([^|]*)$')
+  if tonumber(untilMs) <= now then redis.call('HDEL', KEYS[1], fields[i]) else
+    local l = tonumber(load)
+    total = total + l
+    if ik ~= '' and ik == ARGV[7] then byIdentity = byIdentity + l end
+    if ck ~= '' and ck == ARGV[9] then byClient = byClient + l end
+  end
 end
-if total + tonumber(ARGV[3]) > tonumber(ARGV[4]) then return 0 end
-redis.call('HSET', KEYS[1], ARGV[2], ARGV[3] .. '|' .. ARGV[5])
+if total + want > tonumber(ARGV[4]) then return 0 end
+if byIdentity > 0 and byIdentity + want > tonumber(ARGV[8]) then return -1 end
+if ARGV[9] ~= '' and byClient > 0 and byClient + want > tonumber(ARGV[10]) then return -2 end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3] .. '|' .. ARGV[5] .. '|' .. ARGV[7] .. '|' .. ARGV[9])
 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[6]) then redis.call('PEXPIRE', KEYS[1], ARGV[6]) end
 return 1`;
+
+const RESERVE_ANSWERS: Record<string, AdmissionRefusal | null> = { '1': null, '0': 'homeserver_full', '-1': 'identity_share', '-2': 'client_share' };
+
+/** A holder's key as the hash keeps it: short, and free of the separators a room or identity may contain. */
+function holderHash(key: string | null): string {
+  return key === null ? '' : createHash('sha256').update(key).digest('base64url').slice(0, 22);
+}
 
 /** Sets (or, at 0, removes) this replica's confirmed load, and removes an ended hold in the same step. */
 const PUBLISH = `if ARGV[3] ~= '' then redis.call('HDEL', KEYS[1], ARGV[3]) end
@@ -45,10 +62,26 @@ export class RedisOriginLoad implements ClusterLoad {
     private readonly deps: { store: RedisStore; clock: Clock; logger: Logger; heartbeatMs: number; ttlMs: number },
   ) {}
 
-  async reserve(origin: string, id: string, load: number, budget: number): Promise<boolean> {
+  async reserve(origin: string, id: string, load: number, limits: ClusterLimits): Promise<AdmissionRefusal | null> {
     const now = this.deps.clock.now();
-    const res = await this.deps.store.redis.eval(RESERVE, 1, this.deps.store.keys.originLoad(origin), String(now), `h:${id}`, String(load), String(budget), String(now + PROVISIONAL_LEASE_MS), String(Math.max(this.deps.ttlMs, PROVISIONAL_LEASE_MS)));
-    return Number(res) === 1;
+    const res = await this.deps.store.redis.eval(
+      RESERVE,
+      1,
+      this.deps.store.keys.originLoad(origin),
+      String(now),
+      `h:${id}`,
+      String(load),
+      String(limits.budget),
+      String(now + PROVISIONAL_LEASE_MS),
+      String(Math.max(this.deps.ttlMs, PROVISIONAL_LEASE_MS)),
+      holderHash(limits.identity),
+      String(limits.budget * IDENTITY_SHARE),
+      holderHash(limits.client),
+      String(limits.budget * CLIENT_SHARE),
+    );
+    const answer = RESERVE_ANSWERS[String(res)];
+    if (answer === undefined) throw new Error(`unexpected answer from the cluster's admission: ${String(res)}`);
+    return answer;
   }
 
   publish(origin: string, confirmed: number, endHold?: string): void {

@@ -2,6 +2,7 @@ import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import type { Delegation, DelegationSecrets } from '../delegations/model.js';
 import { isTerminal } from '../delegations/model.js';
+import { systemClock, type Clock } from '../clock.js';
 import { redisClient } from './redis-connection.js';
 import { RedisKeys } from './redis-keys.js';
 import { SecretBox } from './secret-box.js';
@@ -24,11 +25,47 @@ const RECORD_WEBHOOK = `if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) 
 end
 return 0`;
 
-/** Writes a delegation only while the caller still holds its shard's lease (fencing). */
-const FENCED_SAVE = `if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('NOTOWNER') end
+/**
+ * Writes a delegation, fenced by its shard's lease when ARGV[1] names the caller's `replica:fence`, and keeps its
+ * open-set entries (its shard's, its participant's) in the same step; an ended one is marked for deletion.
+ */
+const SAVE = `if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('NOTOWNER') end
 redis.call('SET', KEYS[2], ARGV[2])
-if ARGV[4] == '1' then redis.call('SADD', KEYS[3], ARGV[3]) else redis.call('SREM', KEYS[3], ARGV[3]) end
+if ARGV[4] == '1' then
+  redis.call('SADD', KEYS[3], ARGV[3])
+  redis.call('SADD', KEYS[4], ARGV[3])
+else
+  redis.call('SREM', KEYS[3], ARGV[3])
+  redis.call('SREM', KEYS[4], ARGV[3])
+  redis.call('ZADD', KEYS[5], 'NX', ARGV[5], ARGV[3])
+end
 return 1`;
+
+/**
+ * Deletes delegations that ended before ARGV[1] (at most ARGV[2] of them): the delegation, its secrets, token key
+ * and history, and its entries in every index, in one step. ARGV[3..8] are the key prefixes (from `RedisKeys`).
+ */
+const PRUNE_ENDED = `local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, id in ipairs(ids) do
+  local raw = redis.call('GET', ARGV[3] .. id)
+  if raw then
+    local d = cjson.decode(raw)
+    redis.call('SREM', ARGV[6] .. d.room, id)
+    redis.call('SREM', ARGV[7] .. d.identity, id)
+  end
+  local s = redis.call('GET', ARGV[4] .. id)
+  if s then
+    local tk = cjson.decode(s).tokenKey
+    if type(tk) == 'string' then redis.call('DEL', ARGV[8] .. tk) end
+  end
+  redis.call('DEL', ARGV[3] .. id, ARGV[4] .. id, ARGV[5] .. id)
+  redis.call('ZREM', KEYS[2], id)
+  redis.call('ZREM', KEYS[1], id)
+end
+return #ids`;
+
+/** How many ended delegations one save of an ended one deletes at most (more than one, so deletion keeps up). */
+const PRUNE_PER_END = 4;
 
 class NotOwnerError extends Error {
   constructor(id: string) {
@@ -48,15 +85,22 @@ export class RedisStore implements Store {
   readonly keys: RedisKeys;
   private readonly box: SecretBox;
   private ownership: ShardOwnership | null = null;
+  private readonly clock: Clock;
+  private readonly logger: Logger;
+  /** How long an ended delegation is kept (with its history) before it is deleted. */
+  private readonly retentionMs: number;
 
   constructor(
     readonly url: string,
-    opts: { keys?: RedisKeys; secretBox?: SecretBox; logger: Logger },
+    opts: { keys?: RedisKeys; secretBox?: SecretBox; logger: Logger; clock?: Clock; retentionMs?: number },
   ) {
     this.redis = redisClient(url, REDIS_OPTIONS);
     this.redis.on('error', (err: Error) => opts.logger.debug({ err: { message: err.message } }, 'redis connection error'));
     this.keys = opts.keys ?? new RedisKeys();
     this.box = opts.secretBox ?? new SecretBox(null);
+    this.clock = opts.clock ?? systemClock;
+    this.logger = opts.logger;
+    this.retentionMs = opts.retentionMs ?? HISTORY_RETENTION_MS;
   }
 
   async connect(): Promise<void> {
@@ -74,8 +118,11 @@ export class RedisStore implements Store {
     const shard = shardOf(d.id);
     const m = this.redis.multi();
     m.set(this.keys.delegation(d.id), JSON.stringify(d));
-    m.set(this.keys.secrets(d.id), JSON.stringify({ token: this.box.seal(secrets.token), accessToken: secrets.accessToken === null ? null : this.box.seal(secrets.accessToken) }));
-    if (!isTerminal(d.state)) m.sadd(this.keys.openInShard(shard), d.id);
+    m.set(this.keys.secrets(d.id), JSON.stringify({ ...this.sealed(secrets), tokenKey }));
+    if (!isTerminal(d.state)) {
+      m.sadd(this.keys.openInShard(shard), d.id);
+      m.sadd(this.keys.openOfParticipant(d.room, d.identity), d.id);
+    }
     m.zadd(this.keys.allDelegations(), 0, d.id);
     m.sadd(this.keys.room(d.room), d.id);
     m.sadd(this.keys.identity(d.identity), d.id);
@@ -86,17 +133,33 @@ export class RedisStore implements Store {
     const shard = shardOf(d.id);
     const holding = this.ownership?.holding(shard) ?? null;
     if (this.ownership && !holding) throw new NotOwnerError(d.id);
-    const ownerKey = this.keys.shardOwner(shard);
-    if (!holding) {
-      await this.redis.set(this.keys.delegation(d.id), JSON.stringify(d));
-      return;
-    }
+    const ended = isTerminal(d.state);
+    const keys = [this.keys.shardOwner(shard), this.keys.delegation(d.id), this.keys.openInShard(shard), this.keys.openOfParticipant(d.room, d.identity), this.keys.ended()];
     try {
-      await this.redis.eval(FENCED_SAVE, 3, ownerKey, this.keys.delegation(d.id), this.keys.openInShard(shard), holding, JSON.stringify(d), d.id, isTerminal(d.state) ? '0' : '1');
+      await this.redis.eval(SAVE, keys.length, ...keys, holding ?? '', JSON.stringify(d), d.id, ended ? '0' : '1', String(this.clock.now()));
     } catch (err) {
       if (String((err as Error).message).includes('NOTOWNER')) throw new NotOwnerError(d.id);
       throw err;
     }
+    if (ended) await this.pruneEnded(PRUNE_PER_END).catch((err: Error) => this.logger.warn({ err: { message: err.message } }, 'deleting ended delegations failed; the next end retries'));
+  }
+
+  /** Deletes up to `limit` delegations that ended more than the retention ago, each with all its keys and index entries. */
+  async pruneEnded(limit: number): Promise<number> {
+    const k = this.keys;
+    const res = await this.redis.eval(PRUNE_ENDED, 2, k.ended(), k.allDelegations(), String(this.clock.now() - this.retentionMs), String(limit), k.delegation(''), k.secrets(''), k.history(''), k.room(''), k.identity(''), k.tokenKey(''));
+    return Number(res);
+  }
+
+  /** The open delegations of exactly this (room, identity), across every shard. */
+  async openOfParticipant(room: string, identity: string): Promise<Delegation[]> {
+    const ids = await this.redis.smembers(this.keys.openOfParticipant(room, identity));
+    const out: Delegation[] = [];
+    for (let i = 0; i < ids.length; i += 1000) {
+      const raws = await this.redis.mget(ids.slice(i, i + 1000).map((id) => this.keys.delegation(id)));
+      for (const raw of raws) if (raw) out.push(JSON.parse(raw) as Delegation);
+    }
+    return out.filter((d) => !isTerminal(d.state));
   }
 
   async getDelegation(id: string): Promise<Delegation | undefined> {
@@ -117,7 +180,14 @@ export class RedisStore implements Store {
   }
 
   async saveSecrets(id: string, secrets: DelegationSecrets): Promise<void> {
-    await this.redis.set(this.keys.secrets(id), JSON.stringify({ token: this.box.seal(secrets.token), accessToken: secrets.accessToken === null ? null : this.box.seal(secrets.accessToken) }));
+    // The token key stays beside the secrets: deleting an ended delegation deletes its token key too.
+    const before = await this.redis.get(this.keys.secrets(id));
+    const tokenKey = before ? (JSON.parse(before) as { tokenKey?: string }).tokenKey : undefined;
+    await this.redis.set(this.keys.secrets(id), JSON.stringify({ ...this.sealed(secrets), ...(tokenKey ? { tokenKey } : {}) }));
+  }
+
+  private sealed(secrets: DelegationSecrets): { token: string; accessToken: string | null } {
+    return { token: this.box.seal(secrets.token), accessToken: secrets.accessToken === null ? null : this.box.seal(secrets.accessToken) };
   }
 
   async loadOpen(shard?: number): Promise<Delegation[]> {

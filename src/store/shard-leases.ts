@@ -53,6 +53,8 @@ export class ShardLeases implements ShardOwnership {
       clock: Clock;
       logger: Logger;
       leaseMs: number;
+      /** Test only: a lost lease is logged but the shard is kept (and acted on), leaving only the store's fence. */
+      ignoreLoss?: boolean;
       onGain: (shard: number) => Promise<void>;
       onLose: (shard: number, reason: ShardLossReason) => void;
     },
@@ -158,6 +160,10 @@ export class ShardLeases implements ShardOwnership {
   }
 
   private lose(shard: number, why: ShardLossReason): void {
+    if (this.deps.ignoreLoss && why !== 'stopped' && this.held.has(shard)) {
+      this.deps.logger.warn({ shard, why }, 'shard lease lost, kept anyway (SIDECAR_TEST_IGNORE_LEASE_LOSS)');
+      return;
+    }
     if (!this.held.delete(shard)) return;
     this.deps.logger.warn({ shard, why }, 'shard released');
     this.deps.onLose(shard, why);

@@ -68,6 +68,8 @@ export interface Store {
   getSecrets(id: string): Promise<DelegationSecrets | undefined>;
   /** Replace the secrets (e.g. drop an access token the homeserver refused). */
   saveSecrets(id: string, secrets: DelegationSecrets): Promise<void>;
+  /** The open delegations of exactly this (room, identity), whoever owns them. */
+  openOfParticipant(room: string, identity: string): Promise<Delegation[]>;
   /** Every delegation that is not terminal (in one shard, for the replicated store). */
   loadOpen(shard?: number): Promise<Delegation[]>;
   /**

@@ -33,6 +33,8 @@ export class RedisReplicas implements Topology {
       clock: Clock;
       logger: Logger;
       leaseMs: number;
+      /** Test only: keep acting on shards whose leases were lost (see `Config.redisIgnoreLeaseLoss`). */
+      ignoreLeaseLoss?: boolean;
       /** How far back the stream is read at start, to rebuild presence before taking over shards. */
       backlogMs: number;
       metrics: Metrics;
@@ -45,6 +47,7 @@ export class RedisReplicas implements Topology {
       clock,
       logger: logger.child({ component: 'leases' }),
       leaseMs,
+      ignoreLoss: deps.ignoreLeaseLoss ?? false,
       onGain: (shard) => this.started().engine.gainShard(shard),
       onLose: (shard, reason) => {
         if (reason !== 'stopped') deps.metrics.shardLeasesLost.inc({ reason });

@@ -28,6 +28,12 @@ export function redisTestsEnabled(suite: string): boolean {
   return false;
 }
 
+/** Whether all 32 shards under `prefix` are owned, by exactly `replicas` processes (their lease records name their pids). */
+export async function shardsSpread(client: Redis, prefix: string, replicas: number): Promise<boolean> {
+  const owners = await client.mget(Array.from({ length: 32 }, (_, s) => `${prefix}shard:${s}:owner`));
+  return owners.every(Boolean) && new Set(owners.map((o) => o!.split('-')[0])).size === replicas;
+}
+
 /** A real redis-server on a free loopback port with AOF on (appendfsync everysec), in its own directory. */
 export async function startRedis(): Promise<RedisServer> {
   const port = await freePort();

@@ -73,8 +73,9 @@ describe.runIf(redisTestsEnabled('replicas-frozen'))('a replica frozen past its 
     // shows nothing it should not have done.
     await waitFor('the thawed replica answers', async () => (await fetch(`${frozen.url}/livez`)).ok, 20_000, 100);
     // Its leases lapsed while it was stopped: counted as lost, so FuturesSidecarShardLeasesLost fires for it.
-    const lostByFrozen = metric(await scrape(frozen.url), LOST, { reason: 'not_renewed' })! + metric(await scrape(frozen.url), LOST, { reason: 'taken_over' })!;
-    expect(lostByFrozen).toBeGreaterThan(0);
+    // (Waited for: the log lines above can be the start's rebalancing, so the thawed round may not have run yet.)
+    const lostByFrozen = async () => metric(await scrape(frozen.url), LOST, { reason: 'not_renewed' })! + metric(await scrape(frozen.url), LOST, { reason: 'taken_over' })!;
+    expect(await waitFor('the thawed replica counts its lapsed leases', lostByFrozen, 15_000, 100)).toBeGreaterThan(0);
     // Every open delegation is refreshed again after the thaw (by whoever owns it now), which also gives the thawed
     // replica's own timers time to have fired.
     const open = ps.filter((p) => !ofFrozen.includes(p));
