@@ -19,6 +19,12 @@ function procStat(pid: number): { ppid: number; ticks: number } | null {
   }
 }
 
+/** CPU time one process has used so far, in ms (user + system; 10 ms ticks). */
+export function processCpuMs(pid: number): number {
+  const st = procStat(pid);
+  return st ? (st.ticks * 1000) / TICKS_PER_S : NaN;
+}
+
 /** CPU ticks of this process and every descendant (daemons, fakes, load generators). */
 function ourTicks(): number {
   const parent = new Map<number, number>();
