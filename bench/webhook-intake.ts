@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import autocannon, { type Result } from 'autocannon';
 import { isMain, runAlone } from './lib/cli.js';
-import { ContentionMeter, DISTURBED_CORES, MAX_REPEATS, waitForQuiet } from './lib/contention.js';
+import { ContentionMeter, DISTURBED_CORES, MAX_REPEATS, processCpuMs, waitForQuiet } from './lib/contention.js';
 import { monotonicUs, summariseCpuProfile, profileMarkdown, type ProfileSummary } from './lib/cpuprofile.js';
 import { metricValue, scrape, startBuiltDaemon, type BuiltDaemon } from './lib/daemon.js';
 import type { BenchOptions, Section } from './lib/report.js';
@@ -25,6 +25,7 @@ const HOMESERVER = 'https://matrix.example.org';
 
 interface Target {
   url: string;
+  pid: number;
   stop(): Promise<unknown>;
 }
 
@@ -40,6 +41,7 @@ async function startBare(variant: 'bare' | 'receiver' | 'crypto'): Promise<Targe
   });
   return {
     url,
+    pid: proc.pid!,
     stop: () =>
       new Promise((resolve) => {
         proc.once('exit', resolve);
@@ -78,8 +80,10 @@ class Load {
     return this.next;
   }
 
-  async fire(url: string, seconds: number): Promise<Fired> {
+  /** `pid`: the server's process, whose CPU time per answered request is measured too. */
+  async fire(url: string, seconds: number, pid?: number): Promise<Fired> {
     const meter = new ContentionMeter();
+    const serverCpu0 = pid === undefined ? NaN : processCpuMs(pid);
     const cpu = process.cpuUsage();
     const from = monotonicUs();
     const started = performance.now();
@@ -99,17 +103,31 @@ class Load {
       ],
     });
     const used = process.cpuUsage(cpu);
-    return { result, loadCpuShare: (used.user + used.system) / 1000 / (performance.now() - started), window: [from, monotonicUs()], foreignCores: meter.stop().foreignCores };
+    const serverCpuMs = pid === undefined ? NaN : processCpuMs(pid) - serverCpu0;
+    return { result, serverCpuUsPerRequest: (serverCpuMs * 1000) / Math.max(1, result.requests.total), loadCpuShare: (used.user + used.system) / 1000 / (performance.now() - started), window: [from, monotonicUs()], foreignCores: meter.stop().foreignCores };
   }
 }
 
 interface Fired {
   result: Result;
+  /**
+   * The server process's CPU time per request answered in the measured window (µs): what a request costs it,
+   * whatever share of the cores the machine's other work left it.
+   */
+  serverCpuUsPerRequest: number;
   /** Cores the load generator used. */
   loadCpuShare: number;
   window: [number, number];
   /** Cores other processes on the machine used meanwhile. */
   foreignCores: number;
+}
+
+function fmtUs(us: number): string {
+  return `${Math.round(us)} µs`;
+}
+
+function cpuUs(f: Fired): string {
+  return fmtUs(f.serverCpuUsPerRequest);
 }
 
 interface OursRun extends Fired {
@@ -143,7 +161,7 @@ async function runOurs(opts: BenchOptions, dir: string, pool: RequestPool, secon
   try {
     const load = new Load(pool);
     const warm = await load.fire(daemon.url, warmup);
-    const fired = await load.fire(daemon.url, seconds);
+    const fired = await load.fire(daemon.url, seconds, daemon.pid);
     const { result } = fired;
     const ended = performance.now();
     const expected = Math.min(population, warm.result['2xx'] + result['2xx']);
@@ -180,7 +198,7 @@ export async function run(opts: BenchOptions): Promise<Section> {
     try {
       const load = new Load(pool);
       await load.fire(b.url, warmup);
-      return await load.fire(b.url, seconds);
+      return await load.fire(b.url, seconds, b.pid);
     } finally {
       await b.stop();
     }
@@ -191,16 +209,16 @@ export async function run(opts: BenchOptions): Promise<Section> {
       const pool = new RequestPool(population, `r${r}${attempt}`);
       const foreign = await waitForQuiet(opts.quick ? 2_000 : 20_000);
       const b = await fireBare('bare', pool);
-      opts.log(`run ${r + 1}/${reps}: bare route ${fmt(b.result.requests.average)} req/s (other load before: ${foreign.toFixed(2)} cores, during: ${b.foreignCores.toFixed(2)})`);
+      opts.log(`run ${r + 1}/${reps}: bare route ${fmt(b.result.requests.average)} req/s, ${cpuUs(b)} of CPU per request (other load before: ${foreign.toFixed(2)} cores, during: ${b.foreignCores.toFixed(2)})`);
       const o = await runOurs(opts, dir, pool, seconds, warmup, `o${r}${attempt}`);
       await o.daemon.stop();
-      opts.log(`run ${r + 1}/${reps}: daemon ${fmt(o.result.requests.average)} req/s, p99 ${o.result.latency.p99} ms, caught up ${fmtMs(o.catchUpMs)} after the load, other load ${o.foreignCores.toFixed(2)} cores`);
+      opts.log(`run ${r + 1}/${reps}: daemon ${fmt(o.result.requests.average)} req/s, ${cpuUs(o)} of CPU per request, p99 ${o.result.latency.p99} ms, caught up ${fmtMs(o.catchUpMs)} after the load, other load ${o.foreignCores.toFixed(2)} cores`);
       let base: OursRun | null = null;
       if (BASELINE_MAIN) {
         const bo = await runOurs(opts, dir, pool, seconds, warmup, `b${r}${attempt}`, [], BASELINE_MAIN);
         await bo.daemon.stop();
         base = bo;
-        opts.log(`run ${r + 1}/${reps}: daemon at ${BASELINE_NAME} ${fmt(bo.result.requests.average)} req/s, p99 ${bo.result.latency.p99} ms, other load ${bo.foreignCores.toFixed(2)} cores`);
+        opts.log(`run ${r + 1}/${reps}: daemon at ${BASELINE_NAME} ${fmt(bo.result.requests.average)} req/s, ${cpuUs(bo)} of CPU per request, p99 ${bo.result.latency.p99} ms, other load ${bo.foreignCores.toFixed(2)} cores`);
       }
       const d = { receiver: await fireBare('receiver', pool), crypto: await fireBare('crypto', pool) };
       opts.log(`run ${r + 1}/${reps}: bare route + receiver ${fmt(d.receiver.result.requests.average)} req/s, + crypto ${fmt(d.crypto.result.requests.average)} req/s`);
@@ -223,6 +241,9 @@ export async function run(opts: BenchOptions): Promise<Section> {
     const oursRate = median(ours.map((o) => o.result.requests.average));
     const ratio = oursRate / bareRate;
     const p99 = median(ours.map((o) => o.result.latency.p99));
+    const bareCpu = median(bare.map((b) => b.serverCpuUsPerRequest));
+    const oursCpu = median(ours.map((o) => o.serverCpuUsPerRequest));
+    const baseCpu = baseline.length ? median(baseline.map((o) => o.serverCpuUsPerRequest)) : NaN;
 
     let profile: ProfileSummary | null = null;
     let profiledRate = NaN;
@@ -242,11 +263,11 @@ export async function run(opts: BenchOptions): Promise<Section> {
     }
 
     const perRun = [
-      '| run | bare route req/s | daemon req/s | ratio | daemon p50 / p97.5 / p99 ms | bare p99 ms | non-2xx | load generator CPU (bare / daemon) | other load on the machine (bare / daemon) | daemon caught up after the load |',
-      '|---|---:|---:|---:|---|---:|---:|---|---|---:|',
+      `| run | bare route req/s | daemon req/s | ratio | server CPU per request (bare / daemon${baseline.length ? ` / ${BASELINE_NAME}` : ''}) | daemon p50 / p97.5 / p99 ms | bare p99 ms | non-2xx | load generator CPU (bare / daemon) | other load on the machine (bare / daemon) | daemon caught up after the load |`,
+      '|---|---:|---:|---:|---|---|---:|---:|---|---|---:|',
       ...ours.map((o, i) => {
         const b = bare[i]!;
-        return `| ${i + 1} | ${fmt(b.result.requests.average)} | ${fmt(o.result.requests.average)} | ${(o.result.requests.average / b.result.requests.average).toFixed(2)} | ${o.result.latency.p50} / ${o.result.latency.p97_5} / ${o.result.latency.p99} | ${b.result.latency.p99} | ${o.result.non2xx + o.result.errors} | ${(b.loadCpuShare * 100).toFixed(0)} % / ${(o.loadCpuShare * 100).toFixed(0)} % | ${b.foreignCores.toFixed(2)} / ${o.foreignCores.toFixed(2)} cores | ${fmtMs(o.catchUpMs)} (${fmt(o.changed)} of ${fmt(o.expected)} changed) |`;
+        return `| ${i + 1} | ${fmt(b.result.requests.average)} | ${fmt(o.result.requests.average)} | ${(o.result.requests.average / b.result.requests.average).toFixed(2)} | ${cpuUs(b)} / ${cpuUs(o)}${baseline[i] ? ` / ${cpuUs(baseline[i])}` : ''} | ${o.result.latency.p50} / ${o.result.latency.p97_5} / ${o.result.latency.p99} | ${b.result.latency.p99} | ${o.result.non2xx + o.result.errors} | ${(b.loadCpuShare * 100).toFixed(0)} % / ${(o.loadCpuShare * 100).toFixed(0)} % | ${b.foreignCores.toFixed(2)} / ${o.foreignCores.toFixed(2)} cores | ${fmtMs(o.catchUpMs)} (${fmt(o.changed)} of ${fmt(o.expected)} changed) |`;
       }),
     ].join('\n');
     const diagRow = (name: string, rs: Result[]): string => {
@@ -281,6 +302,7 @@ export async function run(opts: BenchOptions): Promise<Section> {
       perRun,
       '',
       `Median: daemon ${fmt(oursRate)} req/s vs bare ${fmt(bareRate)} req/s = **${ratio.toFixed(2)}** of bare (target >= ${TARGET_RATIO});`,
+      `CPU per request, the measure the machine's other work disturbs least: bare ${fmtUs(bareCpu)}, daemon ${fmtUs(oursCpu)}${baseline.length ? `, ${BASELINE_NAME} ${fmtUs(baseCpu)}` : ''} (medians): the daemon costs **${(oursCpu / bareCpu).toFixed(2)}x** the bare route's CPU per request${baseline.length ? ` (${BASELINE_NAME}: ${(baseCpu / bareCpu).toFixed(2)}x)` : ''}, so with a core each it could answer ${(bareCpu / oursCpu).toFixed(2)} of its rate.`,
       `daemon latency p99 ${p99} ms (runs: ${runs(ours.map((o) => o.result.latency.p99), (v) => String(v))} ms) with ${CONNECTIONS} connections kept busy.`,
       '"Caught up" is how long after the last answer the daemon still needed to apply what it had acknowledged: the',
       'processing after the acknowledgement keeps pace when it is a fraction of a second.',
@@ -306,6 +328,7 @@ export async function run(opts: BenchOptions): Promise<Section> {
       seconds: 0,
       rows: [
         { measure: 'throughput vs a bare Fastify route (median of runs)', result: `${ratio.toFixed(2)} (${fmt(oursRate)} vs ${fmt(bareRate)} req/s)`, target: `>= ${TARGET_RATIO}`, verdict: ratio >= TARGET_RATIO ? 'met' : 'missed' },
+        { measure: 'CPU per request vs the bare route (median of runs; bare / daemon)', result: `${(bareCpu / oursCpu).toFixed(2)} (${fmtUs(bareCpu)} / ${fmtUs(oursCpu)})`, target: 'reported', verdict: 'reported' },
         { measure: `latency p99 at saturation, ${CONNECTIONS} connections`, result: `${p99} ms (p50 ${median(ours.map((o) => o.result.latency.p50))} ms)`, target: 'reported', verdict: 'reported' },
       ],
       body,

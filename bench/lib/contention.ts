@@ -19,6 +19,12 @@ function procStat(pid: number): { ppid: number; ticks: number } | null {
   }
 }
 
+/** CPU time one process has used so far, in ms (user + system; 10 ms ticks). */
+export function processCpuMs(pid: number): number {
+  const st = procStat(pid);
+  return st ? (st.ticks * 1000) / TICKS_PER_S : NaN;
+}
+
 /** CPU ticks of this process and every descendant (daemons, fakes, load generators). */
 function ourTicks(): number {
   const parent = new Map<number, number>();
@@ -81,4 +87,5 @@ export async function waitForQuiet(maxWaitMs = 60_000, threshold = 0.25): Promis
 
 /** Other processes' CPU above which a run is set aside and repeated (at most twice): the machine was not ours. */
 export const DISTURBED_CORES = 0.3;
-export const MAX_REPEATS = 2;
+/** BENCH_MAX_REPEATS: fewer repeats when the machine stays busy whatever one waits (the figures say how many). */
+export const MAX_REPEATS = Number(process.env.BENCH_MAX_REPEATS ?? 2);

@@ -21,6 +21,13 @@ const CS_API_CACHE_MS = 4 * 60 * 60 * 1000;
 /** Entries only arrive after a successful OpenID lookup, so this is a safety net, not a working limit. */
 const CS_API_CACHE_MAX = 10_000;
 const FEDERATION_SRV_SERVICES = ['_matrix-fed._tcp', '_matrix._tcp'] as const;
+/**
+ * lk-jwt-service keeps a server's discovered federation address for 1 h (definitive answers only): without it every
+ * OpenID lookup of a server named without a port would first cost a `.well-known` fetch and SRV queries.
+ */
+const FEDERATION_CACHE_MS = 60 * 60 * 1000;
+const FEDERATION_CACHE_MAX = 10_000;
+const NO_RECORD_CODES = new Set(['ENODATA', 'ENOTFOUND']);
 
 /** A lookup failed; `reason` is short, stable and safe to log (never a token or a URL with a query). */
 export class MatrixLookupError extends Error {
@@ -118,6 +125,7 @@ export class MatrixResolver {
   private readonly listedAgent: Agent;
   private readonly trustedOrigins: Set<string>;
   private readonly csApiCache = new Map<string, { url: string; expiresAt: number }>();
+  private readonly federationCache = new Map<string, { target: FederationTarget; expiresAt: number }>();
   private readonly clock: Clock;
   private readonly resolveSrv: (name: string) => Promise<SrvRecord[]>;
   private readonly lookupAll: (host: string) => Promise<string[]>;
@@ -174,15 +182,33 @@ export class MatrixResolver {
     if (name.ip || name.port !== null) {
       return { base: this.federationBase(name.host, name.port ?? DEFAULT_FEDERATION_PORT), hostHeader: serverName, how: 'ip_or_port' };
     }
-    const delegated = await this.wellKnownServer(serverName, listed);
+    const key = serverName.toLowerCase();
+    const now = this.clock.now();
+    const cached = this.federationCache.get(key);
+    if (cached && cached.expiresAt > now) return cached.target;
+    if (cached) this.federationCache.delete(key);
+    const found = await this.discoverFederation(serverName, name, listed);
+    if (found.definitive) {
+      if (this.federationCache.size >= FEDERATION_CACHE_MAX) this.federationCache.delete(this.federationCache.keys().next().value as string);
+      this.federationCache.set(key, { target: found.target, expiresAt: now + FEDERATION_CACHE_MS });
+    }
+    return found.target;
+  }
+
+  /** `definitive`: every answer it rests on came from the server or DNS (a transport failure may pass). */
+  private async discoverFederation(serverName: string, name: ServerName, listed: boolean): Promise<{ target: FederationTarget; definitive: boolean }> {
+    const wellKnown = await this.wellKnownServer(serverName, listed);
+    const delegated = wellKnown.server;
     if (delegated) {
       const d = parseServerName(delegated);
       if (d) {
-        if (d.ip || d.port !== null) return { base: this.federationBase(d.host, d.port ?? DEFAULT_FEDERATION_PORT), hostHeader: delegated, how: 'well_known' };
-        return this.srvOrDefault(d.host);
+        if (d.ip || d.port !== null) return { target: { base: this.federationBase(d.host, d.port ?? DEFAULT_FEDERATION_PORT), hostHeader: delegated, how: 'well_known' }, definitive: true };
+        const srv = await this.srvOrDefault(d.host);
+        return { target: srv.target, definitive: srv.definitive };
       }
     }
-    return this.srvOrDefault(name.host);
+    const srv = await this.srvOrDefault(name.host);
+    return { target: srv.target, definitive: wellKnown.definitive && srv.definitive };
   }
 
   /** The client-server API base URL of a server: override, then cache, then `.well-known/matrix/client`. */
@@ -223,30 +249,33 @@ export class MatrixResolver {
     return this.opts.wellKnownOrigin ? this.opts.wellKnownOrigin(serverAuthority) : `https://${serverAuthority}`;
   }
 
-  private async wellKnownServer(serverName: string, listed: boolean): Promise<string | null> {
+  private async wellKnownServer(serverName: string, listed: boolean): Promise<{ server: string | null; definitive: boolean }> {
     let answer: JsonAnswer;
     try {
       answer = await this.get(`${this.wellKnownOrigin(serverName)}/.well-known/matrix/server`, null, listed);
     } catch {
-      return null;
+      return { server: null, definitive: false };
     }
-    if (answer.status !== 200 || !isObject(answer.json)) return null;
+    if (answer.status !== 200 || !isObject(answer.json)) return { server: null, definitive: true };
     const server = answer.json['m.server'];
-    return typeof server === 'string' && parseServerName(server) ? server : null;
+    return { server: typeof server === 'string' && parseServerName(server) ? server : null, definitive: true };
   }
 
-  private async srvOrDefault(host: string): Promise<FederationTarget> {
+  private async srvOrDefault(host: string): Promise<{ target: FederationTarget; definitive: boolean }> {
+    let definitive = true;
     for (const service of FEDERATION_SRV_SERVICES) {
       let records: SrvRecord[];
       try {
         records = await this.resolveSrv(`${service}.${host}`);
-      } catch {
+      } catch (err) {
+        // "No such record" is an answer; a timeout or a refused query is not.
+        if (!NO_RECORD_CODES.has((err as { code?: string }).code ?? '')) definitive = false;
         continue;
       }
       const chosen = pickSrv(records, this.opts.random ?? Math.random);
-      if (chosen) return { base: this.federationBase(chosen.name, chosen.port), hostHeader: host, how: 'srv' };
+      if (chosen) return { target: { base: this.federationBase(chosen.name, chosen.port), hostHeader: host, how: 'srv' }, definitive: true };
     }
-    return { base: this.federationBase(host, DEFAULT_FEDERATION_PORT), hostHeader: host, how: 'default_port' };
+    return { target: { base: this.federationBase(host, DEFAULT_FEDERATION_PORT), hostHeader: host, how: 'default_port' }, definitive };
   }
 
   /** A discovered URL's host must not resolve to a private address now (the homeserver client checks again at connect). */

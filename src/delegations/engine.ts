@@ -315,9 +315,12 @@ export class DelegationEngine {
   /**
    * Applies one recorded LiveKit webhook. Safe to run twice for the same record (transitions are idempotent). Every
    * in-memory change happens before the first await, so records started in arrival order take effect in that order
-   * while their writes are committed together.
+   * while their writes are committed together. `replayed`: recorded by an earlier process and applied only now, so a
+   * departure's grace gets the settling time a delegation loaded in grace gets (`settle`): counted from the receive
+   * time alone it may have run out while no process was running, and a rejoin LiveKit retries after our restart
+   * would come too late.
    */
-  async processWebhook(rec: WebhookRecord): Promise<void> {
+  async processWebhook(rec: WebhookRecord, replayed = false): Promise<void> {
     const { room, identity, sid } = rec;
     if (rec.event === 'room_finished') {
       if (!room) return;
@@ -335,7 +338,7 @@ export class DelegationEngine {
       const departure = classifyDeparture(rec.event, rec.reason ?? undefined);
       if (this.presence.departed(room, identity, sid, rec.receivedAt, departure) === 'stale') return;
       const cause = `${rec.event} ${rec.reason ?? 'UNKNOWN_REASON'}`;
-      await Promise.all(this.open.ofParticipant(room, identity).map((id) => this.apply(id, { type: 'departed', sid, departure, at: rec.receivedAt }, cause)));
+      await Promise.all(this.open.ofParticipant(room, identity).map((id) => this.apply(id, { type: 'departed', sid, departure, at: rec.receivedAt }, replayed ? `${cause} (replayed after a restart)` : cause, replayed)));
     }
   }
 
@@ -498,11 +501,11 @@ export class DelegationEngine {
   }
 
   /** Runs one event through the machine, persists the result, then carries out its effects. */
-  private async apply(id: string, event: DelegationEvent, cause: string): Promise<Delegation | undefined> {
+  private async apply(id: string, event: DelegationEvent, cause: string, settle = false): Promise<Delegation | undefined> {
     const before = this.open.get(id);
     if (!before) return this.deps.store.getDelegation(id);
     const t = transition(before, event, this.ctx());
-    const after = t.delegation;
+    const after = settle && t.delegation !== before ? this.settle(t.delegation) : t.delegation;
     if (after === before) {
       if (event.type !== 'tick' && event.type !== 'refresh_result' && event.type !== 'action_result') this.narrator.note(before, `${cause}: no change`);
       return before;

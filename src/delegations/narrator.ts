@@ -20,8 +20,15 @@ export class Narrator {
   private readonly refreshesLastMinute = new RollingCount();
   private readonly actionsLastMinute = new RollingCount();
 
+  /**
+   * The state-change line's own logger, without the redaction pass: its fields (ids, states, reasons, outcomes) carry
+   * no secret by construction, and at one line per webhook the wildcard paths' pass was a visible share of intake.
+   */
+  private readonly stateLog: Logger;
+
   constructor(private readonly deps: { clock: Clock; logger: Logger; metrics: Metrics; history?: HistoryStore; journal?: HistoryJournal }) {
     this.history = deps.history ?? new HistoryStore();
+    this.stateLog = deps.logger.child({}, { redact: [] });
   }
 
   onLifecycle(listener: (e: LifecycleEvent) => void): () => void {
@@ -47,7 +54,7 @@ export class Narrator {
   changed(before: Delegation | null, after: Delegation, changes: LifecycleChange[], reason: string, what?: string): void {
     if (what !== undefined) this.note(after, what);
     if (!before || before.state !== after.state) {
-      this.deps.logger.info(
+      this.stateLog.info(
         { delegation_id: after.id, from: before?.state ?? null, state: after.state, reason, ...(after.outcome ? { outcome: after.outcome } : {}) },
         'delegation state changed',
       );

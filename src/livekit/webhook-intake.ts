@@ -9,8 +9,10 @@ export const DEDUPE_WINDOW_MS = 10 * 60_000;
 
 /**
  * Durable intake of verified webhooks: records arriving in the same event-loop turn are committed together
- * (group commit), each request is answered only once its record is durable, and records are then applied to the
- * delegations strictly in arrival order. Records left unprocessed by a crash are applied again at start-up.
+ * (group commit), each request is answered only once its record is durable, and records are applied to the
+ * delegations strictly in arrival order. Where this process applies what it records (a single node), each new
+ * record's state change rides in the record's own commit, so an acknowledged webhook is already applied; records a
+ * crash left unprocessed otherwise (an older version's journal) are applied again at start-up.
  */
 export class WebhookIntake {
   private readonly records = new GroupCommit<WebhookRecord, boolean>((recs) => this.commit(recs));
@@ -33,20 +35,25 @@ export class WebhookIntake {
     },
   ) {}
 
-  /** Resolves true for a new event, false for a duplicate, once the record is durable; rejects if it is not. */
+  /**
+   * Resolves true for a new event, false for a duplicate, once the record is durable; rejects if it is not. A new
+   * event is applied by this process (in the same commit) or by the owner of its delegations (from the stream).
+   */
   record(rec: WebhookRecord): Promise<boolean> {
     return this.records.submit(rec);
   }
 
   /**
-   * Applies a recorded event after its acknowledgement. Started at once, in arrival order: the engine makes each
-   * record's in-memory changes before its first await, so order holds while the writes of many records share a
-   * commit.
+   * Applies a recorded event. Started at once, in arrival order: the engine makes each record's in-memory changes
+   * before its first await, so order holds while the writes of many records share a commit. `replayed`: recorded
+   * by an earlier process, so time has passed that the record's receive time does not show.
    */
-  enqueue(rec: WebhookRecord): void {
-    const applied = this.deps.applied;
-    if (!applied) return;
-    const done: Promise<void> = this.apply(rec, applied).finally(() => this.started.delete(done));
+  private enqueue(rec: WebhookRecord, applied: AppliedWebhooks, replayed: boolean): void {
+    this.track(this.apply(rec, applied, replayed));
+  }
+
+  private track(work: Promise<void>): void {
+    const done: Promise<void> = work.finally(() => this.started.delete(done));
     this.started.add(done);
   }
 
@@ -63,8 +70,10 @@ export class WebhookIntake {
 
   /** Re-applies records a previous process acknowledged but did not finish. */
   async recover(): Promise<number> {
-    const pending = (await this.deps.applied?.pendingWebhooks()) ?? [];
-    for (const rec of pending) this.enqueue(rec);
+    const applied = this.deps.applied;
+    if (!applied) return 0;
+    const pending = await applied.pendingWebhooks();
+    for (const rec of pending) this.enqueue(rec, applied, true);
     await this.idle();
     return pending.length;
   }
@@ -76,7 +85,8 @@ export class WebhookIntake {
 
   private async commit(recs: WebhookRecord[]): Promise<boolean[]> {
     try {
-      const fresh = await this.deps.store.recordWebhooks(recs);
+      const applied = this.deps.applied;
+      const fresh = applied ? await this.recordApplying(recs, applied) : await this.deps.store.recordWebhooks(recs);
       return recs.map((_, i) => fresh[i] ?? false);
     } catch (err) {
       this.deps.logger.error({ err }, 'could not record webhooks');
@@ -93,22 +103,31 @@ export class WebhookIntake {
     await this.deps.applied.pruneWebhooks(now - DEDUPE_WINDOW_MS - 60_000).catch((err) => this.deps.logger.warn({ err }, 'could not prune webhook records'));
   }
 
-  /** Applies a record; `applied`, when the record's bookkeeping is this process's, learns that it was. */
-  private async apply(rec: WebhookRecord, applied: AppliedWebhooks | null): Promise<void> {
+  /**
+   * Records and applies in one commit. An apply that failed (its commit did, or something after it) is retried like
+   * any other even when the webhook was refused: presence already holds the event, so LiveKit's retry of it would
+   * change nothing.
+   */
+  private async recordApplying(recs: WebhookRecord[], applied: AppliedWebhooks): Promise<boolean[]> {
+    const applying: Array<{ rec: WebhookRecord; done: Promise<void> }> = [];
+    const start = (rec: WebhookRecord): void => {
+      const done = this.deps.engine.processWebhook(rec);
+      done.catch(() => undefined);
+      applying.push({ rec, done });
+    };
     try {
-      await this.deps.engine.processWebhook(rec);
+      return await applied.recordApplying(recs, start);
+    } finally {
+      for (const { rec, done } of applying) this.track(done.catch((err: unknown) => this.retry(rec, err)));
+    }
+  }
+
+  /** Applies a record; `applied`, when the record's bookkeeping is this process's, learns that it was. */
+  private async apply(rec: WebhookRecord, applied: AppliedWebhooks | null, replayed = false): Promise<void> {
+    try {
+      await this.deps.engine.processWebhook(rec, replayed);
     } catch (err) {
-      this.deps.logger.error({ err: { message: (err as Error).message }, event_id: rec.id }, 'could not apply a webhook; retrying');
-      // Presence already holds the event, so a retry catches the participant's delegations up from it.
-      for (let attempt = 1; !this.stopping; attempt++) {
-        await sleep(this.deps.clock, Math.min(5_000, 250 * 2 ** attempt));
-        try {
-          await this.deps.engine.catchUpFor(rec);
-          break;
-        } catch (retryErr) {
-          if (attempt % 10 === 0) this.deps.logger.error({ err: { message: (retryErr as Error).message }, event_id: rec.id }, 'still cannot apply a webhook');
-        }
-      }
+      await this.retry(rec, err);
       if (this.stopping) return;
     }
     if (!applied) return;
@@ -117,6 +136,20 @@ export class WebhookIntake {
     } catch (err) {
       // Applying twice is harmless: the record is applied again at the next start.
       this.deps.logger.warn({ err: { message: (err as Error).message }, event_id: rec.id }, 'could not mark a webhook processed');
+    }
+  }
+
+  private async retry(rec: WebhookRecord, err: unknown): Promise<void> {
+    this.deps.logger.error({ err: { message: (err as Error).message }, event_id: rec.id }, 'could not apply a webhook; retrying');
+    // Presence already holds the event, so a retry catches the participant's delegations up from it.
+    for (let attempt = 1; !this.stopping; attempt++) {
+      await sleep(this.deps.clock, Math.min(5_000, 250 * 2 ** attempt));
+      try {
+        await this.deps.engine.catchUpFor(rec);
+        break;
+      } catch (retryErr) {
+        if (attempt % 10 === 0) this.deps.logger.error({ err: { message: (retryErr as Error).message }, event_id: rec.id }, 'still cannot apply a webhook');
+      }
     }
   }
 

@@ -157,6 +157,9 @@ export class SqliteStore implements Store, AppliedWebhooks {
       insertWebhook: this.db.prepare(
         'INSERT OR IGNORE INTO webhooks (id, event, room, identity, sid, reason, joined_at, created_at, received_at) VALUES (@id, @event, @room, @identity, @sid, @reason, @joinedAt, @createdAt, @receivedAt)',
       ),
+      insertAppliedWebhook: this.db.prepare(
+        'INSERT OR IGNORE INTO webhooks (id, event, room, identity, sid, reason, joined_at, created_at, received_at, processed) VALUES (@id, @event, @room, @identity, @sid, @reason, @joinedAt, @createdAt, @receivedAt, 1)',
+      ),
       markProcessed: this.db.prepare('UPDATE webhooks SET processed = 1 WHERE id = ?'),
       pending: this.db.prepare('SELECT * FROM webhooks WHERE processed = 0 ORDER BY received_at, rowid'),
       prune: this.db.prepare('DELETE FROM webhooks WHERE processed = 1 AND received_at < ?'),
@@ -198,11 +201,25 @@ export class SqliteStore implements Store, AppliedWebhooks {
    * write made before it.
    */
   private readonly writes = new GroupCommit<() => void, void>((writes) => {
+    const joining = this.joining;
+    if (joining) {
+      // Inside `recordApplying`'s transaction: these writes are durable (and settle) only when it commits.
+      try {
+        for (const w of writes) w();
+      } catch (err) {
+        joining.failed = true;
+        throw err;
+      }
+      return joining.committed.then(() => []);
+    }
     this.db.transaction(() => {
       for (const w of writes) w();
     })();
     return [];
   });
+
+  /** Set while `recordApplying` holds its transaction open: writes made meanwhile join it. */
+  private joining: { committed: Promise<void>; failed: boolean } | null = null;
 
   private write(apply: () => void): Promise<void> {
     return this.writes.submit(apply);
@@ -299,6 +316,31 @@ export class SqliteStore implements Store, AppliedWebhooks {
 
   async recordWebhooks(records: WebhookRecord[]): Promise<boolean[]> {
     return this.db.transaction((rs: WebhookRecord[]) => rs.map((r) => this.stmts.insertWebhook.run({ ...r, joinedAt: r.joinedAt ?? null }).changes === 1))(records);
+  }
+
+  async recordApplying(records: WebhookRecord[], apply: (rec: WebhookRecord) => void): Promise<boolean[]> {
+    let settle!: { resolve: () => void; reject: (err: unknown) => void };
+    const committed = new Promise<void>((resolve, reject) => (settle = { resolve, reject }));
+    // Its waiters are the joined writes' GroupCommit, which handles a rejection; this keeps it from being unhandled.
+    committed.catch(() => undefined);
+    const joining = { committed, failed: false };
+    this.joining = joining;
+    try {
+      const fresh = this.db.transaction(() => {
+        const fresh = records.map((r) => this.stmts.insertAppliedWebhook.run({ ...r, joinedAt: r.joinedAt ?? null }).changes === 1);
+        records.forEach((r, i) => fresh[i] && apply(r));
+        this.flush();
+        if (joining.failed) throw new Error('a write of the applied webhooks failed');
+        return fresh;
+      })();
+      settle.resolve();
+      return fresh;
+    } catch (err) {
+      settle.reject(err);
+      throw err;
+    } finally {
+      this.joining = null;
+    }
   }
 
   markWebhooksProcessed(ids: string[]): Promise<void> {

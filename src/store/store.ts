@@ -100,6 +100,14 @@ export interface Store {
  * (a single node): what a crash left unapplied is applied again at the next start.
  */
 export interface AppliedWebhooks {
+  /**
+   * Records webhooks like `Store.recordWebhooks`, and calls `apply` for each new one, in order, inside the same
+   * commit: every store write `apply` starts before its first await joins that commit, which also marks the record
+   * processed. So a record and the state change it causes are durable together (one commit per batch, not three),
+   * and nothing is left to replay for it. The writes' promises settle once the commit is done; if it fails they
+   * reject with it and nothing of the batch is stored.
+   */
+  recordApplying(records: WebhookRecord[], apply: (rec: WebhookRecord) => void): Promise<boolean[]>;
   markWebhooksProcessed(ids: string[]): Promise<void>;
   pendingWebhooks(): Promise<WebhookRecord[]>;
   /** Forget processed webhook ids received before `before` (they are kept at least the dedupe window). */
