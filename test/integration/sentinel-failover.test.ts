@@ -64,10 +64,15 @@ describe.runIf(redisTestsEnabled('sentinel failover'))('Redis Sentinel failover'
     cluster.primary.kill('SIGKILL');
     await waitFor('the sentinels promote the replica', async () => (await cluster.masterPort()) === cluster.replicaPort, 30_000, 50);
     const promotedMs = Date.now() - killedAt;
+    // Alone this takes 1.5-2.8 s; under load it once took over 30 s. The answers say which sidecar waits, and why.
+    let lastAnswers: string[] = [];
     await waitFor('both sidecars ready on the new primary', async () => {
-      const answers = await Promise.all(sidecars.map((s) => fetch(`${s.url}/readyz`).then((r) => r.status).catch(() => 0)));
-      return answers.every((s) => s === 200);
-    }, 30_000, 50);
+      const answers = await Promise.all(sidecars.map((s) => fetch(`${s.url}/readyz`).then(async (r) => `${r.status} ${await r.text()}`).catch((err: Error) => `no answer: ${err.message}`)));
+      lastAnswers = answers;
+      return answers.every((a) => a.startsWith('200 '));
+    }, 90_000, 50).catch((err: Error) => {
+      throw new Error(`${err.message}; last /readyz answers: ${lastAnswers.join(' | ')}`);
+    });
     const readyMs = Date.now() - killedAt;
     // A write through the new primary: a delegation registered after the failover.
     const late = await waitFor('a registration accepted after the failover', async () => delegate(sidecars[1]!.url, hs, 'futures', { timeoutMs: TIMEOUT_MS }).catch(() => null), 30_000, 200);
