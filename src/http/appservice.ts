@@ -21,6 +21,7 @@ import type { AppserviceSettings } from '../lk-jwt-env.js';
 import type { Metrics } from '../metrics.js';
 import { bearerToken, isAdminToken as isSameSecret } from './auth.js';
 import type { LimitParticipant } from './rate-limits.js';
+import { errorResponses } from './responses.js';
 
 const CS_PREFIXES = ['/_matrix/client/unstable/io.element.msc4195/rtc/livekit', '/_matrix/client/v1/rtc/livekit'];
 const SS_PREFIXES = ['/_matrix/federation/unstable/io.element.msc4195/rtc/livekit', '/_matrix/federation/v1/rtc/livekit'];
@@ -59,8 +60,7 @@ const MemberOf = { member_id: Type.Optional(Str), member: Type.Optional(Type.Obj
 const CsGetTokenBody = Type.Object({ room_id: Str, slot_id: Str, url: Str, ...MemberOf, server_name: Type.Optional(Str) });
 const SsGetTokenBody = Type.Object({ user_id: Str, room_id: Str, slot_id: Str, url: Str, member_id: Str });
 const DelegateBody = Type.Object({ url: Str, room_id: Str, slot_id: Str, ...MemberOf, delay_id: Str });
-const ErrorAnswer = Type.Object({ errcode: Type.String(), error: Type.String(), retry_after_ms: Type.Optional(Type.Integer()) });
-const tokenResponses = { 200: Type.Object({ jwt: Type.String() }), '4xx': ErrorAnswer, '5xx': ErrorAnswer };
+const tokenResponses = { 200: Type.Object({ jwt: Type.String() }), ...errorResponses };
 
 /** `@localpart:server`, as lk-jwt-service checks it. */
 const MXID = /^@[^:]+:(.+)$/;
@@ -167,7 +167,7 @@ export async function appserviceRoutes(plain: FastifyInstance, deps: AppserviceD
       return relay(base, target, { user_id: user, url: b.url, room_id: b.room_id, slot_id: b.slot_id, member_id: memberId });
     });
 
-    scope.post(`${prefix}/delegate_delayed_leave`, { config: exempt, onRequest: userHeader, schema: { body: DelegateBody, response: { 200: Type.Object({}), '4xx': ErrorAnswer, '5xx': ErrorAnswer } } }, async (req) => {
+    scope.post(`${prefix}/delegate_delayed_leave`, { config: exempt, onRequest: userHeader, schema: { body: DelegateBody, response: { 200: Type.Object({}), ...errorResponses } } }, async (req) => {
       const user = callers.get(req)!;
       const b = req.body;
       const memberId = memberIdOf(b);

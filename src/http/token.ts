@@ -21,6 +21,7 @@ import { MatrixError, badJson } from '../errors.js';
 import { liveKitFailure } from '../livekit/failure.js';
 import type { Metrics } from '../metrics.js';
 import { lkJwtMethods, lkJwtScope } from './lk-jwt-scope.js';
+import { errorResponses } from './responses.js';
 
 const GET_TOKEN_PATH = '/get_token';
 const SFU_GET_PATH = '/sfu/get';
@@ -62,8 +63,7 @@ const GetTokenBody = Type.Object(
 );
 const SfuGetBody = Type.Object({ room: Type.String(), openid_token: OpenIdToken, device_id: Type.String(), ...DelayFields }, { additionalProperties: false });
 const TokenAnswer = Type.Object({ url: Type.String(), jwt: Type.String() });
-const ErrorAnswer = Type.Object({ errcode: Type.String(), error: Type.String(), retry_after_ms: Type.Optional(Type.Integer()) });
-const responses = { 200: TokenAnswer, '4xx': ErrorAnswer, '5xx': ErrorAnswer };
+const responses = { 200: TokenAnswer, ...errorResponses };
 
 const NOT_JSON = 'Error reading request';
 const PARTIAL_DELAY = 'The request body is missing `delay_id` or `delay_timeout`';
