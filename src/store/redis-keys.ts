@@ -81,6 +81,11 @@ export class RedisKeys {
     return `${this.prefix}load:${origin}`;
   }
 
+  /** The layout version the store was last brought up to (`RedisStore.upgrade`). */
+  schema(): string {
+    return `${this.prefix}schema`;
+  }
+
   /** Replicas by last heartbeat. */
   replicas(): string {
     return `${this.prefix}replicas`;

@@ -64,8 +64,16 @@ for _, id in ipairs(ids) do
 end
 return #ids`;
 
+/**
+ * The layout this code reads and writes. Version 1 (before 2026-12-07) kept no per-participant sets of open
+ * delegations and no queue of ended ones to delete; `upgrade` adds both for what it wrote.
+ */
+const SCHEMA_VERSION = 2;
+
 /** How many ended delegations one save of an ended one deletes at most (more than one, so deletion keeps up). */
 const PRUNE_PER_END = 4;
+/** Delegations read per step while upgrading the store's layout. */
+const UPGRADE_BATCH = 1000;
 
 class NotOwnerError extends Error {
   constructor(id: string) {
@@ -105,6 +113,40 @@ export class RedisStore implements Store {
 
   async connect(): Promise<void> {
     await this.redis.connect();
+    await this.upgrade();
+  }
+
+  /**
+   * Brings a store an older version wrote up to this layout, once: every open delegation joins its participant's set
+   * and every ended one the deletion queue (by when it last changed). Each step is idempotent, so replicas that start
+   * together may both run it; what a replica of the old version writes later is indexed when its shard is loaded.
+   */
+  private async upgrade(): Promise<void> {
+    const version = Number((await this.redis.get(this.keys.schema())) ?? '1');
+    if (version >= SCHEMA_VERSION) return;
+    let open = 0;
+    let ended = 0;
+    for (let cursor = '-'; ; ) {
+      const ids = await this.redis.zrangebylex(this.keys.allDelegations(), cursor, '+', 'LIMIT', 0, UPGRADE_BATCH);
+      if (ids.length === 0) break;
+      const raws = await this.redis.mget(ids.map((id) => this.keys.delegation(id)));
+      const p = this.redis.pipeline();
+      for (const raw of raws) {
+        if (!raw) continue;
+        const d = JSON.parse(raw) as Delegation;
+        if (isTerminal(d.state)) {
+          p.zadd(this.keys.ended(), 'NX', d.updatedAt, d.id);
+          ended++;
+        } else {
+          p.sadd(this.keys.openOfParticipant(d.room, d.identity), d.id);
+          open++;
+        }
+      }
+      for (const [err] of (await p.exec()) ?? []) if (err) throw err;
+      cursor = `(${ids[ids.length - 1]!}`;
+    }
+    await this.redis.set(this.keys.schema(), String(SCHEMA_VERSION));
+    if (open + ended > 0) this.logger.info({ from: version, to: SCHEMA_VERSION, open, ended }, 'redis store upgraded: participant sets and the deletion queue of ended delegations filled in');
   }
 
   /** The lease holder whose fencing token guards every write to an existing delegation. */
@@ -197,10 +239,24 @@ export class RedisStore implements Store {
       const ids = await this.redis.smembers(this.keys.openInShard(s));
       for (let i = 0; i < ids.length; i += 1000) {
         const raws = await this.redis.mget(ids.slice(i, i + 1000).map((id) => this.keys.delegation(id)));
-        for (const raw of raws) if (raw) out.push(JSON.parse(raw) as Delegation);
+        const loaded = raws.flatMap((raw) => (raw ? [JSON.parse(raw) as Delegation] : [])).filter((d) => !isTerminal(d.state));
+        await this.indexParticipants(loaded);
+        out.push(...loaded);
       }
     }
-    return out.filter((d) => !isTerminal(d.state));
+    return out;
+  }
+
+  /**
+   * Puts open delegations in their participant's set: a no-op for what this version wrote, and how registrations a
+   * replica of the previous layout took during a rolling upgrade get there. A set entry of a delegation that ends
+   * meanwhile is harmless: the lookup reads each delegation and skips ended ones.
+   */
+  private async indexParticipants(open: Delegation[]): Promise<void> {
+    if (open.length === 0) return;
+    const p = this.redis.pipeline();
+    for (const d of open) p.sadd(this.keys.openOfParticipant(d.room, d.identity), d.id);
+    for (const [err] of (await p.exec()) ?? []) if (err) throw err;
   }
 
   async listDelegations(filter: DelegationFilter): Promise<{ items: Delegation[]; nextCursor: string | null }> {

@@ -136,6 +136,39 @@ describe.runIf(redisTestsEnabled('redis store indexes'))('the Redis store keeps 
     expect(await client.zcard(keys.allDelegations())).toBe(0);
   }, 30_000);
 
+  it('upgrades a store of the previous layout: its open delegations are found per participant, its ended ones deleted after the retention', async () => {
+    const prefix = `${uniqueName('upgrade')}:`;
+    const keys = new RedisKeys(prefix);
+    const clock = new ManualClock(5_000_000);
+    const [room, identity] = ['room-up', 'user-up'];
+    const open = delegation('dg_up_open', room, identity, clock.now());
+    const ended = { ...delegation('dg_up_ended', room, identity, clock.now()), state: 'fired' as const, updatedAt: clock.now() };
+    // What the previous version left: the delegations and their old indexes, without participant sets, the deletion
+    // queue or a layout version.
+    const writer = await store(prefix, { clock });
+    for (const d of [open, ended]) await writer.insertDelegation(d, { token: `secret-${d.id}`, accessToken: null }, `tk-${d.id}`);
+    await client.del(keys.openOfParticipant(room, identity), keys.ended(), keys.schema());
+    expect(await writer.openOfParticipant(room, identity)).toEqual([]);
+
+    const upgraded = await store(prefix, { clock, retentionMs: 60_000 });
+    expect(await client.get(keys.schema())).toBe('2');
+    expect((await upgraded.openOfParticipant(room, identity)).map((d) => d.id)).toEqual([open.id]);
+    expect(await upgraded.pruneEnded(100)).toBe(0);
+    clock.advance(61_000);
+    expect(await upgraded.pruneEnded(100)).toBe(1);
+    expect(await upgraded.getDelegation(ended.id)).toBeUndefined();
+    expect(await client.smembers(keys.room(room))).toEqual([open.id]);
+
+    // During a rolling upgrade a replica of the old version still registers without the participant set: loading
+    // the shard indexes it.
+    const late = delegation('dg_up_late', 'room-late', 'user-late', clock.now());
+    await writer.insertDelegation(late, { token: 'secret-late', accessToken: null }, 'tk-late');
+    await client.del(keys.openOfParticipant('room-late', 'user-late'));
+    expect(await upgraded.openOfParticipant('room-late', 'user-late')).toEqual([]);
+    expect((await upgraded.loadOpen(shardOf(late.id))).map((d) => d.id)).toContain(late.id);
+    expect((await upgraded.openOfParticipant('room-late', 'user-late')).map((d) => d.id)).toEqual([late.id]);
+  });
+
   it("refuses a write by a replica whose lease another has taken, even when it believes it still holds it (the fence alone)", async () => {
     const prefix = `${uniqueName('fence')}:`;
     const keys = new RedisKeys(prefix);
