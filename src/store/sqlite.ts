@@ -86,6 +86,9 @@ const MUTABLE_COLUMNS = [
   'outcome',
 ] as const;
 
+/** The mutable columns but `open`, in the order `updateStillOpen` binds them (`stillOpenValues`). */
+const STILL_OPEN_COLUMNS = MUTABLE_COLUMNS.filter((c) => c !== 'open');
+
 type Row = Record<string, string | number | null>;
 
 /**
@@ -147,6 +150,10 @@ export class SqliteStore implements Store, AppliedWebhooks {
     this.stmts = {
       insert: this.db.prepare(`INSERT INTO delegations (${cols.join(',')}) VALUES (${cols.map((c) => '@' + c).join(',')})`),
       update: this.db.prepare(`UPDATE delegations SET ${MUTABLE_COLUMNS.map((c) => `${c} = @${c}`).join(', ')} WHERE id = @id`),
+      // An open delegation that stays open: \`open\` is left out of SET, so SQLite does not rewrite its entry in the
+      // \`delegations_open\` index (it would for any SET naming the column, even to the same value). Positional
+      // parameters: binding by name cost more than the rest of the statement's JavaScript side.
+      updateStillOpen: this.db.prepare(`UPDATE delegations SET ${STILL_OPEN_COLUMNS.map((c) => `${c} = ?`).join(', ')} WHERE id = ? AND open = 1`),
       get: this.db.prepare(`SELECT ${READ} FROM delegations WHERE id = ?`).raw(true),
       byTokenKey: this.db.prepare(`SELECT ${READ} FROM delegations WHERE token_key = ?`).raw(true),
       secrets: this.db.prepare('SELECT token, access_token FROM delegations WHERE id = ?'),
@@ -164,7 +171,9 @@ export class SqliteStore implements Store, AppliedWebhooks {
       pending: this.db.prepare('SELECT * FROM webhooks WHERE processed = 0 ORDER BY received_at, rowid'),
       prune: this.db.prepare('DELETE FROM webhooks WHERE processed = 1 AND received_at < ?'),
       addHistory: this.db.prepare('INSERT INTO delegation_history (delegation_id, at, what, state) VALUES (?, ?, ?, ?)'),
-      trimHistory: this.db.prepare('DELETE FROM delegation_history WHERE delegation_id = ? AND rowid NOT IN (SELECT rowid FROM delegation_history WHERE delegation_id = ? ORDER BY rowid DESC LIMIT ?)'),
+      // Everything up to the newest line that is one too many: two seeks in the index, where \`NOT IN (... LIMIT ?)\`
+      // built a temporary table of the kept lines for every delegation of every batch.
+      trimHistory: this.db.prepare('DELETE FROM delegation_history WHERE delegation_id = ? AND rowid <= (SELECT rowid FROM delegation_history WHERE delegation_id = ? ORDER BY rowid DESC LIMIT 1 OFFSET ?)'),
       expireHistory: this.db.prepare('DELETE FROM delegation_history WHERE at < ?'),
       history: this.db.prepare('SELECT at, what, state FROM delegation_history WHERE delegation_id = ? ORDER BY rowid'),
     };
@@ -230,8 +239,15 @@ export class SqliteStore implements Store, AppliedWebhooks {
   }
 
   saveDelegation(d: Delegation): Promise<void> {
-    const row = toRow(d);
-    return this.write(() => this.stmts.update.run(row));
+    if (isTerminal(d.state)) {
+      const row = toRow(d);
+      return this.write(() => this.stmts.update.run(row));
+    }
+    const values = stillOpenValues(d);
+    return this.write(() => {
+      // No row changed: the row is closed (or missing), and the full update says which.
+      if (this.stmts.updateStillOpen.run(values).changes === 0) this.stmts.update.run(toRow(d));
+    });
   }
 
   appendHistory(lines: HistoryLine[], perDelegation: number): Promise<void> {
@@ -399,6 +415,10 @@ function toRow(d: Delegation): Row {
   };
 }
 
+/** `STILL_OPEN_COLUMNS`' values, then the id. */
+function stillOpenValues(d: Delegation): Values {
+  return [d.sid, d.state, d.updatedAt, d.expiresAt, d.lastRefreshAt, d.nextRefreshAt, d.refreshFailures, d.joinDeadline, d.graceDeadline, d.disconnectedAt, d.pendingAction, d.nextActionAt, d.actionFailures, d.outcome, d.id];
+}
 
 function fromValues(v: Values): Delegation {
   const [id, dialect, homeserver, room, identity, altIdentity, altRoom, sid, leave, lost, timeoutMs, state, source, createdAt, updatedAt, expiresAt, lastRefreshAt, nextRefreshAt, refreshFailures, joinDeadline, graceDeadline, disconnectedAt, pendingAction, nextActionAt, actionFailures, outcome, owner] = v;
