@@ -89,6 +89,9 @@ const MUTABLE_COLUMNS = [
 /** The mutable columns but `open`, in the order `updateStillOpen` binds them (`stillOpenValues`). */
 const STILL_OPEN_COLUMNS = MUTABLE_COLUMNS.filter((c) => c !== 'open');
 
+/** How long history lines wait for a webhook batch's commit before they are written in one of their own. */
+const HISTORY_DELAY_MS = 20;
+
 type Row = Record<string, string | number | null>;
 
 /**
@@ -235,7 +238,66 @@ export class SqliteStore implements Store, AppliedWebhooks {
   }
 
   private flush(): void {
+    this.queueHistory();
     void this.writes.flush();
+  }
+
+  /**
+   * History lines wait up to `HISTORY_DELAY_MS` for a commit to ride in: the next batch of webhooks (`recordApplying`)
+   * under load, or their own write when none comes. A commit of their own per batch cost as much as the batch's
+   * record and state change together. A read writes them first.
+   */
+  private history: { lines: HistoryLine[]; perDelegation: number; writers: Array<{ resolve: () => void; reject: (err: unknown) => void }>; timer: NodeJS.Timeout } | null = null;
+
+  appendHistory(lines: HistoryLine[], perDelegation: number): Promise<void> {
+    return new Promise((resolve, reject) => {
+      if (this.history?.perDelegation !== perDelegation) this.queueHistory();
+      this.history ??= { lines: [], perDelegation, writers: [], timer: setTimeout(() => this.queueHistory(), HISTORY_DELAY_MS) };
+      this.history.lines.push(...lines);
+      this.history.writers.push({ resolve, reject });
+    });
+  }
+
+  /** Hands the waiting history lines to the next write. */
+  private queueHistory(): void {
+    const h = this.takeHistory();
+    if (!h) return;
+    let failure: unknown = null;
+    this.write(() => (failure = this.insertHistory(h))).then(
+      () => settleHistory(h, failure),
+      (err: unknown) => settleHistory(h, err),
+    );
+  }
+
+  private takeHistory(): NonNullable<SqliteStore['history']> | null {
+    const h = this.history;
+    if (!h) return null;
+    this.history = null;
+    clearTimeout(h.timer);
+    return h;
+  }
+
+  /**
+   * Writes history lines inside the transaction that is open, in a savepoint: lines that cannot be written are
+   * rolled back alone and returned as the failure, so they never fail the state changes they ride with.
+   */
+  private insertHistory(h: { lines: HistoryLine[]; perDelegation: number }): unknown {
+    try {
+      this.db.transaction(() => {
+        const ids = new Set<string>();
+        let newest = 0;
+        for (const { id, entry } of h.lines) {
+          this.stmts.addHistory.run(id, entry.at, entry.what, entry.state);
+          ids.add(id);
+          newest = Math.max(newest, entry.at);
+        }
+        for (const id of ids) this.stmts.trimHistory.run(id, id, h.perDelegation);
+        this.stmts.expireHistory.run(newest - HISTORY_RETENTION_MS);
+      })();
+      return null;
+    } catch (err) {
+      return err ?? new Error('writing history lines failed');
+    }
   }
 
   saveDelegation(d: Delegation): Promise<void> {
@@ -247,20 +309,6 @@ export class SqliteStore implements Store, AppliedWebhooks {
     return this.write(() => {
       // No row changed: the row is closed (or missing), and the full update says which.
       if (this.stmts.updateStillOpen.run(values).changes === 0) this.stmts.update.run(toRow(d));
-    });
-  }
-
-  appendHistory(lines: HistoryLine[], perDelegation: number): Promise<void> {
-    return this.write(() => {
-      const ids = new Set<string>();
-      let newest = 0;
-      for (const { id, entry } of lines) {
-        this.stmts.addHistory.run(id, entry.at, entry.what, entry.state);
-        ids.add(id);
-        newest = Math.max(newest, entry.at);
-      }
-      for (const id of ids) this.stmts.trimHistory.run(id, id, perDelegation);
-      this.stmts.expireHistory.run(newest - HISTORY_RETENTION_MS);
     });
   }
 
@@ -341,8 +389,11 @@ export class SqliteStore implements Store, AppliedWebhooks {
     committed.catch(() => undefined);
     const joining = { committed, failed: false };
     this.joining = joining;
+    const history = this.takeHistory();
+    let historyFailure: unknown = null;
     try {
       const fresh = this.db.transaction(() => {
+        if (history) historyFailure = this.insertHistory(history);
         const fresh = records.map((r) => this.stmts.insertAppliedWebhook.run({ ...r, joinedAt: r.joinedAt ?? null }).changes === 1);
         records.forEach((r, i) => fresh[i] && apply(r));
         this.flush();
@@ -350,9 +401,11 @@ export class SqliteStore implements Store, AppliedWebhooks {
         return fresh;
       })();
       settle.resolve();
+      if (history) settleHistory(history, historyFailure);
       return fresh;
     } catch (err) {
       settle.reject(err);
+      if (history) settleHistory(history, err);
       throw err;
     } finally {
       this.joining = null;
@@ -413,6 +466,10 @@ function toRow(d: Delegation): Row {
     action_failures: d.actionFailures,
     outcome: d.outcome,
   };
+}
+
+function settleHistory(h: { writers: Array<{ resolve: () => void; reject: (err: unknown) => void }> }, failure: unknown): void {
+  for (const w of h.writers) if (failure === null) w.resolve(); else w.reject(failure);
 }
 
 /** `STILL_OPEN_COLUMNS`' values, then the id. */
