@@ -4,8 +4,10 @@ import type { HistoryEntry } from './history.js';
 
 /**
  * Writes history lines to the store (issue 18: the console and the admin API show a delegation's history after a
- * restart or a takeover): the lines of one event-loop turn in one write, one write at a time, in order. A history
- * line is an account, not state: a write that fails is logged and dropped, never retried against a state change.
+ * restart or a takeover): the lines of one event-loop turn in one write, in order (each store applies its calls in
+ * the order made; SQLite holds lines back briefly to write them with the next commit, so writes are not awaited one
+ * by one). A history line is an account, not state: a write that fails is logged and dropped, never retried against
+ * a state change.
  */
 export class HistoryJournal {
   private pending: HistoryLine[] = [];
@@ -27,9 +29,8 @@ export class HistoryJournal {
     const batch = this.pending;
     if (batch.length > 0) {
       this.pending = [];
-      this.chain = this.chain.then(() =>
-        this.deps.store.appendHistory(batch, this.deps.perDelegation).catch((err: Error) => this.deps.logger.warn({ err: { message: err.message }, lines: batch.length }, 'writing history lines failed; they are kept in memory only')),
-      );
+      const written = this.deps.store.appendHistory(batch, this.deps.perDelegation).catch((err: Error) => this.deps.logger.warn({ err: { message: err.message }, lines: batch.length }, 'writing history lines failed; they are kept in memory only'));
+      this.chain = Promise.all([this.chain, written]).then(() => undefined);
     }
     return this.chain;
   }

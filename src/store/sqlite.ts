@@ -86,6 +86,12 @@ const MUTABLE_COLUMNS = [
   'outcome',
 ] as const;
 
+/** The mutable columns but `open`, in the order `updateStillOpen` binds them (`stillOpenValues`). */
+const STILL_OPEN_COLUMNS = MUTABLE_COLUMNS.filter((c) => c !== 'open');
+
+/** How long history lines wait for a webhook batch's commit before they are written in one of their own. */
+const HISTORY_DELAY_MS = 20;
+
 type Row = Record<string, string | number | null>;
 
 /**
@@ -147,6 +153,10 @@ export class SqliteStore implements Store, AppliedWebhooks {
     this.stmts = {
       insert: this.db.prepare(`INSERT INTO delegations (${cols.join(',')}) VALUES (${cols.map((c) => '@' + c).join(',')})`),
       update: this.db.prepare(`UPDATE delegations SET ${MUTABLE_COLUMNS.map((c) => `${c} = @${c}`).join(', ')} WHERE id = @id`),
+      // An open delegation that stays open: \`open\` is left out of SET, so SQLite does not rewrite its entry in the
+      // \`delegations_open\` index (it would for any SET naming the column, even to the same value). Positional
+      // parameters: binding by name cost more than the rest of the statement's JavaScript side.
+      updateStillOpen: this.db.prepare(`UPDATE delegations SET ${STILL_OPEN_COLUMNS.map((c) => `${c} = ?`).join(', ')} WHERE id = ? AND open = 1`),
       get: this.db.prepare(`SELECT ${READ} FROM delegations WHERE id = ?`).raw(true),
       byTokenKey: this.db.prepare(`SELECT ${READ} FROM delegations WHERE token_key = ?`).raw(true),
       secrets: this.db.prepare('SELECT token, access_token FROM delegations WHERE id = ?'),
@@ -164,7 +174,9 @@ export class SqliteStore implements Store, AppliedWebhooks {
       pending: this.db.prepare('SELECT * FROM webhooks WHERE processed = 0 ORDER BY received_at, rowid'),
       prune: this.db.prepare('DELETE FROM webhooks WHERE processed = 1 AND received_at < ?'),
       addHistory: this.db.prepare('INSERT INTO delegation_history (delegation_id, at, what, state) VALUES (?, ?, ?, ?)'),
-      trimHistory: this.db.prepare('DELETE FROM delegation_history WHERE delegation_id = ? AND rowid NOT IN (SELECT rowid FROM delegation_history WHERE delegation_id = ? ORDER BY rowid DESC LIMIT ?)'),
+      // Everything up to the newest line that is one too many: two seeks in the index, where \`NOT IN (... LIMIT ?)\`
+      // built a temporary table of the kept lines for every delegation of every batch.
+      trimHistory: this.db.prepare('DELETE FROM delegation_history WHERE delegation_id = ? AND rowid <= (SELECT rowid FROM delegation_history WHERE delegation_id = ? ORDER BY rowid DESC LIMIT 1 OFFSET ?)'),
       expireHistory: this.db.prepare('DELETE FROM delegation_history WHERE at < ?'),
       history: this.db.prepare('SELECT at, what, state FROM delegation_history WHERE delegation_id = ? ORDER BY rowid'),
     };
@@ -226,25 +238,77 @@ export class SqliteStore implements Store, AppliedWebhooks {
   }
 
   private flush(): void {
+    this.queueHistory();
     void this.writes.flush();
   }
 
-  saveDelegation(d: Delegation): Promise<void> {
-    const row = toRow(d);
-    return this.write(() => this.stmts.update.run(row));
-  }
+  /**
+   * History lines wait up to `HISTORY_DELAY_MS` for a commit to ride in: the next batch of webhooks (`recordApplying`)
+   * under load, or their own write when none comes. A commit of their own per batch cost as much as the batch's
+   * record and state change together. A read writes them first.
+   */
+  private history: { lines: HistoryLine[]; perDelegation: number; writers: Array<{ resolve: () => void; reject: (err: unknown) => void }>; timer: NodeJS.Timeout } | null = null;
 
   appendHistory(lines: HistoryLine[], perDelegation: number): Promise<void> {
+    return new Promise((resolve, reject) => {
+      if (this.history?.perDelegation !== perDelegation) this.queueHistory();
+      this.history ??= { lines: [], perDelegation, writers: [], timer: setTimeout(() => this.queueHistory(), HISTORY_DELAY_MS) };
+      this.history.lines.push(...lines);
+      this.history.writers.push({ resolve, reject });
+    });
+  }
+
+  /** Hands the waiting history lines to the next write. */
+  private queueHistory(): void {
+    const h = this.takeHistory();
+    if (!h) return;
+    let failure: unknown = null;
+    this.write(() => (failure = this.insertHistory(h))).then(
+      () => settleHistory(h, failure),
+      (err: unknown) => settleHistory(h, err),
+    );
+  }
+
+  private takeHistory(): NonNullable<SqliteStore['history']> | null {
+    const h = this.history;
+    if (!h) return null;
+    this.history = null;
+    clearTimeout(h.timer);
+    return h;
+  }
+
+  /**
+   * Writes history lines inside the transaction that is open, in a savepoint: lines that cannot be written are
+   * rolled back alone and returned as the failure, so they never fail the state changes they ride with.
+   */
+  private insertHistory(h: { lines: HistoryLine[]; perDelegation: number }): unknown {
+    try {
+      this.db.transaction(() => {
+        const ids = new Set<string>();
+        let newest = 0;
+        for (const { id, entry } of h.lines) {
+          this.stmts.addHistory.run(id, entry.at, entry.what, entry.state);
+          ids.add(id);
+          newest = Math.max(newest, entry.at);
+        }
+        for (const id of ids) this.stmts.trimHistory.run(id, id, h.perDelegation);
+        this.stmts.expireHistory.run(newest - HISTORY_RETENTION_MS);
+      })();
+      return null;
+    } catch (err) {
+      return err ?? new Error('writing history lines failed');
+    }
+  }
+
+  saveDelegation(d: Delegation): Promise<void> {
+    if (isTerminal(d.state)) {
+      const row = toRow(d);
+      return this.write(() => this.stmts.update.run(row));
+    }
+    const values = stillOpenValues(d);
     return this.write(() => {
-      const ids = new Set<string>();
-      let newest = 0;
-      for (const { id, entry } of lines) {
-        this.stmts.addHistory.run(id, entry.at, entry.what, entry.state);
-        ids.add(id);
-        newest = Math.max(newest, entry.at);
-      }
-      for (const id of ids) this.stmts.trimHistory.run(id, id, perDelegation);
-      this.stmts.expireHistory.run(newest - HISTORY_RETENTION_MS);
+      // No row changed: the row is closed (or missing), and the full update says which.
+      if (this.stmts.updateStillOpen.run(values).changes === 0) this.stmts.update.run(toRow(d));
     });
   }
 
@@ -325,8 +389,11 @@ export class SqliteStore implements Store, AppliedWebhooks {
     committed.catch(() => undefined);
     const joining = { committed, failed: false };
     this.joining = joining;
+    const history = this.takeHistory();
+    let historyFailure: unknown = null;
     try {
       const fresh = this.db.transaction(() => {
+        if (history) historyFailure = this.insertHistory(history);
         const fresh = records.map((r) => this.stmts.insertAppliedWebhook.run({ ...r, joinedAt: r.joinedAt ?? null }).changes === 1);
         records.forEach((r, i) => fresh[i] && apply(r));
         this.flush();
@@ -334,9 +401,11 @@ export class SqliteStore implements Store, AppliedWebhooks {
         return fresh;
       })();
       settle.resolve();
+      if (history) settleHistory(history, historyFailure);
       return fresh;
     } catch (err) {
       settle.reject(err);
+      if (history) settleHistory(history, err);
       throw err;
     } finally {
       this.joining = null;
@@ -399,6 +468,14 @@ function toRow(d: Delegation): Row {
   };
 }
 
+function settleHistory(h: { writers: Array<{ resolve: () => void; reject: (err: unknown) => void }> }, failure: unknown): void {
+  for (const w of h.writers) if (failure === null) w.resolve(); else w.reject(failure);
+}
+
+/** `STILL_OPEN_COLUMNS`' values, then the id. */
+function stillOpenValues(d: Delegation): Values {
+  return [d.sid, d.state, d.updatedAt, d.expiresAt, d.lastRefreshAt, d.nextRefreshAt, d.refreshFailures, d.joinDeadline, d.graceDeadline, d.disconnectedAt, d.pendingAction, d.nextActionAt, d.actionFailures, d.outcome, d.id];
+}
 
 function fromValues(v: Values): Delegation {
   const [id, dialect, homeserver, room, identity, altIdentity, altRoom, sid, leave, lost, timeoutMs, state, source, createdAt, updatedAt, expiresAt, lastRefreshAt, nextRefreshAt, refreshFailures, joinDeadline, graceDeadline, disconnectedAt, pendingAction, nextActionAt, actionFailures, outcome, owner] = v;
