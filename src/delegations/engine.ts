@@ -146,6 +146,11 @@ export class DelegationEngine {
     this.deps.logger.info({ open: this.open.size, from: source?.from ?? 'rows', ...refused }, 'open delegations loaded');
   }
 
+  /** When the engine next looks at a held delegation (a refresh, an action, a deadline), or null. */
+  dueAt(id: string): number | null {
+    return this.schedule.dueAt(id);
+  }
+
   /** Every delegation this process holds, each as a new object (for the store's snapshot at shutdown). */
   heldDelegations(): Iterable<Delegation> {
     return this.open.values();
