@@ -9,7 +9,8 @@ import type { Delegation } from '../delegations/model.js';
  * decision (`SqliteStore`: only when it provably matches the database); this module only writes and reads it.
  */
 
-const MAGIC = Buffer.from('FSOPEN01');
+// A new layout gets a new magic: a file of another layout is refused before any row.
+const MAGIC = Buffer.from('FSOPEN02');
 const TRAILER = Buffer.from('FSOPENND');
 const TOKEN_BYTES = 16;
 const HEADER_BYTES = MAGIC.length + TOKEN_BYTES + 8;
@@ -20,9 +21,21 @@ const MAX_TEXT = 0xfffe;
 const NEW_POOLED = 0xffffffff;
 const CHUNK = 4 << 20;
 /** Room left in a chunk before a row is encoded or decoded: larger than any row can be. */
-const ROW_ROOM = 4 * (MAX_TEXT + 2) + 11 * (4 + 2 + MAX_TEXT) + 12 * 8;
+const ROW_ROOM = 4 * (MAX_TEXT + 2) + 4 + 11 * (4 + 2 + MAX_TEXT) + 12 * 8;
 
 const NUMBERS = ['timeoutMs', 'createdAt', 'updatedAt', 'expiresAt', 'lastRefreshAt', 'nextRefreshAt', 'refreshFailures', 'joinDeadline', 'graceDeadline', 'disconnectedAt', 'nextActionAt', 'actionFailures'] as const;
+
+/** The fields many delegations share, decoded once per file. */
+interface Kind {
+  dialect: Delegation['dialect'];
+  homeserver: string;
+  actions: Delegation['actions'];
+  state: Delegation['state'];
+  source: Delegation['source'];
+  pendingAction: Delegation['pendingAction'];
+  outcome: string | null;
+  owner: string | null;
+}
 
 export class SnapshotUnusableError extends Error {
   constructor(why: string) {
@@ -43,6 +56,8 @@ export function writeOpenSnapshot(path: string, token: string, open: Iterable<De
     let buf = Buffer.allocUnsafe(CHUNK);
     let pos = 0;
     const pooled = new Map<string, number>();
+    /** What most delegations share (homeserver, dialect, actions, state...): one number per row for all of it. */
+    const kinds = new Map<string, number>();
     const drain = (): void => {
       writeSync(fd, buf, 0, pos);
       pos = 0;
@@ -84,17 +99,20 @@ export function writeOpenSnapshot(path: string, token: string, open: Iterable<De
       text(d.identity);
       text(d.altIdentity);
       text(d.sid);
-      pool(d.dialect);
-      pool(d.homeserver);
       pool(d.room);
       pool(d.altRoom);
-      pool(d.actions.leave);
-      pool(d.actions.connection_lost);
-      pool(d.state);
-      pool(d.source);
-      pool(d.pendingAction);
-      pool(d.outcome);
-      pool(d.owner ?? null);
+      const kind = [d.dialect, d.homeserver, d.actions.leave, d.actions.connection_lost, d.state, d.source, d.pendingAction, d.outcome, d.owner ?? null];
+      const key = kind.map((f) => (f === null ? '!' : `${f.length}:${f}`)).join('');
+      const ref = kinds.get(key);
+      if (ref !== undefined) {
+        buf.writeUInt32LE(ref, pos);
+        pos += 4;
+      } else {
+        kinds.set(key, kinds.size);
+        buf.writeUInt32LE(NEW_POOLED, pos);
+        pos += 4;
+        for (const f of kind) pool(f);
+      }
       for (const k of NUMBERS) {
         buf.writeDoubleLE(d[k] ?? NaN, pos);
         pos += 8;
@@ -158,6 +176,7 @@ export function readOpenSnapshot(path: string, token: string, count: number, vis
       }
     };
     const pooled: string[] = [''];
+    const kinds: Kind[] = [];
     const text = (): string | null => {
       const n = buf.readUInt16LE(pos);
       pos += 2;
@@ -186,17 +205,27 @@ export function readOpenSnapshot(path: string, token: string, count: number, vis
       const identity = text()!;
       const altIdentity = text();
       const sid = text();
-      const dialect = pool() as Delegation['dialect'];
-      const homeserver = pool()!;
       const room = pool()!;
       const altRoom = pool();
-      const leave = pool()!;
-      const lost = pool()!;
-      const state = pool() as Delegation['state'];
-      const source = pool() as Delegation['source'];
-      const pendingAction = pool() as Delegation['pendingAction'];
-      const outcome = pool();
-      const owner = pool();
+      const kindRef = buf.readUInt32LE(pos);
+      pos += 4;
+      let kind = kinds[kindRef];
+      if (kindRef === NEW_POOLED) {
+        const [dialect, homeserver, leave, lost, state, source, pendingAction, outcome, owner] = Array.from({ length: 9 }, pool);
+        kind = Object.freeze({
+          dialect: dialect as Delegation['dialect'],
+          homeserver: homeserver!,
+          actions: Object.freeze({ leave: leave!, connection_lost: lost! }),
+          state: state as Delegation['state'],
+          source: source as Delegation['source'],
+          pendingAction: pendingAction as Delegation['pendingAction'],
+          outcome: outcome ?? null,
+          owner: owner ?? null,
+        });
+        kinds.push(kind);
+      }
+      if (!kind) throw new SnapshotUnusableError('a row names a kind of delegation the file has not described');
+      const { dialect, homeserver, actions, state, source, pendingAction, outcome, owner } = kind;
       const d: Delegation = {
         id,
         dialect,
@@ -206,7 +235,7 @@ export function readOpenSnapshot(path: string, token: string, count: number, vis
         altIdentity,
         altRoom,
         sid,
-        actions: { leave, connection_lost: lost },
+        actions,
         timeoutMs: num()!,
         state,
         source,
