@@ -10,18 +10,20 @@ import type { Delegation } from '../delegations/model.js';
  */
 
 // A new layout gets a new magic: a file of another layout is refused before any row.
-const MAGIC = Buffer.from('FSOPEN02');
+const MAGIC = Buffer.from('FSOPEN03');
 const TRAILER = Buffer.from('FSOPENND');
 const TOKEN_BYTES = 16;
 const HEADER_BYTES = MAGIC.length + TOKEN_BYTES + 8;
 const TRAILER_BYTES = TRAILER.length + 8;
 const NULL_TEXT = 0xffff;
-/** Per-delegation strings longer than this are not written (the file then is not written at all). */
-const MAX_TEXT = 0xfffe;
+/** Set in a string's length when it is not all ASCII (ASCII is decoded as Latin-1, faster than UTF-8). */
+const NOT_ASCII = 0x8000;
+/** Strings longer than this are not written (the file then is not written at all). */
+const MAX_TEXT = 0x7ffe;
 const NEW_POOLED = 0xffffffff;
 const CHUNK = 4 << 20;
 /** Room left in a chunk before a row is encoded or decoded: larger than any row can be. */
-const ROW_ROOM = 4 * (MAX_TEXT + 2) + 4 + 11 * (4 + 2 + MAX_TEXT) + 12 * 8;
+const ROW_ROOM = 12 * 8 + 3 * 4 + 9 * (4 + 2 + MAX_TEXT) + 2 * (2 + MAX_TEXT) + 4 * (2 + MAX_TEXT) + 8;
 
 const NUMBERS = ['timeoutMs', 'createdAt', 'updatedAt', 'expiresAt', 'lastRefreshAt', 'nextRefreshAt', 'refreshFailures', 'joinDeadline', 'graceDeadline', 'disconnectedAt', 'nextActionAt', 'actionFailures'] as const;
 
@@ -35,6 +37,12 @@ interface Kind {
   pendingAction: Delegation['pendingAction'];
   outcome: string | null;
   owner: string | null;
+}
+
+/** The doubles of a chunk, which starts 8-aligned (a chunk this large has its own memory). */
+function doublesOf(buf: Buffer): Float64Array {
+  if (buf.byteOffset % 8 !== 0) throw new Error('a snapshot chunk is not 8-aligned');
+  return new Float64Array(buf.buffer, buf.byteOffset, buf.length >> 3);
 }
 
 export class SnapshotUnusableError extends Error {
@@ -54,6 +62,7 @@ export function writeOpenSnapshot(path: string, token: string, open: Iterable<De
   let count = 0;
   try {
     let buf = Buffer.allocUnsafe(CHUNK);
+    const f64 = doublesOf(buf);
     let pos = 0;
     const pooled = new Map<string, number>();
     /** What most delegations share (homeserver, dialect, actions, state...): one number per row for all of it. */
@@ -70,7 +79,7 @@ export function writeOpenSnapshot(path: string, token: string, open: Iterable<De
       }
       const n = buf.write(s, pos + 2, 'utf8');
       if (n > MAX_TEXT || Buffer.byteLength(s) !== n) throw new SnapshotUnusableError('a string is too long');
-      buf.writeUInt16LE(n, pos);
+      buf.writeUInt16LE(n === s.length ? n : n | NOT_ASCII, pos);
       pos += 2 + n;
     };
     const pool = (s: string | null): void => {
@@ -95,10 +104,10 @@ export function writeOpenSnapshot(path: string, token: string, open: Iterable<De
     pos = HEADER_BYTES;
     for (const d of open) {
       if (pos > CHUNK - ROW_ROOM) drain();
-      text(d.id);
-      text(d.identity);
-      text(d.altIdentity);
-      text(d.sid);
+      // Rows start 8-aligned, doubles first: read through a Float64Array over the chunk.
+      const at = pos >> 3;
+      for (let k = 0; k < NUMBERS.length; k++) f64[at + k] = d[NUMBERS[k]!] ?? NaN;
+      pos += NUMBERS.length * 8;
       pool(d.room);
       pool(d.altRoom);
       const kind = [d.dialect, d.homeserver, d.actions.leave, d.actions.connection_lost, d.state, d.source, d.pendingAction, d.outcome, d.owner ?? null];
@@ -113,10 +122,11 @@ export function writeOpenSnapshot(path: string, token: string, open: Iterable<De
         pos += 4;
         for (const f of kind) pool(f);
       }
-      for (const k of NUMBERS) {
-        buf.writeDoubleLE(d[k] ?? NaN, pos);
-        pos += 8;
-      }
+      text(d.id);
+      text(d.identity);
+      text(d.altIdentity);
+      text(d.sid);
+      pos = (pos + 7) & ~7;
       count++;
     }
     if (pos > CHUNK - TRAILER_BYTES) drain();
@@ -161,6 +171,7 @@ export function readOpenSnapshot(path: string, token: string, count: number, vis
 
     const end = size - TRAILER_BYTES;
     const buf = Buffer.allocUnsafe(CHUNK);
+    const f64 = doublesOf(buf);
     let fileAt = HEADER_BYTES;
     let len = 0;
     let pos = 0;
@@ -181,8 +192,9 @@ export function readOpenSnapshot(path: string, token: string, count: number, vis
       const n = buf.readUInt16LE(pos);
       pos += 2;
       if (n === NULL_TEXT) return null;
-      const s = buf.toString('utf8', pos, pos + n);
-      pos += n;
+      const bytes = n & ~NOT_ASCII;
+      const s = buf.toString(n === bytes ? 'latin1' : 'utf8', pos, pos + bytes);
+      pos += bytes;
       return s;
     };
     const pool = (): string | null => {
@@ -194,17 +206,15 @@ export function readOpenSnapshot(path: string, token: string, count: number, vis
       pooled.push(s);
       return s;
     };
+    let at = 0;
     const num = (): number | null => {
-      const v = buf.readDoubleLE(pos);
-      pos += 8;
+      const v = f64[at++]!;
       return Number.isNaN(v) ? null : v;
     };
     for (let i = 0; i < count; i++) {
       if (len - pos < ROW_ROOM) refill();
-      const id = text()!;
-      const identity = text()!;
-      const altIdentity = text();
-      const sid = text();
+      at = pos >> 3;
+      pos += NUMBERS.length * 8;
       const room = pool()!;
       const altRoom = pool();
       const kindRef = buf.readUInt32LE(pos);
@@ -226,6 +236,11 @@ export function readOpenSnapshot(path: string, token: string, count: number, vis
       }
       if (!kind) throw new SnapshotUnusableError('a row names a kind of delegation the file has not described');
       const { dialect, homeserver, actions, state, source, pendingAction, outcome, owner } = kind;
+      const id = text()!;
+      const identity = text()!;
+      const altIdentity = text();
+      const sid = text();
+      pos = (pos + 7) & ~7;
       const d: Delegation = {
         id,
         dialect,
