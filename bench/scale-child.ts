@@ -121,12 +121,13 @@ async function reload(req: ChildRequest): Promise<ReloadResult> {
   store.eachOpen = async (visit) => {
     let inVisit = 0;
     const t = performance.now();
-    await eachOpen((d) => {
+    const source = await eachOpen((d) => {
       const v = performance.now();
       visit(d);
       inVisit += performance.now() - v;
     });
     loadOpenMs = performance.now() - t - inVisit;
+    return source;
   };
   settleGc();
   const m0 = process.memoryUsage();

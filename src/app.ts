@@ -262,6 +262,13 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Daem
       await topology.stop();
       await homeservers.close().catch((err) => logger.warn({ err }, 'closing homeserver connections failed'));
       await asApi?.close().catch((err) => logger.warn({ err }, 'closing application-service connections failed'));
+      // Kept for a fast next start (only the single-node SQLite store can: a replica holds only its shards).
+      if (store.saveOpenSnapshot) {
+        await store
+          .saveOpenSnapshot(engine.heldDelegations())
+          .then((kept) => logger.info({ kept }, kept === null ? 'open delegations not kept for the next start' : 'open delegations kept for the next start'))
+          .catch((err) => logger.warn({ err }, 'keeping the open delegations for the next start failed'));
+      }
       await store.close();
       logger.info('stopped');
     },

@@ -140,9 +140,20 @@ export class DelegationEngine {
   async start(): Promise<void> {
     const { store } = this.deps;
     // Row by row where the store can: no array of every open delegation on the way in.
-    if (store.eachOpen) await store.eachOpen((d) => this.track(this.settle(d)));
-    else for (const d of await store.loadOpen()) this.track(this.settle(d));
-    this.deps.logger.info({ open: this.open.size }, 'open delegations loaded');
+    const source = store.eachOpen ? await store.eachOpen((d) => this.track(this.settle(d))) : undefined;
+    if (!store.eachOpen) for (const d of await store.loadOpen()) this.track(this.settle(d));
+    const refused = source?.snapshotRefused ? { snapshot_refused: source.snapshotRefused } : {};
+    this.deps.logger.info({ open: this.open.size, from: source?.from ?? 'rows', ...refused }, 'open delegations loaded');
+  }
+
+  /** When the engine next looks at a held delegation (a refresh, an action, a deadline), or null. */
+  dueAt(id: string): number | null {
+    return this.schedule.dueAt(id);
+  }
+
+  /** Every delegation this process holds, each as a new object (for the store's snapshot at shutdown). */
+  heldDelegations(): Iterable<Delegation> {
+    return this.open.values();
   }
 
   /** This replica's confirmed load per homeserver origin (republished to the cluster). */

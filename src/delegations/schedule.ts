@@ -100,6 +100,12 @@ export class Schedule {
     return this.length;
   }
 
+  /** When the id is due, or null when it is not scheduled. */
+  dueAt(id: string): number | null {
+    const slot = this.slots.slotOf(id);
+    return slot !== undefined && slot < this.pos.length && this.pos[slot]! >= 0 ? this.due[slot]! : null;
+  }
+
   stop(): void {
     this.stopped = true;
     if (this.timer) this.clock.clearTimeout(this.timer);

@@ -1,11 +1,13 @@
 import Database from 'better-sqlite3';
-import { mkdirSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, rmSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { isTerminal, type Delegation, type DelegationSecrets } from '../delegations/model.js';
 import { GroupCommit } from '../lib/group-commit.js';
 import { SecretBox } from './secret-box.js';
+import { readOpenSnapshot, SnapshotUnusableError, writeOpenSnapshot } from './open-snapshot.js';
 import type { HistoryEntry } from '../delegations/history.js';
-import { DuplicateTokenError, HISTORY_RETENTION_MS, type AppliedWebhooks, type DelegationFilter, type HistoryLine, type Store, type WebhookRecord } from './store.js';
+import { DuplicateTokenError, HISTORY_RETENTION_MS, type AppliedWebhooks, type DelegationFilter, type HistoryLine, type ReloadSource, type Store, type WebhookRecord } from './store.js';
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS delegations (
@@ -66,7 +68,18 @@ CREATE TABLE IF NOT EXISTS delegation_history (
 );
 CREATE INDEX IF NOT EXISTS delegation_history_id ON delegation_history(delegation_id);
 CREATE INDEX IF NOT EXISTS delegation_history_at ON delegation_history(at);
+CREATE TABLE IF NOT EXISTS open_snapshot (token TEXT NOT NULL, count INTEGER NOT NULL);
 `;
+
+/**
+ * While a snapshot's mark is in the database, any write to the delegations deletes it. They exist only from the
+ * snapshot to the next start (a write costs about 1.2 µs more of CPU with them), and they live in the file, so a
+ * process that knows nothing of snapshots (an older daemon, a tool) still makes the snapshot stale.
+ */
+const SNAPSHOT_TRIGGERS = ['INSERT', 'UPDATE', 'DELETE'].map((op) => ({
+  create: `CREATE TRIGGER IF NOT EXISTS open_snapshot_stale_${op.toLowerCase()} AFTER ${op} ON delegations BEGIN DELETE FROM open_snapshot; END`,
+  drop: `DROP TRIGGER IF EXISTS open_snapshot_stale_${op.toLowerCase()}`,
+}));
 
 const MUTABLE_COLUMNS = [
   'sid',
@@ -123,6 +136,10 @@ export class SqliteStore implements Store, AppliedWebhooks {
   private readonly db: Database.Database;
   private readonly box: SecretBox;
   private readonly stmts;
+  /** Where the open delegations are kept at a graceful shutdown (see `saveOpenSnapshot`). */
+  private readonly snapshotPath: string | null;
+  /** A commit failed: what the engine holds may differ from the rows until it rolled back, so no snapshot. */
+  private writeFailed = false;
 
   constructor(path: string, opts: { synchronous?: 'NORMAL' | 'FULL'; secretBox?: SecretBox } = {}) {
     if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
@@ -179,7 +196,12 @@ export class SqliteStore implements Store, AppliedWebhooks {
       trimHistory: this.db.prepare('DELETE FROM delegation_history WHERE delegation_id = ? AND rowid <= (SELECT rowid FROM delegation_history WHERE delegation_id = ? ORDER BY rowid DESC LIMIT 1 OFFSET ?)'),
       expireHistory: this.db.prepare('DELETE FROM delegation_history WHERE at < ?'),
       history: this.db.prepare('SELECT at, what, state FROM delegation_history WHERE delegation_id = ? ORDER BY rowid'),
+      countOpen: this.db.prepare('SELECT count(*) AS n FROM delegations WHERE open = 1'),
+      snapshotMark: this.db.prepare('SELECT token, count FROM open_snapshot LIMIT 1'),
+      clearSnapshotMark: this.db.prepare('DELETE FROM open_snapshot'),
+      markSnapshot: this.db.prepare('INSERT INTO open_snapshot (token, count) VALUES (?, ?)'),
     };
+    this.snapshotPath = path === ':memory:' ? null : `${path}.open-snapshot`;
   }
 
   async insertDelegation(d: Delegation, secrets: DelegationSecrets, tokenKey: string): Promise<void> {
@@ -224,9 +246,14 @@ export class SqliteStore implements Store, AppliedWebhooks {
       }
       return joining.committed.then(() => []);
     }
-    this.db.transaction(() => {
-      for (const w of writes) w();
-    })();
+    try {
+      this.db.transaction(() => {
+        for (const w of writes) w();
+      })();
+    } catch (err) {
+      this.writeFailed = true;
+      throw err;
+    }
     return [];
   });
 
@@ -348,10 +375,69 @@ export class SqliteStore implements Store, AppliedWebhooks {
     return out;
   }
 
-  async eachOpen(visit: (d: Delegation) => void): Promise<void> {
+  async eachOpen(visit: (d: Delegation) => void): Promise<ReloadSource> {
     this.flush();
+    const refused = this.readSnapshot(visit);
+    if (refused === null) return { from: 'snapshot' };
     // Row by row: materialising every row first would double the peak memory of a large reload.
     for (const row of this.stmts.open.iterate() as IterableIterator<Values>) visit(fromValues(row));
+    return { from: 'rows', ...(refused ? { snapshotRefused: refused } : {}) };
+  }
+
+  /**
+   * Hands out the open delegations from the snapshot file when its mark is in the database: the mark is written
+   * after the file, in its own commit, and every write to the delegations deletes it (`SNAPSHOT_TRIGGERS`). The
+   * mark is used once: deleted, with the triggers, before the file is read.
+   * Returns null when the snapshot was used, otherwise why not ('' when there was none).
+   */
+  private readSnapshot(visit: (d: Delegation) => void): string | null {
+    if (!this.snapshotPath) return '';
+    const mark = this.stmts.snapshotMark.get() as { token: string; count: number } | undefined;
+    this.db.transaction(() => {
+      this.stmts.clearSnapshotMark.run();
+      for (const t of SNAPSHOT_TRIGGERS) this.db.exec(t.drop);
+    })();
+    if (!mark) {
+      // A file without its mark is stale (written before a write, or before a crash): never read, so not kept.
+      rmSync(this.snapshotPath, { force: true });
+      return '';
+    }
+    let visited = 0;
+    try {
+      const open = (this.stmts.countOpen.get() as { n: number }).n;
+      if (open !== mark.count) throw new SnapshotUnusableError(`it has ${mark.count} delegations, the database ${open} open`);
+      readOpenSnapshot(this.snapshotPath, mark.token, mark.count, (d) => {
+        visited++;
+        visit(d);
+      });
+      return null;
+    } catch (err) {
+      // Rows already handed out are handed out again by the reload (the engine replaces what it holds), but a
+      // damaged file may have named delegations that are not open: stop rather than guess.
+      if (!(err instanceof SnapshotUnusableError) || visited > 0) throw err;
+      return err.message;
+    } finally {
+      rmSync(this.snapshotPath, { force: true });
+    }
+  }
+
+  async saveOpenSnapshot(open: Iterable<Delegation>): Promise<number | null> {
+    if (!this.snapshotPath || !this.db.open) return null;
+    // Everything queued is committed now, synchronously: nothing runs between this and the mark.
+    this.flush();
+    if (this.writeFailed) return null;
+    const token = randomBytes(16).toString('hex');
+    const count = writeOpenSnapshot(this.snapshotPath, token, open);
+    if ((this.stmts.countOpen.get() as { n: number }).n !== count) {
+      rmSync(this.snapshotPath, { force: true });
+      return null;
+    }
+    this.db.transaction(() => {
+      for (const t of SNAPSHOT_TRIGGERS) this.db.exec(t.create);
+      this.stmts.clearSnapshotMark.run();
+      this.stmts.markSnapshot.run(token, count);
+    })();
+    return count;
   }
 
   async openOfParticipant(room: string, identity: string): Promise<Delegation[]> {
@@ -404,6 +490,7 @@ export class SqliteStore implements Store, AppliedWebhooks {
       if (history) settleHistory(history, historyFailure);
       return fresh;
     } catch (err) {
+      this.writeFailed = true;
       settle.reject(err);
       if (history) settleHistory(history, err);
       throw err;

@@ -41,6 +41,12 @@ export interface HistoryLine {
 /** How long a delegation's history is kept after its last line (the console shows recent delegations). */
 export const HISTORY_RETENTION_MS = 7 * 24 * 3600_000;
 
+/** Where a reload read the open delegations from: the snapshot of the last graceful shutdown, or the rows (and why not the snapshot, when there was one). */
+export interface ReloadSource {
+  from: 'snapshot' | 'rows';
+  snapshotRefused?: string;
+}
+
 export class DuplicateTokenError extends Error {
   constructor() {
     super('a delegation for this token already exists');
@@ -76,7 +82,13 @@ export interface Store {
    * Every delegation that is not terminal, handed to `visit` one at a time as it is read (a store that can stream:
    * a reload then holds no array of them all). Each object is the visitor's.
    */
-  eachOpen?(visit: (d: Delegation) => void): Promise<void>;
+  eachOpen?(visit: (d: Delegation) => void): Promise<ReloadSource | void>;
+  /**
+   * Keeps the open delegations `open` (what this process holds, which equals what the store has once its writes
+   * are committed) where the next `eachOpen` reads them faster than the rows, valid only until the next write.
+   * Called at a graceful shutdown, after the last write. Resolves with how many it kept, or null when it kept none.
+   */
+  saveOpenSnapshot?(open: Iterable<Delegation>): Promise<number | null>;
   listDelegations(filter: DelegationFilter): Promise<{ items: Delegation[]; nextCursor: string | null }>;
   /**
    * Records webhooks (dedupe mark + pending work) in one commit. Returns, per record, true when it is new and
