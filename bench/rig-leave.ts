@@ -25,6 +25,7 @@ type Kind = 'single' | 'group' | 'lost';
 
 interface Sample {
   kind: Kind;
+  round: number;
   /** LiveKit's event time (whole seconds: `createdAt`), the webhook at the proxy, and the daemon's acknowledgement. */
   createdAt: number | null;
   /** LiveKit's log: its `participant closing` line, and the webhook's sending (`sent webhook` less its send time). */
@@ -72,19 +73,19 @@ export async function run(opts: BenchOptions): Promise<Section> {
       const asked = Date.now();
       // The lost connection first: LiveKit reports it about 20 s later, while the leaves below are measured.
       lostCall.participants.proc.kill('SIGKILL');
-      const lostGone = Promise.all(lostCall.members.map((m) => measure(rig, lostCall, m, 'lost', asked, 120_000)));
+      const lostGone = Promise.all(lostCall.members.map((m) => measure(rig, lostCall, m, 'lost', r, asked, 120_000)));
       for (const call of calls.slice(0, singles)) {
         call.participants.send({ cmd: 'close' });
-        samples.push(await measure(rig, call, call.members[0]!, 'single', asked, 30_000));
+        samples.push(await measure(rig, call, call.members[0]!, 'single', r, asked, 30_000));
       }
       groupCall.participants.send({ cmd: 'close' });
-      samples.push(...(await Promise.all(groupCall.members.map((m) => measure(rig, groupCall, m, 'group', asked, 60_000)))));
+      samples.push(...(await Promise.all(groupCall.members.map((m) => measure(rig, groupCall, m, 'group', r, asked, 60_000)))));
       samples.push(...(await lostGone));
     }
     // Synapse logs a request after answering it: the last sends may be written a little after their event.
     await sleep(1_000);
     fillFromLogs(rig, samples);
-    if (process.env.BENCH_RIG_DUMP) writeFileSync(process.env.BENCH_RIG_DUMP, `${rig.livekit.output()}\n--- daemon\n${rig.daemon.output.join('\n')}\n`);
+    if (process.env.BENCH_RIG_DUMP) writeFileSync(process.env.BENCH_RIG_DUMP, JSON.stringify(samples, null, 1));
   } finally {
     // The rig's processes are counted as ours only while they run.
     load = meter.stop();
@@ -96,13 +97,13 @@ export async function run(opts: BenchOptions): Promise<Section> {
 }
 
 /** The member's departure: its webhook and the emptying event; the logs are read once at the end. */
-async function measure(rig: Rig, call: Call, m: Member, kind: Kind, after: number, timeoutMs: number): Promise<Sample> {
+async function measure(rig: Rig, call: Call, m: Member, kind: Kind, round: number, after: number, timeoutMs: number): Promise<Sample> {
   const goneAt = await membershipGone(rig, call, m, timeoutMs);
   const hook = await webhookFor(rig, m, kind === 'lost' ? ['participant_left', 'participant_connection_aborted'] : ['participant_left'], after);
   const delegated = call.participants.events.find((e) => e.ev === 'delegated' && e.i === call.members.indexOf(m));
   const id = (delegated?.body as { delegation_id?: string } | undefined)?.delegation_id ?? '';
   return Object.assign(
-    { kind, createdAt: hook.createdAt ?? null, closingAt: null, webhookSentAt: null, webhookAt: hook.at, ackedAt: hook.ackedAt ?? null, graceAt: null, firingAt: null, sendReceivedAt: null, sendAnsweredAt: null, goneAt, byDaemon: false },
+    { kind, round, createdAt: hook.createdAt ?? null, closingAt: null, webhookSentAt: null, webhookAt: hook.at, ackedAt: hook.ackedAt ?? null, graceAt: null, firingAt: null, sendReceivedAt: null, sendAnsweredAt: null, goneAt, byDaemon: false },
     { delegationId: id, delayId: m.delayId, identity: m.identity },
   );
 }
@@ -152,7 +153,27 @@ function fillFromLogs(rig: Rig, samples: Sample[]): void {
   }
 }
 
-function push(m: Map<string, number[]>, k: string, v: number): void {
+/** Per position in the order Synapse created a group's events: time from the webhook, gap to the previous event. */
+function rankTable(group: Sample[]): string[] {
+  const rounds = new Map<number, Sample[]>();
+  for (const s of group) push(rounds, s.round, s);
+  const byRank: Array<{ total: number[]; gap: number[] }> = [];
+  for (const xs of rounds.values()) {
+    xs.sort((a, b) => a.goneAt - b.goneAt);
+    xs.forEach((s, k) => {
+      byRank[k] ??= { total: [], gap: [] };
+      byRank[k]!.total.push(s.goneAt - s.webhookAt);
+      if (k > 0) byRank[k]!.gap.push(s.goneAt - xs[k - 1]!.goneAt);
+    });
+  }
+  return [
+    '| k | from the webhook, median (max) | gap to event k-1, median |',
+    '|---:|---|---|',
+    ...byRank.map((r, k) => `| ${k + 1} | ${ms(median(r.total))} (${ms(Math.max(...r.total))}) | ${k === 0 ? '' : ms(median(r.gap))} |`),
+  ];
+}
+
+function push<K, T>(m: Map<K, T[]>, k: K, v: T): void {
   const xs = m.get(k) ?? [];
   xs.push(v);
   m.set(k, xs);
@@ -194,6 +215,11 @@ function report(samples: Sample[], info: RunInfo): Section {
     ['`origin_server_ts` -> Synapse answered the send', stage(xs, (s) => s.goneAt, (s) => s.sendAnsweredAt)],
   ] as Array<readonly [string, number[]]>;
   const table = (rows: Array<readonly [string, number[]]>) => ['| stage | samples | p50 / p99 / max |', '|---|---:|---|', ...rows.map(([name, xs]) => `| ${name} | ${xs.length} | ${xs.length ? dist(xs) : 'n/a'} |`)];
+  const table2 = (a: Array<readonly [string, number[]]>, b: Array<readonly [string, number[]]>) => [
+    '| stage | one at a time: p50 / p99 / max | at once: p50 / p99 / max |',
+    '|---|---|---|',
+    ...a.map(([name, xs], i) => `| ${name} | ${xs.length ? dist(xs) : 'n/a'} | ${b[i]![1].length ? dist(b[i]![1]) : 'n/a'} |`),
+  ];
   const byKind = (k: Kind) => toGone(samples.filter((s) => s.kind === k)).map((v) => (k === 'lost' ? v - GRACE_MS : v));
   const slowest = [...leaves].sort((a, b) => b.goneAt - b.webhookAt - (a.goneAt - a.webhookAt)).slice(0, 5);
   const notByDaemon = samples.filter((s) => !s.byDaemon).length;
@@ -223,7 +249,13 @@ function report(samples: Sample[], info: RunInfo): Section {
     'Where the time goes, leaves (daemon log `time` and Synapse access log, same clock; Synapse\'s arrival = its log time',
     'less the processing time it reports, to its millisecond):',
     '',
-    ...table(stages(leaves, false)),
+    ...table2(stages(samples.filter((s) => s.kind === 'single'), false), stages(samples.filter((s) => s.kind === 'group'), false)),
+    '',
+    `The group's departures by the order Synapse created their events in (${info.rounds} groups of ${info.group}; Synapse creates a room's`,
+    'events one at a time, `room_event_creation_limit`): the k-th event of a group, its time from the webhook and the gap',
+    "to the previous event's `origin_server_ts`:",
+    '',
+    ...rankTable(samples.filter((s) => s.kind === 'group')),
     '',
     'Lost connections:',
     '',
