@@ -12,6 +12,7 @@ import { sleep } from '../test/helpers/daemon.js';
 import { membershipGone, webhookFor } from '../test/real/judge.js';
 import { missingPeers } from '../test/real/peers.js';
 import { startRig, type Call, type Member, type Rig } from '../test/real/rig.js';
+import { CALL_MEMBER_TYPE, type SynapseUser } from '../test/real/synapse.js';
 import { isMain, runAlone } from './lib/cli.js';
 import { ContentionMeter } from './lib/contention.js';
 import { RESULTS, type BenchOptions, type Section } from './lib/report.js';
@@ -59,6 +60,7 @@ export async function run(opts: BenchOptions): Promise<Section> {
   const samples: Sample[] = [];
   const meter = new ContentionMeter();
   let load: ReturnType<ContentionMeter['stop']>;
+  let control: { atOnce: number[]; oneAtATime: number[] };
   const load0 = loadavg()[0]!;
   try {
     for (let r = 0; r < rounds; r++) {
@@ -82,6 +84,8 @@ export async function run(opts: BenchOptions): Promise<Section> {
       samples.push(...(await Promise.all(groupCall.members.map((m) => measure(rig, groupCall, m, 'group', r, asked, 60_000)))));
       samples.push(...(await lostGone));
     }
+    opts.log(`Synapse alone: ${rounds} rooms of ${group} delayed leaves sent at once, and as many one at a time`);
+    control = await synapseAlone(rig, rounds, group);
     // Synapse logs a request after answering it: the last sends may be written a little after their event.
     await sleep(1_000);
     fillFromLogs(rig, samples);
@@ -91,7 +95,7 @@ export async function run(opts: BenchOptions): Promise<Section> {
     load = meter.stop();
     await rig.stop();
   }
-  const section = report(samples, { rounds, singles, group, lost, foreignCores: load.foreignCores, oursCores: load.oursCores, load: [load0, loadavg()[0]!] });
+  const section = report(samples, control, { rounds, singles, group, lost, foreignCores: load.foreignCores, oursCores: load.oursCores, load: [load0, loadavg()[0]!] });
   opts.log(section.rows.map((r) => `${r.measure}: ${r.result}`).join('; '));
   return section;
 }
@@ -153,6 +157,45 @@ function fillFromLogs(rig: Rig, samples: Sample[]): void {
   }
 }
 
+const MGMT = '/_matrix/client/unstable/org.matrix.msc4140/delayed_events';
+
+/**
+ * The control: the same sends made straight to Synapse, without LiveKit or the daemon. Per round a room with `n`
+ * delayed leaves whose `send`s go out together (as the daemon's do for a group), then `n` more sent one at a time.
+ * The time is the event's `origin_server_ts` less the moment the request left.
+ */
+async function synapseAlone(rig: Rig, rounds: number, n: number): Promise<{ atOnce: number[]; oneAtATime: number[] }> {
+  const users: SynapseUser[] = [];
+  for (let k = 0; k < n; k++) users.push(await rig.synapse.register(`ctl${k}x${Date.now() % 100000}`));
+  const out = { atOnce: [] as number[], oneAtATime: [] as number[] };
+  const schedule = async () => {
+    const { room_id: roomId } = await rig.synapse.call(rig.observer, 'POST', '/_matrix/client/v3/createRoom', { preset: 'public_chat', power_level_content_override: { state_default: 0 } });
+    const events: Array<{ roomId: string; stateKey: string; delayId: string }> = [];
+    for (const user of users) {
+      await rig.synapse.call(user, 'POST', `/_matrix/client/v3/join/${encodeURIComponent(roomId)}`, {});
+      const stateKey = `_${user.userId}_CTL_m.call`;
+      const path = `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/state/${CALL_MEMBER_TYPE}/${encodeURIComponent(stateKey)}`;
+      // The membership, then its delayed leave (empty content), as MatrixRTC clients schedule them.
+      await rig.synapse.call(user, 'PUT', path, { application: 'm.call', call_id: '' });
+      const { delay_id: delayId } = await rig.synapse.call(user, 'PUT', `${path}?org.matrix.msc4140.delay=${DELAY_MS}`, {});
+      events.push({ roomId, stateKey, delayId });
+    }
+    return events;
+  };
+  const send = async (e: { roomId: string; stateKey: string; delayId: string }) => {
+    const sentAt = Date.now();
+    await rig.synapse.call(null, 'POST', `${MGMT}/${encodeURIComponent(e.delayId)}/send`, {});
+    const ev = await rig.synapse.state(rig.observer, e.roomId, CALL_MEMBER_TYPE, e.stateKey);
+    if (!ev || Object.keys(ev.content).length !== 0) throw new Error('the control send did not empty the membership');
+    return ev.origin_server_ts - sentAt;
+  };
+  for (let r = 0; r < rounds; r++) {
+    out.atOnce.push(...(await Promise.all((await schedule()).map(send))));
+    for (const e of await schedule()) out.oneAtATime.push(await send(e));
+  }
+  return out;
+}
+
 /** Per position in the order Synapse created a group's events: time from the webhook, gap to the previous event. */
 function rankTable(group: Sample[]): string[] {
   const rounds = new Map<number, Sample[]>();
@@ -193,7 +236,7 @@ const nn = (xs: Array<number | null>): number[] => xs.filter((x): x is number =>
 const ms = (v: number): string => (Number.isFinite(v) ? `${fmt(v, 0)} ms` : 'n/a');
 const dist = (xs: number[]): string => `${ms(median(xs))} / ${ms(percentile(xs, 99))} / ${ms(Math.max(...xs))}`;
 
-function report(samples: Sample[], info: RunInfo): Section {
+function report(samples: Sample[], control: { atOnce: number[]; oneAtATime: number[] }, info: RunInfo): Section {
   const leaves = samples.filter((s) => s.kind !== 'lost');
   const lost = samples.filter((s) => s.kind === 'lost');
   const toGone = (xs: Sample[]) => xs.map((s) => s.goneAt - s.webhookAt);
@@ -256,6 +299,14 @@ function report(samples: Sample[], info: RunInfo): Section {
     "to the previous event's `origin_server_ts`:",
     '',
     ...rankTable(samples.filter((s) => s.kind === 'group')),
+    '',
+    `Control, the same \`send\`s made straight to Synapse from the bench (no LiveKit, no daemon; ${info.rounds} rooms): request sent ->`,
+    '`origin_server_ts`, p50 / p99 / max:',
+    '',
+    '| sends | samples | p50 / p99 / max |',
+    '|---|---:|---|',
+    `| ${info.group} at once in one room | ${control.atOnce.length} | ${dist(control.atOnce)} |`,
+    `| one at a time | ${control.oneAtATime.length} | ${dist(control.oneAtATime)} |`,
     '',
     'Lost connections:',
     '',
