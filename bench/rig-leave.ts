@@ -6,10 +6,10 @@
  * from LiveKit's `participant_left` webhook reaching the daemon (the rig's pass-through proxy notes it, as in
  * docs/interop.md) to the emptying event's `origin_server_ts`, and is broken down with the daemon's and Synapse's logs.
  */
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync, readSync, statSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { sleep } from '../test/helpers/daemon.js';
-import { membershipGone, webhookFor } from '../test/real/judge.js';
+import { webhookFor } from '../test/real/judge.js';
 import { missingPeers } from '../test/real/peers.js';
 import { startRig, type Call, type Member, type Rig } from '../test/real/rig.js';
 import { CALL_MEMBER_TYPE, type SynapseUser } from '../test/real/synapse.js';
@@ -102,7 +102,10 @@ export async function run(opts: BenchOptions): Promise<Section> {
 
 /** The member's departure: its webhook and the emptying event; the logs are read once at the end. */
 async function measure(rig: Rig, call: Call, m: Member, kind: Kind, round: number, after: number, timeoutMs: number): Promise<Sample> {
-  const goneAt = await membershipGone(rig, call, m, timeoutMs);
+  await sendAnswered(rig.synapse.logPath, m.delayId, timeoutMs);
+  const ev = await rig.membership(call, m);
+  if (!ev || Object.keys(ev.content).length !== 0) throw new Error(`Synapse answered the send of ${m.userId}'s delayed leave but the membership is not empty`);
+  const goneAt = ev.origin_server_ts;
   const hook = await webhookFor(rig, m, kind === 'lost' ? ['participant_left', 'participant_connection_aborted'] : ['participant_left'], after);
   const delegated = call.participants.events.find((e) => e.ev === 'delegated' && e.i === call.members.indexOf(m));
   const id = (delegated?.body as { delegation_id?: string } | undefined)?.delegation_id ?? '';
@@ -110,6 +113,44 @@ async function measure(rig: Rig, call: Call, m: Member, kind: Kind, round: numbe
     { kind, round, createdAt: hook.createdAt ?? null, closingAt: null, webhookSentAt: null, webhookAt: hook.at, ackedAt: hook.ackedAt ?? null, graceAt: null, firingAt: null, sendReceivedAt: null, sendAnsweredAt: null, goneAt, byDaemon: false },
     { delegationId: id, delayId: m.delayId, identity: m.identity },
   );
+}
+
+/**
+ * Synapse's access log, read as it grows: the delayed events whose `send` it answered 200. The bench waits on this
+ * rather than polling each member's state: 20 members polled every 100 ms (the tests' `membershipGone`) are about
+ * 200 requests/s, which loaded the very Synapse being measured.
+ */
+const answeredSends = { path: '', offset: 0, rest: '', ids: new Set<string>() };
+
+async function sendAnswered(logPath: string, delayId: string, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    readAnsweredSends(logPath);
+    if (answeredSends.ids.has(delayId)) return;
+    if (Date.now() > deadline) throw new Error(`Synapse answered no send of the delayed leave within ${timeoutMs} ms`);
+    await sleep(50);
+  }
+}
+
+function readAnsweredSends(logPath: string): void {
+  const t = answeredSends;
+  if (t.path !== logPath) Object.assign(t, { path: logPath, offset: 0, rest: '', ids: new Set<string>() });
+  const size = statSync(logPath).size;
+  if (size <= t.offset) return;
+  const buf = Buffer.alloc(size - t.offset);
+  const fd = openSync(logPath, 'r');
+  try {
+    readSync(fd, buf, 0, buf.length, t.offset);
+  } finally {
+    closeSync(fd);
+  }
+  t.offset = size;
+  const lines = (t.rest + buf.toString('utf8')).split('\n');
+  t.rest = lines.pop() ?? '';
+  for (const line of lines) {
+    const m = / Processed request: .* 200!? "POST [^ ]*\/delayed_events\/([^/ ]+)\/send HTTP/.exec(line);
+    if (m) t.ids.add(decodeURIComponent(m[1]!));
+  }
 }
 
 /** The daemon's state lines and Synapse's access-log lines for each sample's delegation and delayed event. */
@@ -275,7 +316,9 @@ function report(samples: Sample[], control: { atOnce: number[]; oneAtATime: numb
     `(each waits for the previous membership to be gone), then a process of ${info.group} participants leaves on purpose at once`,
     `(CLIENT_INITIATED), while a process of ${info.lost} participants was SIGKILLed at the round's start (LiveKit reports the lost`,
     'connection about 20 s later). Time = the emptying event\'s `origin_server_ts` in Synapse minus the webhook\'s arrival',
-    "at the rig's pass-through proxy in front of the daemon (same clock); for lost connections, minus the grace too.",
+    "at the rig's pass-through proxy in front of the daemon (same clock); for lost connections, minus the grace too. The",
+    "bench learns that a send was answered from Synapse's access log and then reads the state once (polling every member's",
+    'state every 100 ms, as the tests do, is about 200 requests/s at Synapse here and loaded the server being measured).',
     `Load: other processes took ${fmt(info.foreignCores, 2)} cores on average during the run (the rig itself ${fmt(info.oursCores, 2)});`,
     `1-minute load average ${fmt(info.load[0], 1)} before, ${fmt(info.load[1], 1)} after. ${notByDaemon === 0 ? 'Every send was the daemon\'s (unauthenticated in Synapse\'s access log).' : `**${notByDaemon} sends were not found as the daemon's** in Synapse's access log.`}`,
     '',
