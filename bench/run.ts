@@ -1,7 +1,7 @@
 /**
  * `npm run bench [-- NAME ...] [--quick] [--no-write] [--rewrite]`: the benchmarks of issue 8, each in turn, then
- * docs/benchmarks.md. Names: intake, scale, latency, load, burst, replicas, appservice, token (all by default; appservice
- * needs the real Synapse of `npm run peers:install`). `--quick` shrinks every benchmark
+ * docs/benchmarks.md. Names: intake, scale, latency, load, burst, replicas, appservice, token, rigleave (all by default; appservice
+ * and rigleave need the real peers of `npm run peers:install`). `--quick` shrinks every benchmark
  * to check that it runs; its figures are not measurements and are never written. `--rewrite` measures nothing and
  * rebuilds the document from the stored results and bench/notes/ (after editing a note).
  */
@@ -20,8 +20,9 @@ import { run as scale } from './scale.js';
 import { run as replicas } from './replicas.js';
 import { run as intake } from './webhook-intake.js';
 import { run as token } from './first-token.js';
+import { run as rigleave } from './rig-leave.js';
 
-const BENCHES: Record<string, (o: BenchOptions) => Promise<Section>> = { intake, scale, latency, load, burst, replicas, appservice, token };
+const BENCHES: Record<string, (o: BenchOptions) => Promise<Section>> = { intake, scale, latency, load, burst, replicas, appservice, token, rigleave };
 
 const args = process.argv.slice(2);
 if (args.includes('--rewrite')) {

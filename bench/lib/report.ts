@@ -48,7 +48,7 @@ interface Stored {
   sections: Record<string, Section>;
 }
 
-const ORDER = ['intake', 'scale', 'latency', 'load', 'burst', 'replicas', 'appservice', 'token'] as const;
+const ORDER = ['intake', 'scale', 'latency', 'load', 'burst', 'replicas', 'appservice', 'token', 'rigleave'] as const;
 
 const VERDICT: Record<Verdict, string> = { met: 'met', missed: '**missed**', reported: 'reported', pending: 'pending' };
 

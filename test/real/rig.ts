@@ -18,6 +18,10 @@ export interface WebhookSeen {
   identity?: string;
   reason?: string;
   at: number;
+  /** LiveKit's own event time (`createdAt`, whole seconds), in ms. */
+  createdAt?: number;
+  /** When the daemon acknowledged it (the record and its state change are durable by then). */
+  ackedAt?: number;
 }
 
 export interface RigOptions {
@@ -266,16 +270,20 @@ function writeRegistration(daemonUrl: string): { path: string; asToken: string; 
 async function webhookProxy(target: string, seen: WebhookSeen[]): Promise<{ url: string; server: Server }> {
   const server = createServer(async (req, res) => {
     const body = await readRawBody(req);
+    const at = Date.now();
+    let entry: WebhookSeen;
     try {
       const ev = JSON.parse(body.toString('utf8'));
-      seen.push({ event: ev.event, room: ev.room?.name, identity: ev.participant?.identity, reason: ev.participant?.disconnectReason, at: Date.now() });
+      entry = { event: ev.event, room: ev.room?.name, identity: ev.participant?.identity, reason: ev.participant?.disconnectReason, at, ...(ev.createdAt ? { createdAt: Number(ev.createdAt) * 1000 } : {}) };
     } catch {
-      seen.push({ event: 'unparsable', at: Date.now() });
+      entry = { event: 'unparsable', at };
     }
+    seen.push(entry);
     try {
       const headers: Record<string, string> = {};
       for (const h of ['authorization', 'content-type']) if (req.headers[h]) headers[h] = String(req.headers[h]);
       const answer = await fetch(`${target}${req.url}`, { method: 'POST', headers, body });
+      entry.ackedAt = Date.now();
       res.writeHead(answer.status, { 'content-type': answer.headers.get('content-type') ?? 'text/plain' });
       res.end(Buffer.from(await answer.arrayBuffer()));
     } catch {
