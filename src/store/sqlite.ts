@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS delegations (
 CREATE INDEX IF NOT EXISTS delegations_open ON delegations(open) WHERE open = 1;
 CREATE INDEX IF NOT EXISTS delegations_room ON delegations(room, id);
 CREATE INDEX IF NOT EXISTS delegations_identity ON delegations(identity, id);
+CREATE INDEX IF NOT EXISTS delegations_ended ON delegations(updated_at) WHERE open = 0;
 CREATE TABLE IF NOT EXISTS webhooks (
   id TEXT PRIMARY KEY,
   event TEXT NOT NULL,
@@ -102,6 +103,9 @@ const MUTABLE_COLUMNS = [
 /** The mutable columns but `open`, in the order `updateStillOpen` binds them (`stillOpenValues`). */
 const STILL_OPEN_COLUMNS = MUTABLE_COLUMNS.filter((c) => c !== 'open');
 
+/** How many ended delegations one save of an ended one deletes at most (more than one, so deletion keeps up). */
+const PRUNE_PER_END = 4;
+
 /** How long history lines wait for a webhook batch's commit before they are written in one of their own. */
 const HISTORY_DELAY_MS = 20;
 
@@ -141,7 +145,11 @@ export class SqliteStore implements Store, AppliedWebhooks {
   /** A commit failed: what the engine holds may differ from the rows until it rolled back, so no snapshot. */
   private writeFailed = false;
 
-  constructor(path: string, opts: { synchronous?: 'NORMAL' | 'FULL'; secretBox?: SecretBox } = {}) {
+  /** How long an ended delegation (for the console and the admin API) and a history line are kept. */
+  private readonly retentionMs: number;
+
+  constructor(path: string, opts: { synchronous?: 'NORMAL' | 'FULL'; secretBox?: SecretBox; retentionMs?: number } = {}) {
+    this.retentionMs = opts.retentionMs ?? HISTORY_RETENTION_MS;
     if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
     this.box = opts.secretBox ?? new SecretBox(null);
     this.db = new Database(path, { timeout: 0 });
@@ -194,6 +202,8 @@ export class SqliteStore implements Store, AppliedWebhooks {
       // Everything up to the newest line that is one too many: two seeks in the index, where \`NOT IN (... LIMIT ?)\`
       // built a temporary table of the kept lines for every delegation of every batch.
       trimHistory: this.db.prepare('DELETE FROM delegation_history WHERE delegation_id = ? AND rowid <= (SELECT rowid FROM delegation_history WHERE delegation_id = ? ORDER BY rowid DESC LIMIT 1 OFFSET ?)'),
+      // Its history lines are older than the retention too: the next history write's `expireHistory` deletes them.
+      pruneEnded: this.db.prepare('DELETE FROM delegations WHERE id IN (SELECT id FROM delegations WHERE open = 0 AND updated_at < ? ORDER BY updated_at LIMIT ?)'),
       expireHistory: this.db.prepare('DELETE FROM delegation_history WHERE at < ?'),
       history: this.db.prepare('SELECT at, what, state FROM delegation_history WHERE delegation_id = ? ORDER BY rowid'),
       countOpen: this.db.prepare('SELECT count(*) AS n FROM delegations WHERE open = 1'),
@@ -319,7 +329,7 @@ export class SqliteStore implements Store, AppliedWebhooks {
           newest = Math.max(newest, entry.at);
         }
         for (const id of ids) this.stmts.trimHistory.run(id, id, h.perDelegation);
-        this.stmts.expireHistory.run(newest - HISTORY_RETENTION_MS);
+        this.stmts.expireHistory.run(newest - this.retentionMs);
       })();
       return null;
     } catch (err) {
@@ -330,7 +340,10 @@ export class SqliteStore implements Store, AppliedWebhooks {
   saveDelegation(d: Delegation): Promise<void> {
     if (isTerminal(d.state)) {
       const row = toRow(d);
-      return this.write(() => this.stmts.update.run(row));
+      return this.write(() => {
+        this.stmts.update.run(row);
+        this.stmts.pruneEnded.run(d.updatedAt - this.retentionMs, PRUNE_PER_END);
+      });
     }
     const values = stillOpenValues(d);
     return this.write(() => {
