@@ -1,4 +1,6 @@
 import { DELEGATION_STATES, DIALECTS, SOURCE_ROUTES, type ActionKind, type Delegation, type DelegationSource } from './model.js';
+import { IdSlots } from './id-slots.js';
+import { ShortStrings } from './short-strings.js';
 import { StringPool } from './string-pool.js';
 import { TimeColumn } from './time-column.js';
 
@@ -24,11 +26,11 @@ export class DelegationColumns {
   private readonly freeSlots: number[] = [];
   /** Slots ever used; every occupied slot is below it. */
   private end = 0;
-  private readonly slots = new Map<string, number>();
-  private readonly ids: Array<string | undefined> = [];
+  /** Ids by slot and slots by id (our ids as their bytes). */
+  private readonly ids = new IdSlots();
   private readonly identities: string[] = [];
   private readonly altIdentities: Array<string | null> = [];
-  private readonly sids: Array<string | null> = [];
+  private readonly sids = new ShortStrings();
   /** Rare per delegation (ended ones carry the outcome; application-service ones an owner): kept aside. */
   private readonly outcomes = new Map<number, string>();
   private readonly owners = new Map<number, string>();
@@ -63,28 +65,27 @@ export class DelegationColumns {
   });
 
   get size(): number {
-    return this.slots.size;
+    return this.ids.size;
   }
 
   slotOf(id: string): number | undefined {
-    return this.slots.get(id);
+    return this.ids.slotOf(id);
   }
 
   idAt(slot: number): string | undefined {
-    return this.ids[slot];
+    return this.ids.idAt(slot);
   }
 
   /** Occupied slots, in slot order. */
   *occupied(): Iterable<number> {
-    for (let s = 0; s < this.end; s++) if (this.ids[s] !== undefined) yield s;
+    for (let s = 0; s < this.end; s++) if (this.ids.has(s)) yield s;
   }
 
   /** Takes a slot for a new delegation and writes every field. */
   insert(d: Delegation): number {
     const slot = this.freeSlots.pop() ?? this.end++;
     if (slot >= this.capacity) this.grow(slot + 1);
-    this.slots.set(d.id, slot);
-    this.ids[slot] = d.id;
+    this.ids.set(d.id, slot);
     this.identities[slot] = d.identity;
     this.altIdentities[slot] = d.altIdentity;
     this.homeserver[slot] = this.homeservers.acquire(d.homeserver);
@@ -102,7 +103,7 @@ export class DelegationColumns {
 
   /** Writes the fields a transition may change (who the delegation is for never changes). */
   write(slot: number, d: Delegation): void {
-    this.sids[slot] = d.sid;
+    this.sids.set(slot, d.sid);
     this.state[slot] = STATE_NUMBER.get(d.state)!;
     this.updatedAt.set(slot, d.updatedAt);
     this.expiresAt.set(slot, d.expiresAt);
@@ -122,7 +123,7 @@ export class DelegationColumns {
   /** True when the slot holds exactly the changeable fields of `d`. */
   holds(slot: number, d: Delegation): boolean {
     return (
-      this.sids[slot] === d.sid &&
+      this.sids.equals(slot, d.sid) &&
       DELEGATION_STATES[this.state[slot]!] === d.state &&
       this.updatedAt.value(slot) === d.updatedAt &&
       this.expiresAt.value(slot) === d.expiresAt &&
@@ -144,14 +145,14 @@ export class DelegationColumns {
     const altRoom = this.altRoom[slot]!;
     const owner = this.owners.get(slot);
     return {
-      id: this.ids[slot]!,
+      id: this.ids.idAt(slot)!,
       dialect: DIALECTS[this.dialect[slot]!]!,
       homeserver: this.homeservers.value(this.homeserver[slot]!),
       room: this.rooms.value(this.room[slot]!),
       identity: this.identities[slot]!,
       altIdentity: this.altIdentities[slot]!,
       altRoom: altRoom === 0 ? null : this.rooms.value(altRoom - 1),
-      sid: this.sids[slot]!,
+      sid: this.sids.get(slot),
       actions: this.actionPool.value(this.actions[slot]!),
       timeoutMs: this.timeoutMs.value(slot),
       state: DELEGATION_STATES[this.state[slot]!]!,
@@ -175,13 +176,11 @@ export class DelegationColumns {
 
   /** Frees the slot (its number is reused) and the shared strings only it used. */
   delete(slot: number): void {
-    const id = this.ids[slot];
-    if (id === undefined) return;
-    this.slots.delete(id);
-    this.ids[slot] = undefined;
+    if (!this.ids.has(slot)) return;
+    this.ids.delete(slot);
     this.identities[slot] = '';
     this.altIdentities[slot] = null;
-    this.sids[slot] = null;
+    this.sids.set(slot, null);
     this.outcomes.delete(slot);
     this.owners.delete(slot);
     this.homeservers.release(this.homeserver[slot]!);
@@ -279,6 +278,8 @@ export class DelegationColumns {
     this.disconnectedAt.grow(size);
     this.nextActionAt.grow(size);
     this.timeoutMs.grow(size);
+    this.ids.grow(size);
+    this.sids.grow(size);
     this.refreshFailures = u32(this.refreshFailures);
     this.actionFailures = u32(this.actionFailures);
     this.homeserver = u32(this.homeserver);
