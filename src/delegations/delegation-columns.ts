@@ -28,7 +28,8 @@ export class DelegationColumns {
   private end = 0;
   /** Ids by slot and slots by id (our ids as their bytes). */
   private readonly ids = new IdSlots();
-  private readonly identities: string[] = [];
+  /** Identities inline up to 47 characters: Element Call's (`@user:server:DEVICE`, or a 43-character hash). */
+  private readonly identities = new ShortStrings(48);
   private readonly altIdentities: Array<string | null> = [];
   private readonly sids = new ShortStrings();
   /** Rare per delegation (ended ones carry the outcome; application-service ones an owner): kept aside. */
@@ -86,7 +87,7 @@ export class DelegationColumns {
     const slot = this.freeSlots.pop() ?? this.end++;
     if (slot >= this.capacity) this.grow(slot + 1);
     this.ids.set(d.id, slot);
-    this.identities[slot] = d.identity;
+    this.identities.set(slot, d.identity);
     this.altIdentities[slot] = d.altIdentity;
     this.homeserver[slot] = this.homeservers.acquire(d.homeserver);
     this.room[slot] = this.rooms.acquire(d.room);
@@ -149,7 +150,7 @@ export class DelegationColumns {
       dialect: DIALECTS[this.dialect[slot]!]!,
       homeserver: this.homeservers.value(this.homeserver[slot]!),
       room: this.rooms.value(this.room[slot]!),
-      identity: this.identities[slot]!,
+      identity: this.identities.get(slot)!,
       altIdentity: this.altIdentities[slot]!,
       altRoom: altRoom === 0 ? null : this.rooms.value(altRoom - 1),
       sid: this.sids.get(slot),
@@ -178,7 +179,7 @@ export class DelegationColumns {
   delete(slot: number): void {
     if (!this.ids.has(slot)) return;
     this.ids.delete(slot);
-    this.identities[slot] = '';
+    this.identities.set(slot, null);
     this.altIdentities[slot] = null;
     this.sids.set(slot, null);
     this.outcomes.delete(slot);
@@ -223,7 +224,12 @@ export class DelegationColumns {
   }
 
   identityAt(slot: number): string {
-    return this.identities[slot]!;
+    return this.identities.get(slot)!;
+  }
+
+  /** True when the slot's identity is `identity` (compared in place). */
+  hasIdentity(slot: number, identity: string): boolean {
+    return this.identities.equals(slot, identity);
   }
 
   altIdentityAt(slot: number): string | null {
@@ -280,6 +286,7 @@ export class DelegationColumns {
     this.timeoutMs.grow(size);
     this.ids.grow(size);
     this.sids.grow(size);
+    this.identities.grow(size);
     this.refreshFailures = u32(this.refreshFailures);
     this.actionFailures = u32(this.actionFailures);
     this.homeserver = u32(this.homeserver);

@@ -130,3 +130,21 @@ describe('ShortStrings', () => {
     expect(s.get(1)).toBe('PA_kept');
   });
 });
+
+describe('ShortStrings of another width', () => {
+  it('holds identities up to one character less than its width inline, longer ones aside', () => {
+    const s = new ShortStrings(48);
+    s.grow(3);
+    const hashed = 'n4bQgYhMfWWaL+qgxVrQFaO/TxsrC4Is0V1sFbDwCgg';
+    const legacy = '@a-rather-long-user-name:matrix.example.org:DEV';
+    const longer = `${legacy}X`;
+    [hashed, legacy, longer].forEach((v, slot) => s.set(slot, v));
+    [hashed, legacy, longer].forEach((v, slot) => {
+      expect(s.get(slot)).toBe(v);
+      expect(s.equals(slot, v)).toBe(true);
+    });
+    expect(legacy).toHaveLength(47);
+    expect((s as unknown as { aside: Map<number, string> }).aside.size).toBe(1);
+    expect(s.equals(1, longer)).toBe(false);
+  });
+});
