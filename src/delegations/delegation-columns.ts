@@ -182,6 +182,7 @@ export class DelegationColumns {
     this.identities.set(slot, null);
     this.altIdentities[slot] = null;
     this.sids.set(slot, null);
+    for (const times of this.times()) times.set(slot, null);
     this.outcomes.delete(slot);
     this.owners.delete(slot);
     this.homeservers.release(this.homeserver[slot]!);
@@ -260,6 +261,10 @@ export class DelegationColumns {
   /** Homeservers that open delegations name. */
   liveHomeservers(): Iterable<string> {
     return this.homeservers.live();
+  }
+
+  private times(): TimeColumn[] {
+    return [this.createdAt, this.updatedAt, this.expiresAt, this.lastRefreshAt, this.nextRefreshAt, this.joinDeadline, this.graceDeadline, this.disconnectedAt, this.nextActionAt, this.timeoutMs];
   }
 
   private grow(min: number): void {
