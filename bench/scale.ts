@@ -87,8 +87,9 @@ const ratio = (a: number, b: number): string => (b > 0 ? `x${(a / b).toFixed(1)}
 const nLogN = (n: number, m: number): number => (m * Math.log(m)) / (n * Math.log(n));
 
 export async function run(opts: BenchOptions): Promise<Section> {
-  const sizes = opts.quick ? [10_000, 30_000] : [10_000, 100_000, 1_000_000];
-  const reps = opts.quick ? 1 : 3;
+  // BENCH_SCALE_SIZES (e.g. `10000,100000`) and BENCH_SCALE_REPS: smaller runs while iterating.
+  const sizes = process.env.BENCH_SCALE_SIZES ? process.env.BENCH_SCALE_SIZES.split(',').map(Number) : opts.quick ? [10_000, 30_000] : [10_000, 100_000, 1_000_000];
+  const reps = process.env.BENCH_SCALE_REPS ? Number(process.env.BENCH_SCALE_REPS) : opts.quick ? 1 : 3;
   // A reload that takes long at the largest size is run once (it took a minute before the columns), so that
   // `npm run bench` stays near 15 minutes; otherwise every size gets every repetition.
   let slowBig = false;

@@ -31,12 +31,9 @@ import { shuttingDown } from './errors.js';
 import { installRateLimits } from './http/rate-limits.js';
 import { createLogger } from './log.js';
 import { Metrics } from './metrics.js';
-import { RedisKeys } from './store/redis-keys.js';
-import { RedisStore } from './store/redis.js';
 import { SecretBox } from './store/secret-box.js';
 import { SqliteStore } from './store/sqlite.js';
 import type { Store } from './store/store.js';
-import { RedisReplicas } from './topology/redis-replicas.js';
 import { SingleNode } from './topology/single-node.js';
 import type { Topology } from './topology/topology.js';
 
@@ -93,6 +90,8 @@ async function openDeployment(config: Config, clock: Clock, logger: Logger, metr
     const store = new SqliteStore(config.store.path, { synchronous: config.sqliteSynchronous, secretBox: box });
     return { store, topology: new SingleNode(store, logger) };
   }
+  // Loaded only here: ioredis and the Redis modules are about 10 MiB of a SQLite daemon's resident memory otherwise.
+  const [{ RedisStore }, { RedisKeys }, { RedisReplicas }] = await Promise.all([import('./store/redis.js'), import('./store/redis-keys.js'), import('./topology/redis-replicas.js')]);
   const store = new RedisStore(config.store.url, { keys: new RedisKeys(config.redisPrefix), secretBox: box, logger: logger.child({ component: 'redis' }) });
   await store.connect();
   const topology = new RedisReplicas({ store, clock, logger, leaseMs: config.redisLeaseMs, ignoreLeaseLoss: config.redisIgnoreLeaseLoss, backlogMs: Math.max(config.joinTimeoutMs, DEDUPE_WINDOW_MS), metrics });

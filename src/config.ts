@@ -3,7 +3,7 @@
  * defaults; anything set explicitly still holds (contract section 4).
  */
 import { nameTheirs, translateLkJwtEnv, type AppserviceSettings } from './lk-jwt-env.js';
-import { parseSentinelUrl } from './store/redis-connection.js';
+import { parseSentinelUrl } from './store/sentinel-url.js';
 import { DEFAULT_REDIS_PREFIX } from './store/redis-keys.js';
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';

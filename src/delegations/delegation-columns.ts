@@ -1,4 +1,6 @@
 import { DELEGATION_STATES, DIALECTS, SOURCE_ROUTES, type ActionKind, type Delegation, type DelegationSource } from './model.js';
+import { IdSlots } from './id-slots.js';
+import { ShortStrings } from './short-strings.js';
 import { StringPool } from './string-pool.js';
 import { TimeColumn } from './time-column.js';
 
@@ -24,11 +26,12 @@ export class DelegationColumns {
   private readonly freeSlots: number[] = [];
   /** Slots ever used; every occupied slot is below it. */
   private end = 0;
-  private readonly slots = new Map<string, number>();
-  private readonly ids: Array<string | undefined> = [];
-  private readonly identities: string[] = [];
+  /** Ids by slot and slots by id (our ids as their bytes). */
+  private readonly ids = new IdSlots();
+  /** Identities inline up to 47 characters: Element Call's (`@user:server:DEVICE`, or a 43-character hash). */
+  private readonly identities = new ShortStrings(48);
   private readonly altIdentities: Array<string | null> = [];
-  private readonly sids: Array<string | null> = [];
+  private readonly sids = new ShortStrings();
   /** Rare per delegation (ended ones carry the outcome; application-service ones an owner): kept aside. */
   private readonly outcomes = new Map<number, string>();
   private readonly owners = new Map<number, string>();
@@ -63,29 +66,28 @@ export class DelegationColumns {
   });
 
   get size(): number {
-    return this.slots.size;
+    return this.ids.size;
   }
 
   slotOf(id: string): number | undefined {
-    return this.slots.get(id);
+    return this.ids.slotOf(id);
   }
 
   idAt(slot: number): string | undefined {
-    return this.ids[slot];
+    return this.ids.idAt(slot);
   }
 
   /** Occupied slots, in slot order. */
   *occupied(): Iterable<number> {
-    for (let s = 0; s < this.end; s++) if (this.ids[s] !== undefined) yield s;
+    for (let s = 0; s < this.end; s++) if (this.ids.has(s)) yield s;
   }
 
   /** Takes a slot for a new delegation and writes every field. */
   insert(d: Delegation): number {
     const slot = this.freeSlots.pop() ?? this.end++;
     if (slot >= this.capacity) this.grow(slot + 1);
-    this.slots.set(d.id, slot);
-    this.ids[slot] = d.id;
-    this.identities[slot] = d.identity;
+    this.ids.set(d.id, slot);
+    this.identities.set(slot, d.identity);
     this.altIdentities[slot] = d.altIdentity;
     this.homeserver[slot] = this.homeservers.acquire(d.homeserver);
     this.room[slot] = this.rooms.acquire(d.room);
@@ -102,7 +104,7 @@ export class DelegationColumns {
 
   /** Writes the fields a transition may change (who the delegation is for never changes). */
   write(slot: number, d: Delegation): void {
-    this.sids[slot] = d.sid;
+    this.sids.set(slot, d.sid);
     this.state[slot] = STATE_NUMBER.get(d.state)!;
     this.updatedAt.set(slot, d.updatedAt);
     this.expiresAt.set(slot, d.expiresAt);
@@ -122,7 +124,7 @@ export class DelegationColumns {
   /** True when the slot holds exactly the changeable fields of `d`. */
   holds(slot: number, d: Delegation): boolean {
     return (
-      this.sids[slot] === d.sid &&
+      this.sids.equals(slot, d.sid) &&
       DELEGATION_STATES[this.state[slot]!] === d.state &&
       this.updatedAt.value(slot) === d.updatedAt &&
       this.expiresAt.value(slot) === d.expiresAt &&
@@ -144,14 +146,14 @@ export class DelegationColumns {
     const altRoom = this.altRoom[slot]!;
     const owner = this.owners.get(slot);
     return {
-      id: this.ids[slot]!,
+      id: this.ids.idAt(slot)!,
       dialect: DIALECTS[this.dialect[slot]!]!,
       homeserver: this.homeservers.value(this.homeserver[slot]!),
       room: this.rooms.value(this.room[slot]!),
-      identity: this.identities[slot]!,
+      identity: this.identities.get(slot)!,
       altIdentity: this.altIdentities[slot]!,
       altRoom: altRoom === 0 ? null : this.rooms.value(altRoom - 1),
-      sid: this.sids[slot]!,
+      sid: this.sids.get(slot),
       actions: this.actionPool.value(this.actions[slot]!),
       timeoutMs: this.timeoutMs.value(slot),
       state: DELEGATION_STATES[this.state[slot]!]!,
@@ -175,13 +177,12 @@ export class DelegationColumns {
 
   /** Frees the slot (its number is reused) and the shared strings only it used. */
   delete(slot: number): void {
-    const id = this.ids[slot];
-    if (id === undefined) return;
-    this.slots.delete(id);
-    this.ids[slot] = undefined;
-    this.identities[slot] = '';
+    if (!this.ids.has(slot)) return;
+    this.ids.delete(slot);
+    this.identities.set(slot, null);
     this.altIdentities[slot] = null;
-    this.sids[slot] = null;
+    this.sids.set(slot, null);
+    for (const times of this.times()) times.set(slot, null);
     this.outcomes.delete(slot);
     this.owners.delete(slot);
     this.homeservers.release(this.homeserver[slot]!);
@@ -224,7 +225,12 @@ export class DelegationColumns {
   }
 
   identityAt(slot: number): string {
-    return this.identities[slot]!;
+    return this.identities.get(slot)!;
+  }
+
+  /** True when the slot's identity is `identity` (compared in place). */
+  hasIdentity(slot: number, identity: string): boolean {
+    return this.identities.equals(slot, identity);
   }
 
   altIdentityAt(slot: number): string | null {
@@ -257,6 +263,10 @@ export class DelegationColumns {
     return this.homeservers.live();
   }
 
+  private times(): TimeColumn[] {
+    return [this.createdAt, this.updatedAt, this.expiresAt, this.lastRefreshAt, this.nextRefreshAt, this.joinDeadline, this.graceDeadline, this.disconnectedAt, this.nextActionAt, this.timeoutMs];
+  }
+
   private grow(min: number): void {
     const size = Math.max(min, this.capacity * 2, 1024);
     const u32 = (a: Uint32Array<ArrayBuffer>): Uint32Array<ArrayBuffer> => {
@@ -279,6 +289,9 @@ export class DelegationColumns {
     this.disconnectedAt.grow(size);
     this.nextActionAt.grow(size);
     this.timeoutMs.grow(size);
+    this.ids.grow(size);
+    this.sids.grow(size);
+    this.identities.grow(size);
     this.refreshFailures = u32(this.refreshFailures);
     this.actionFailures = u32(this.actionFailures);
     this.homeserver = u32(this.homeserver);

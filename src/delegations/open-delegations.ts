@@ -101,7 +101,7 @@ export class OpenDelegations implements ScheduleSlots {
     const slot = this.columns.insert(d);
     this.byRoom.link(this.columns.roomAt(slot), slot, 0);
     if (this.hasOwnAltRoom(slot)) this.byRoom.link(this.columns.altRoomOrRoomAt(slot), slot, 1);
-    this.indexParticipant(slot);
+    this.indexParticipant(slot, d.identity);
     this.updateWaiting(slot, d.state);
     return d;
   }
@@ -142,7 +142,7 @@ export class OpenDelegations implements ScheduleSlots {
     const slots: number[] = [];
     for (const e of this.byParticipant.entries(participantHashOf(roomNo, identity) & (this.participantBuckets - 1))) {
       const slot = e >> 1;
-      const matches = (e & 1) === 0 ? this.columns.roomAt(slot) === roomNo && this.columns.identityAt(slot) === identity : this.columns.altRoomOrRoomAt(slot) === roomNo && this.columns.altIdentityAt(slot) === identity;
+      const matches = (e & 1) === 0 ? this.columns.roomAt(slot) === roomNo && this.columns.hasIdentity(slot, identity) : this.columns.altRoomOrRoomAt(slot) === roomNo && this.columns.altIdentityAt(slot) === identity;
       if (matches && !slots.includes(slot)) slots.push(slot);
     }
     return this.idsAt(slots);
@@ -222,13 +222,13 @@ export class OpenDelegations implements ScheduleSlots {
     return this.columns.hasAltRoom(slot) && this.columns.altRoomOrRoomAt(slot) !== this.columns.roomAt(slot);
   }
 
-  private indexParticipant(slot: number): void {
+  private indexParticipant(slot: number, identity: string): void {
     if (slot * 2 + 1 >= this.participantHash.length) {
       const hashes = new Uint32Array(Math.max(2048, slot * 4 + 2));
       hashes.set(this.participantHash);
       this.participantHash = hashes;
     }
-    this.participantHash[slot * 2] = participantHashOf(this.columns.roomAt(slot), this.columns.identityAt(slot));
+    this.participantHash[slot * 2] = participantHashOf(this.columns.roomAt(slot), identity);
     const alt = this.columns.altIdentityAt(slot);
     if (alt) this.participantHash[slot * 2 + 1] = participantHashOf(this.columns.altRoomOrRoomAt(slot), alt);
     // A rehash links every held slot, this one included.

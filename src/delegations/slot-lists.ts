@@ -2,34 +2,34 @@
  * Lists of slots under small integer keys, linked through typed arrays: a slot is in at most two lists (`link` 0 and
  * 1: a delegation's own room or participant, and Element Call's legacy one), and costs 8 bytes per link whatever the
  * list's length. Replaces a Map or Set per key: with a million delegations those cost tens of bytes per entry and
- * give the collector a million objects to trace.
+ * give the collector a million objects to trace. The links 1 are kept apart and grown only as far as the highest
+ * slot that uses one (delegations without a legacy name cost nothing for it).
  */
 export class SlotLists {
   private head = new Int32Array(0);
   private sizes = new Uint32Array(0);
-  /** Per entry (slot * 2 + link): the next and previous entry in its list, -1 at the ends. */
-  private next = new Int32Array(0);
-  private prev = new Int32Array(0);
+  /** Per link and slot: the next and previous entry (slot * 2 + link) in its list, -1 at the ends. */
+  private readonly next: [Int32Array<ArrayBuffer>, Int32Array<ArrayBuffer>] = [new Int32Array(0), new Int32Array(0)];
+  private readonly prev: [Int32Array<ArrayBuffer>, Int32Array<ArrayBuffer>] = [new Int32Array(0), new Int32Array(0)];
 
   link(key: number, slot: number, link: 0 | 1): void {
     this.ensureKey(key);
-    this.ensureSlot(slot);
+    this.ensureSlot(slot, link);
     const e = slot * 2 + link;
     const first = this.head[key]!;
-    this.next[e] = first;
-    this.prev[e] = -1;
-    if (first >= 0) this.prev[first] = e;
+    this.next[link][slot] = first;
+    this.prev[link][slot] = -1;
+    if (first >= 0) this.prev[first & 1]![first >> 1] = e;
     this.head[key] = e;
     this.sizes[key]!++;
   }
 
   unlink(key: number, slot: number, link: 0 | 1): void {
-    const e = slot * 2 + link;
-    const n = this.next[e]!;
-    const p = this.prev[e]!;
-    if (p >= 0) this.next[p] = n;
+    const n = this.next[link][slot]!;
+    const p = this.prev[link][slot]!;
+    if (p >= 0) this.next[p & 1]![p >> 1] = n;
     else this.head[key] = n;
-    if (n >= 0) this.prev[n] = p;
+    if (n >= 0) this.prev[n & 1]![n >> 1] = p;
     this.sizes[key]!--;
   }
 
@@ -40,7 +40,7 @@ export class SlotLists {
   /** The entries (slot * 2 + link) under the key. */
   *entries(key: number): Iterable<number> {
     if (key >= this.head.length) return;
-    for (let e = this.head[key]!; e >= 0; e = this.next[e]!) yield e;
+    for (let e = this.head[key]!; e >= 0; e = this.next[e & 1]![e >> 1]!) yield e;
   }
 
   /** Empties every list (before they are linked again). */
@@ -60,14 +60,15 @@ export class SlotLists {
     this.sizes = sizes;
   }
 
-  private ensureSlot(slot: number): void {
-    if (slot * 2 + 1 < this.next.length) return;
-    const size = Math.max(slot * 2 + 2, this.next.length * 2, 2048);
+  private ensureSlot(slot: number, link: 0 | 1): void {
+    const have = this.next[link];
+    if (slot < have.length) return;
+    const size = Math.max(slot + 1, have.length * 2, 1024);
     const next = new Int32Array(size);
-    next.set(this.next);
+    next.set(have);
     const prev = new Int32Array(size);
-    prev.set(this.prev);
-    this.next = next;
-    this.prev = prev;
+    prev.set(this.prev[link]);
+    this.next[link] = next;
+    this.prev[link] = prev;
   }
 }

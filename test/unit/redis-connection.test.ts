@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config.js';
-import { parseSentinelUrl } from '../../src/store/redis-connection.js';
+import { parseSentinelUrl } from '../../src/store/sentinel-url.js';
 
 describe('SIDECAR_STORE with Redis Sentinel (issue 18)', () => {
   it('reads the sentinels, the master name, the password and the database', () => {
