@@ -101,7 +101,7 @@ export function writeReport(fresh: Section[], command: string): string {
   const doc = [
     '# Benchmarks',
     '',
-    'Measured by `npm run bench` (all five; a subset: `npm run bench -- intake scale`; one alone:',
+    'Measured by `npm run bench` (all nine, appservice and rigleave on the real peers; a subset: `npm run bench -- intake scale`; one alone:',
     '`npx tsx bench/webhook-intake.ts --write`; the document again from stored results and bench/notes/:',
     '`npm run bench -- --rewrite`). Every figure comes from the run named in its section (command, date, code);',
     'medians are over the repetitions listed there, and every ratio is between figures of the same run. Nothing here',
