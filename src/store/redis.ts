@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { ChainableCommander, Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import type { Delegation, DelegationSecrets } from '../delegations/model.js';
 import { isTerminal } from '../delegations/model.js';
@@ -75,6 +75,11 @@ const PRUNE_PER_END = 4;
 /** Delegations read per step while upgrading the store's layout. */
 const UPGRADE_BATCH = 1000;
 
+/** Runs a pipeline and throws the first command's error, which `exec` only reports per command. */
+async function execAll(p: ChainableCommander): Promise<void> {
+  for (const [err] of (await p.exec()) ?? []) if (err) throw err;
+}
+
 class NotOwnerError extends Error {
   constructor(id: string) {
     super(`this replica does not hold the lease of delegation ${id}'s shard`);
@@ -142,7 +147,7 @@ export class RedisStore implements Store {
           open++;
         }
       }
-      for (const [err] of (await p.exec()) ?? []) if (err) throw err;
+      await execAll(p);
       cursor = `(${ids[ids.length - 1]!}`;
     }
     await this.redis.set(this.keys.schema(), String(SCHEMA_VERSION));
@@ -256,7 +261,7 @@ export class RedisStore implements Store {
     if (open.length === 0) return;
     const p = this.redis.pipeline();
     for (const d of open) p.sadd(this.keys.openOfParticipant(d.room, d.identity), d.id);
-    for (const [err] of (await p.exec()) ?? []) if (err) throw err;
+    await execAll(p);
   }
 
   async listDelegations(filter: DelegationFilter): Promise<{ items: Delegation[]; nextCursor: string | null }> {
@@ -309,7 +314,7 @@ export class RedisStore implements Store {
       p.ltrim(this.keys.history(id), -perDelegation, -1);
       p.pexpire(this.keys.history(id), HISTORY_RETENTION_MS);
     }
-    for (const [err] of (await p.exec()) ?? []) if (err) throw err;
+    await execAll(p);
   }
 
   async historyOf(id: string): Promise<HistoryEntry[]> {

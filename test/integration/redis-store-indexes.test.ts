@@ -1,7 +1,6 @@
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { registerDelegation } from '../../src/delegations/machine.js';
 import type { Delegation } from '../../src/delegations/model.js';
 import { RedisKeys } from '../../src/store/redis-keys.js';
 import { RedisStore } from '../../src/store/redis.js';
@@ -9,6 +8,7 @@ import { shardOf, type ShardOwnership } from '../../src/store/shard-leases.js';
 import { ManualClock } from '../../src/clock.js';
 import { redisTestsEnabled, startRedis, type RedisServer } from '../helpers/redis.js';
 import { uniqueName } from '../helpers/scenario.js';
+import { aDelegation } from '../helpers/delegation.js';
 
 /**
  * Issue 18, the Redis store's own bookkeeping, store-level against a real redis-server: what a participant has open
@@ -21,24 +21,10 @@ import { uniqueName } from '../helpers/scenario.js';
 const logger = pino({ level: 'silent' });
 
 function delegation(id: string, room: string, identity: string, now: number): Delegation {
-  return registerDelegation(
-    {
-      id,
-      dialect: 'delayed_events',
-      homeserver: 'https://hs.example',
-      room,
-      identity,
-      altIdentity: null,
-      altRoom: null,
-      sid: null,
-      actions: { leave: 'leave', connection_lost: 'connection_lost' },
-      timeoutMs: 60_000,
-      source: 'api',
-      createdAt: now,
-    },
-    { now, settings: { reconnectGraceMs: 1_000, joinTimeoutMs: 60_000, refreshAt: 0.5, refreshMarginMs: null }, random: () => 0.5 },
-    null,
-  ).delegation;
+  return aDelegation(
+    { id, dialect: 'delayed_events', room, identity, timeoutMs: 60_000, createdAt: now },
+    { ctx: { now, settings: { reconnectGraceMs: 1_000, joinTimeoutMs: 60_000, refreshAt: 0.5, refreshMarginMs: null }, random: () => 0.5 } },
+  );
 }
 
 /** An ownership that believes it holds every shard with `value` (a replica whose own lease round is defeated). */

@@ -44,6 +44,20 @@ function held(engine: DelegationEngine): Map<string, { d: Delegation; due: numbe
 }
 
 /** One delegation of each shape a reload must carry over, and a bulk of connected ones. */
+/**
+ * Seeds a store, loads it and stops as a graceful shutdown does: the snapshot is written. Returns its row count and
+ * what the engine held.
+ */
+async function seedWithSnapshot(path: string): Promise<{ count: number | null; held: ReturnType<typeof held> }> {
+  seed(path);
+  const first = engineOn(new SqliteStore(path));
+  await first.engine.start();
+  const store = (first.engine as unknown as { deps: { store: SqliteStore } }).deps.store;
+  const count = await store.saveOpenSnapshot(first.engine.heldDelegations());
+  await store.close();
+  return { count, held: held(first.engine) };
+}
+
 function seed(path: string): void {
   const store = new SqliteStore(path);
   const ctx = (now: number): MachineContext => ({ now, settings: SETTINGS, random: () => 0.37 });
@@ -101,12 +115,7 @@ describe('restart from the snapshot of a graceful shutdown', () => {
 
   it('ignores a snapshot the database moved past, and reads the rows', async () => {
     const path = join(dir, 'stale.db');
-    seed(path);
-    const first = engineOn(new SqliteStore(path));
-    await first.engine.start();
-    const store = (first.engine as unknown as { deps: { store: SqliteStore } }).deps.store;
-    expect(await store.saveOpenSnapshot(first.engine.heldDelegations())).toBe(BULK + 5);
-    await store.close();
+    expect((await seedWithSnapshot(path)).count).toBe(BULK + 5);
 
     // Written after the snapshot by something that does not know of it (an older daemon, an operator's tool), and
     // leaving as many delegations open as the snapshot has.
@@ -125,12 +134,7 @@ describe('restart from the snapshot of a graceful shutdown', () => {
 
   it('ignores a snapshot when delegations ended after it', async () => {
     const path = join(dir, 'ended.db');
-    seed(path);
-    const first = engineOn(new SqliteStore(path));
-    await first.engine.start();
-    const store = (first.engine as unknown as { deps: { store: SqliteStore } }).deps.store;
-    await store.saveOpenSnapshot(first.engine.heldDelegations());
-    await store.close();
+    await seedWithSnapshot(path);
     const other = new SqliteStore(path);
     const revoked = transition((await other.getDelegation('dg_connected'))!, { type: 'revoke' }, { now: NOW, settings: SETTINGS, random: () => 0.5 }).delegation;
     expect(revoked.state).toBe('revoked');
@@ -146,12 +150,7 @@ describe('restart from the snapshot of a graceful shutdown', () => {
 
   it('refuses a snapshot file that is not the one its mark names, before handing out any row', async () => {
     const path = join(dir, 'swapped.db');
-    seed(path);
-    const first = engineOn(new SqliteStore(path));
-    await first.engine.start();
-    const store = (first.engine as unknown as { deps: { store: SqliteStore } }).deps.store;
-    await store.saveOpenSnapshot(first.engine.heldDelegations());
-    await store.close();
+    const before = await seedWithSnapshot(path);
     // Same shape, another generation: a snapshot of another moment copied over this one.
     const file = `${path}.open-snapshot`;
     const other = readFileSync(file);
@@ -161,6 +160,6 @@ describe('restart from the snapshot of a graceful shutdown', () => {
     const next = engineOn(new SqliteStore(path));
     await next.engine.start();
     expect(next.loaded()).toEqual({ from: 'rows', snapshotRefused: 'the open-delegation snapshot cannot be used: written for another generation' });
-    expect(held(next.engine)).toEqual(held(first.engine));
+    expect(held(next.engine)).toEqual(before.held);
   });
 });

@@ -1,29 +1,15 @@
 import { describe, expect, it } from 'vitest';
-import { registerDelegation } from '../../src/delegations/machine.js';
 import type { Delegation } from '../../src/delegations/model.js';
 import { SqliteStore } from '../../src/store/sqlite.js';
 import type { WebhookRecord } from '../../src/store/store.js';
 import { tempDbPath } from '../helpers/daemon.js';
+import { aDelegation } from '../helpers/delegation.js';
 
 function delegation(id: string): Delegation {
-  return registerDelegation(
-    {
-      id,
-      dialect: 'delayed_events',
-      homeserver: 'https://hs.example',
-      room: 'room',
-      identity: id,
-      altIdentity: null,
-      altRoom: null,
-      sid: null,
-      actions: { leave: 'leave', connection_lost: 'connection_lost' },
-      timeoutMs: 60_000,
-      source: 'api',
-      createdAt: 1_000,
-    },
-    { now: 1_000, settings: { reconnectGraceMs: 1_000, joinTimeoutMs: 60_000, refreshAt: 0.5, refreshMarginMs: null }, random: () => 0.5 },
-    null,
-  ).delegation;
+  return aDelegation(
+    { id, dialect: 'delayed_events', identity: id, timeoutMs: 60_000, createdAt: 1_000 },
+    { ctx: { now: 1_000, settings: { reconnectGraceMs: 1_000, joinTimeoutMs: 60_000, refreshAt: 0.5, refreshMarginMs: null }, random: () => 0.5 } },
+  );
 }
 
 function left(id: string, identity: string): WebhookRecord {
